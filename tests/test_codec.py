@@ -1,0 +1,168 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vqcodec
+from vqcodec import codec, container, entropy, images, zoo
+from vqcodec.container import VqzError
+
+from conftest import photo_crop
+
+TOP = max(zoo.find().info()["quality_levels"])
+
+
+def round_trip(image, **kwargs):
+    data = vqcodec.encode(image, **kwargs)
+    return data, vqcodec.decode(data)
+
+
+@pytest.mark.parametrize("width,height", [(1, 1), (7, 13), (13, 7), (769, 513)])
+def test_odd_sizes_round_trip_to_exact_size(photo, width, height):
+    arr = photo_crop(photo, width, height)
+    data, out = round_trip(arr, quality=TOP)
+    assert out.size == (width, height) and out.mode == "RGB"
+    if width * height > 1000:
+        assert images.psnr(arr, np.asarray(out)) > 22
+
+
+def test_public_api_is_exported():
+    assert set(vqcodec.__all__) == {"encode", "decode", "list_models", "load_model", "VqzError", "__version__"}
+    assert issubclass(vqcodec.VqzError, ValueError)
+    assert isinstance(vqcodec.load_model(), torch.nn.Module)
+    assert any(m["default"] for m in vqcodec.list_models())
+
+
+def test_higher_quality_costs_more_bytes_and_looks_better(photo):
+    arr = np.asarray(photo)
+    low_data, low = round_trip(arr, quality=1)
+    high_data, high = round_trip(arr, quality=TOP)
+    assert len(high_data) > len(low_data)
+    assert images.psnr(arr, np.asarray(high)) > images.psnr(arr, np.asarray(low)) + 1.0
+
+
+def test_gray_stays_gray(photo):
+    gray = photo.convert("L")
+    _, out = round_trip(gray, quality=TOP)
+    assert out.mode == "L" and out.size == gray.size
+    assert images.psnr(np.asarray(gray), np.asarray(out)) > 22
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_kept_exactly(photo, mode):
+    base = photo.convert(mode[:-1])
+    alpha = Image.fromarray(np.random.default_rng(1).integers(0, 256, (photo.height, photo.width), dtype=np.uint8))
+    base.putalpha(alpha)
+    _, out = round_trip(base, quality=2)
+    assert out.mode == mode and out.size == base.size
+    np.testing.assert_array_equal(np.asarray(out.getchannel("A")), np.asarray(alpha))
+
+
+@pytest.mark.parametrize("make,expected_mode", [
+    (lambda im: im.convert("P"), "RGB"),
+    (lambda im: im.convert("CMYK"), "RGB"),
+    (lambda im: Image.fromarray(np.asarray(im.convert("L")).astype(np.uint16) * 257), "L"),
+])
+def test_converted_modes(photo, make, expected_mode):
+    _, out = round_trip(make(photo), quality=1)
+    assert out.mode == expected_mode and out.size == photo.size
+
+
+def test_path_and_bytes_inputs(tmp_path, photo):
+    path = tmp_path / "in.png"
+    photo.save(path)
+    assert vqcodec.encode(path, quality=2) == vqcodec.encode(path.read_bytes(), quality=2)
+    assert vqcodec.encode(str(path), quality=2) == vqcodec.encode(photo, quality=2)
+
+
+def test_exif_orientation_is_applied(photo):
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    photo.crop((0, 0, 64, 32)).save(buffer, "JPEG", exif=exif, quality=95)
+    _, out = round_trip(buffer.getvalue(), quality=1)
+    assert out.size == (32, 64)
+
+
+def test_indices_survive_container_and_zstd_exactly(photo):
+    model = vqcodec.load_model()
+    data = vqcodec.encode(photo, quality=TOP)
+    parsed = container.unpack(data)
+    grids = entropy.zstd_decode(parsed.index_payload, list(parsed.header.grid_shapes))
+    x = torch.tensor(np.asarray(photo)).permute(2, 0, 1).unsqueeze(0).float().div(255)
+    expected = model.encode_indices(x, TOP)[0].numpy()
+    np.testing.assert_array_equal(np.stack(grids), expected)
+    assert parsed.header.quality == TOP and len(grids) == TOP
+
+
+def test_encoding_is_deterministic(photo):
+    assert vqcodec.encode(photo, quality=3) == vqcodec.encode(photo, quality=3)
+
+
+@pytest.mark.parametrize("quality", [0, TOP + 1, -1, 2.5, True])
+def test_bad_quality_is_refused(photo, quality):
+    with pytest.raises(ValueError, match="quality must be an integer"):
+        vqcodec.encode(photo, quality=quality)
+
+
+def test_unknown_model_and_coder_are_refused(photo):
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        vqcodec.encode(photo, model="nope")
+    with pytest.raises(ValueError, match="unknown coder"):
+        vqcodec.encode(photo, coder="lzma")
+
+
+def _rewrite(data: bytes, **changes) -> bytes:
+    parsed = container.unpack(data)
+    header = container.Header(**{**parsed.header.to_dict(), **changes})
+    return container.pack(header, changes.pop("_payload", parsed.index_payload), parsed.alpha_payload)
+
+
+def test_file_from_unknown_model_names_model_and_hash(photo):
+    data = _rewrite(vqcodec.encode(photo, quality=1), model_name="other", model_sha256="ab" * 32)
+    with pytest.raises(VqzError, match=r"made by model 'other' \(sha256 (ab){32}\), which is not installed"):
+        vqcodec.decode(data)
+
+
+def test_wrong_index_checksum_is_detected(photo):
+    data = vqcodec.encode(photo, quality=1)
+    crc = container.unpack(data).header.index_crc32
+    with pytest.raises(VqzError, match="index checksum"):
+        vqcodec.decode(_rewrite(data, index_crc32=crc ^ 1))
+
+
+def test_grid_shape_that_does_not_fit_the_image_is_refused(photo):
+    data = _rewrite(vqcodec.encode(photo, quality=1), width=photo.width * 2)
+    with pytest.raises(VqzError, match="does not fit"):
+        vqcodec.decode(data)
+
+
+def test_corrupt_index_payload_is_a_vqz_error(photo):
+    data = vqcodec.encode(photo, quality=1)
+    parsed = container.unpack(data)
+    bad = container.pack(parsed.header, b"\x00" * len(parsed.index_payload))
+    with pytest.raises(VqzError, match="corrupt index payload"):
+        vqcodec.decode(bad)
+
+
+def test_flipped_bit_fails_the_crc(photo):
+    data = bytearray(vqcodec.encode(photo, quality=1))
+    data[len(data) // 2] ^= 0x10
+    with pytest.raises(VqzError, match="CRC-32"):
+        vqcodec.decode(bytes(data))
+
+
+def test_pixel_limit_applies_before_decoding(photo):
+    data = vqcodec.encode(photo, quality=1)
+    with pytest.raises(VqzError, match="exceeds the limit"):
+        vqcodec.decode(data, max_pixels=100)
+
+
+def test_describe_reports_header_and_sizes(photo):
+    data = vqcodec.encode(photo, quality=2)
+    fields = codec.describe(data)
+    assert fields["file_bytes"] == len(data) and fields["quality"] == 2
+    assert fields["model_installed"] is True
+    assert fields["bpp"] == pytest.approx(len(data) * 8 / (photo.width * photo.height))

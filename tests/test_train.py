@@ -1,0 +1,95 @@
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from vqcodec import train as training
+from vqcodec.cli import main
+from vqcodec.weights_io import load_vqvae, read_metadata
+
+TINY = {"model": {"widths": [8, 8], "res_blocks": 1, "latent_dim": 4, "codebook_size": 16, "num_stages": 2},
+        "train": {"batch_size": 2, "crop_size": 32, "warmup_steps": 1, "checkpoint_every": 2,
+                  "eval_every": 2, "held_out_images": 1, "extra_scales": [0.5], "threads": 1}}
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    for i in range(3):
+        noise = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        Image.fromarray(noise).resize((80, 60), Image.BILINEAR).save(data / ("sub" if i else "") / f"{i}.png")
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    return tmp_path
+
+
+def train_cli(folder, steps):
+    return CliRunner().invoke(main, ["train", "--data", str(folder / "data"), "--out", str(folder / "w" / "tiny.safetensors"),
+                                     "--config", str(folder / "tiny.json"), "--steps", str(steps)],
+                              catch_exceptions=False)
+
+
+def test_train_writes_registered_weights_and_resumes(folder):
+    result = train_cli(folder, 2)
+    assert result.exit_code == 0, result.output
+    weights = folder / "w" / "tiny.safetensors"
+    assert json.loads(read_metadata(weights)["training"])["steps"] == 2
+    assert (folder / "w" / "tiny.ckpt").exists()
+    manifest = json.loads((folder / "w" / "models.json").read_text())
+    assert manifest["models"][0]["name"] == "tiny"
+    before = load_vqvae(weights).state_dict()
+
+    result = train_cli(folder, 4)  # picks up tiny.ckpt at step 2
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(weights)
+    assert json.loads(meta["training"])["steps"] == 4
+    assert json.loads(meta["model_config"])["num_stages"] == 2
+    log = [json.loads(line) for line in (folder / "w" / "tiny.log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [2, 4]
+    assert set(log[-1]["held_out_psnr"]) == {"1", "2"}
+    assert all(0 < u["live_fraction"] <= 1 for u in log[-1]["usage"])
+    after = load_vqvae(weights).state_dict()
+    assert not torch.equal(before["decoder.net.0.weight"], after["decoder.net.0.weight"])
+
+
+def test_same_seed_same_weights(folder, tmp_path):
+    model_config, train_config = training.read_config_file(folder / "tiny.json")
+    states = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        out = training.train(folder / "data", tmp_path / run / "x.safetensors", model_config=model_config,
+                             train_config=replace(train_config, steps=2), name="x", description="x",
+                             progress=False)
+        states.append(load_vqvae(out).state_dict())
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_config_file_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"model": {"no_such_field": 1}}))
+    with pytest.raises(ValueError, match="no_such_field"):
+        training.read_config_file(bad)
+    bad.write_text(json.dumps({"modle": {}}))
+    with pytest.raises(ValueError, match="unknown sections"):
+        training.read_config_file(bad)
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 1 and "no images" in result.output
+
+
+def test_learning_rate_schedule():
+    cfg = training.TrainConfig(steps=100, warmup_steps=10, learning_rate=1.0, lr_final_fraction=0.1)
+    assert training.learning_rate(0, cfg) == pytest.approx(0.1)
+    assert training.learning_rate(10, cfg) == pytest.approx(1.0)
+    assert training.learning_rate(100, cfg) == pytest.approx(0.1)
+    rates = [training.learning_rate(s, cfg) for s in range(10, 101)]
+    assert rates == sorted(rates, reverse=True)

@@ -1,0 +1,28 @@
+"""vqcodec: a lossy image codec built on a trained VQ-VAE.
+
+    >>> import vqcodec
+    >>> data = vqcodec.encode("photo.png", quality=4)   # .vqz bytes
+    >>> image = vqcodec.decode(data)                      # PIL.Image
+
+torch is imported on first use of encode/decode/load_model/list_models, so that
+`import vqcodec` and `vqcodec --help` stay quick.
+"""
+__version__ = "0.1.0"
+
+from .container import VqzError
+
+__all__ = ["encode", "decode", "list_models", "load_model", "VqzError", "__version__"]
+
+_LAZY = {"encode": "codec", "decode": "codec", "load_model": "codec", "list_models": "zoo"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'vqcodec' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,157 @@
+"""The one place that joins image I/O, model, entropy coder and container.
+
+    encode: image ─images.load_image─> RGB (+ alpha) ─pad to stride─> VQVAE.encode_indices
+            ─> q index grids ─entropy coder─> payload ─container.pack─> .vqz bytes
+                                      alpha ─zstd (lossless)─┘
+    decode: .vqz ─container.unpack─> header, payloads ─find model by sha256─> entropy decoder
+            ─> grids (checked against the index CRC) ─VQVAE.decode_indices─> crop ─> PIL image
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import container, entropy, images, zoo
+from .container import Header, VqzError
+
+CODERS = ("zstd",)
+DEFAULT_CODER = "zstd"
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    data: bytes
+    header: Header
+
+    @property
+    def bpp(self) -> float:
+        return len(self.data) * 8 / (self.header.width * self.header.height)
+
+
+def _model_for(model: str | None):
+    entry = zoo.find(model)
+    return entry, zoo.load(entry)
+
+
+def _check_quality(quality: int | None, entry: zoo.ModelEntry, num_stages: int) -> int:
+    if quality is None:
+        return zoo.default_quality(num_stages)
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= num_stages:
+        raise ValueError(f"quality must be an integer from 1 to {num_stages} for model '{entry.name}', "
+                         f"got {quality!r}")
+    return int(quality)
+
+
+def encode_image(image, quality: int | None = None, model: str | None = None,
+                 coder: str | None = None) -> EncodeResult:
+    """Encode an image (path, bytes, PIL image or uint8 array) to .vqz bytes plus its header."""
+    coder = coder or DEFAULT_CODER
+    if coder not in CODERS:
+        raise ValueError(f"unknown coder '{coder}'; available: {', '.join(CODERS)}")
+    picture = images.load_image(image)
+    entry, vqvae = _model_for(model)
+    cfg = vqvae.config
+    quality = _check_quality(quality, entry, cfg.num_stages)
+    rgb, alpha = images.split_alpha(picture)
+    padded = images.pad_to_multiple(rgb, cfg.stride)
+    x = torch.tensor(padded).permute(2, 0, 1).unsqueeze(0).float().div(255)
+    indices = vqvae.encode_indices(x, quality)[0].numpy()
+    grids = [indices[stage] for stage in range(quality)]
+    header = Header(
+        model_name=entry.name, model_sha256=entry.sha256, width=picture.width, height=picture.height,
+        mode=picture.mode, quality=quality, coder=coder,
+        grid_shapes=tuple(g.shape for g in grids), index_crc32=entropy.index_checksum(grids),
+    )
+    alpha_payload = images.compress_alpha(alpha) if alpha is not None else b""
+    return EncodeResult(container.pack(header, entropy.zstd_encode(grids), alpha_payload), header)
+
+
+def encode(image, quality: int | None = None, model: str | None = None, coder: str | None = None) -> bytes:
+    """Encode an image to .vqz bytes.
+
+    image: a path, bytes of an image file, a PIL image, or a uint8 numpy array (HxW, HxWxC).
+    quality: 1..N (higher = better, more bytes); None = the model's default level.
+    model: a bundled model name; None = the default model. coder: "zstd"."""
+    return encode_image(image, quality, model, coder).data
+
+
+def read_header(data: bytes, *, max_pixels: int | None = None) -> Header:
+    return container.unpack(bytes(data), max_pixels=max_pixels).header
+
+
+def _check_grids(header: Header, stride: int, num_stages: int) -> None:
+    rows, cols = math.ceil(header.height / stride), math.ceil(header.width / stride)
+    if len(header.grid_shapes) != header.quality or header.quality > num_stages:
+        raise VqzError(f"file claims quality {header.quality} with {len(header.grid_shapes)} index grids; "
+                       f"model '{header.model_name}' has {num_stages} levels")
+    for shape in header.grid_shapes:
+        if tuple(shape) != (rows, cols):
+            raise VqzError(f"index grid of {shape[0]}x{shape[1]} does not fit a "
+                           f"{header.width}x{header.height} image (expected {rows}x{cols})")
+
+
+def decode(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
+    """Decode .vqz bytes to a PIL image of the original size and mode (L, LA, RGB or RGBA).
+
+    Raises VqzError for malformed, corrupt or unsupported data, including a file made
+    by a model that is not installed. max_pixels overrides the pixel limit."""
+    parsed = container.unpack(bytes(data), max_pixels=max_pixels)
+    header = parsed.header
+    entry = zoo.find_by_hash(header.model_sha256)
+    if entry is None:
+        raise VqzError(f"file was made by model '{header.model_name}' (sha256 {header.model_sha256}), "
+                       "which is not installed")
+    if header.coder not in CODERS:
+        raise VqzError(f"file uses entropy coder '{header.coder}', which this version cannot decode")
+    vqvae = zoo.load(entry)
+    cfg = vqvae.config
+    _check_grids(header, cfg.stride, cfg.num_stages)
+    try:
+        grids = entropy.zstd_decode(parsed.index_payload, list(header.grid_shapes))
+    except ValueError as error:
+        raise VqzError(f"corrupt index payload: {error}") from None
+    if entropy.index_checksum(grids) != header.index_crc32:
+        raise VqzError("decoded indices do not match the stored index checksum")
+    if any(int(g.max()) >= cfg.codebook_size for g in grids):
+        raise VqzError(f"index out of range for a codebook of {cfg.codebook_size} entries")
+    alpha = None
+    if header.has_alpha:
+        try:
+            alpha = images.decompress_alpha(parsed.alpha_payload, header.height, header.width)
+        except ValueError as error:
+            raise VqzError(f"corrupt alpha payload: {error}") from None
+    indices = torch.from_numpy(np.stack(grids)).long().unsqueeze(0)
+    pixels = vqvae.decode_indices(indices)[0].permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()
+    rgb = images.crop(pixels, header.height, header.width)
+    return images.merge_planes(rgb, alpha, header.mode)
+
+
+def describe(data: bytes, *, max_pixels: int | None = None) -> dict:
+    """Every header field plus sizes and bpp, for `vqcodec info`."""
+    parsed = container.unpack(bytes(data), max_pixels=max_pixels)
+    header = parsed.header
+    entry = zoo.find_by_hash(header.model_sha256)
+    return {
+        **header.to_dict(),
+        "format_version": container.FORMAT_VERSION,
+        "model_installed": entry is not None,
+        "file_bytes": len(data),
+        "index_payload_bytes": len(parsed.index_payload),
+        "alpha_payload_bytes": len(parsed.alpha_payload),
+        "bpp": len(data) * 8 / (header.width * header.height),
+    }
+
+
+def load_model(name: str | None = None):
+    """The VQVAE of a bundled model (default model when name is None), sha256-checked."""
+    return zoo.load(zoo.find(name))
+
+
+def psnr_of_files(original: str | os.PathLike, decoded: Image.Image) -> float:
+    reference = images.load_image(original)
+    return images.psnr(np.asarray(reference), np.asarray(decoded))

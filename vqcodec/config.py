@@ -1,0 +1,68 @@
+"""Configuration dataclasses. They are stored as JSON inside every weights file,
+so a model rebuilds itself from its file alone (the nanoGPT habit)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a VQ-VAE: conv autoencoder with a residual-VQ bottleneck."""
+
+    in_channels: int = 3
+    # Channels after each stride-2 stage of the encoder (and, reversed, before each
+    # upsampling stage of the decoder). len(widths) sets the stride: 2 ** len(widths).
+    widths: tuple[int, ...] = (64, 96, 128)
+    res_blocks: int = 3  # residual blocks at the lowest resolution, in encoder and decoder
+    latent_dim: int = 16  # dimension of the vectors that get quantized
+    codebook_size: int = 256  # K, entries per residual stage
+    num_stages: int = 8  # residual VQ stages; quality level q decodes the first q
+    # EMA codebook (van den Oord et al. 2017, appendix) and dead-code restart.
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 1.0  # EMA usage count under which a code is restarted
+    commitment_weight: float = 0.25  # beta in the VQ-VAE loss
+
+    @property
+    def stride(self) -> int:
+        return 2 ** len(self.widths)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained (stored next to the model config for the record)."""
+
+    steps: int = 20000
+    batch_size: int = 16
+    crop_size: int = 128
+    learning_rate: float = 3e-4
+    lr_final_fraction: float = 0.1  # cosine decay to this fraction of the peak rate
+    warmup_steps: int = 200
+    seed: int = 0
+    checkpoint_every: int = 250
+    eval_every: int = 1000
+    held_out_images: int = 3  # last N images of the data folder are held out
+    extra_scales: tuple[float, ...] = (0.6,)  # downscaled copies of the photos join the pool
+    threads: int = 0  # torch threads; 0 = torch's default
+
+
+def _tupleize(cls, data: dict):
+    """Build dataclass `cls` from a JSON dict, turning lists back into tuples."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def model_config_from_dict(data: dict) -> ModelConfig:
+    return _tupleize(ModelConfig, data)
+
+
+def train_config_from_dict(data: dict) -> TrainConfig:
+    return _tupleize(TrainConfig, data)
+
+
+def to_json(config) -> str:
+    return json.dumps(dataclasses.asdict(config), sort_keys=True)

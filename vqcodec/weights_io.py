@@ -1,0 +1,93 @@
+"""Weights files: safetensors tensors plus JSON configs in the metadata. No pickle.
+
+A weights file carries everything needed to rebuild its model:
+    metadata["format"]       "vqcodec-weights-1"
+    metadata["name"]         model name, e.g. "photo"
+    metadata["description"]  one line for `vqcodec models`
+    metadata["model_config"] ModelConfig as JSON
+    metadata["train_config"] TrainConfig as JSON (for the record)
+    metadata["training"]     JSON facts about the run (steps, wall time, data)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import torch
+from safetensors.torch import load as load_tensors_from_bytes
+from safetensors.torch import save as save_tensors_to_bytes
+
+from .fileio import atomic_write_bytes
+from .config import ModelConfig, model_config_from_dict, to_json
+from .nn.autoencoder import VQVAE
+
+WEIGHTS_FORMAT = "vqcodec-weights-1"
+MAX_HEADER_BYTES = 1 << 24
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def save_weights(model: VQVAE, path: str | os.PathLike, *, name: str, description: str,
+                 train_config=None, training: dict | None = None) -> str:
+    """Write the model as safetensors (atomically); return the file's sha256."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+               if not k.endswith((".ema_sum", ".initialized"))}
+    metadata = {
+        "format": WEIGHTS_FORMAT,
+        "name": name,
+        "description": description,
+        "model_config": to_json(model.config),
+        "train_config": to_json(train_config) if train_config is not None else "null",
+        "training": json.dumps(training or {}, sort_keys=True),
+    }
+    atomic_write_bytes(path, save_tensors_to_bytes(tensors, metadata=metadata))
+    return sha256_of_file(path)
+
+
+def _metadata_from_header(header: bytes, origin: str) -> dict:
+    try:
+        metadata = json.loads(header).get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        metadata = {}
+    if metadata.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{origin} is not a vqcodec weights file (format {metadata.get('format')!r})")
+    return metadata
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of a weights file, reading only its safetensors header."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        size = int.from_bytes(prefix, "little") if len(prefix) == 8 else 0
+        if not 0 < size <= MAX_HEADER_BYTES:
+            raise ValueError(f"{path} is not a safetensors file")
+        return _metadata_from_header(f.read(size), str(path))
+
+
+def vqvae_from_bytes(data: bytes, origin: str = "weights") -> VQVAE:
+    """Rebuild a VQVAE from the bytes of its weights file (safetensors only, never pickle)."""
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    if not 0 < size <= min(MAX_HEADER_BYTES, len(data) - 8):
+        raise ValueError(f"{origin} is not a safetensors file")
+    metadata = _metadata_from_header(data[8:8 + size], origin)
+    config: ModelConfig = model_config_from_dict(json.loads(metadata["model_config"]))
+    model = VQVAE(config)
+    tensors = load_tensors_from_bytes(data)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    allowed_missing = {k for k in missing if k.endswith((".ema_sum", ".initialized"))}
+    if set(missing) - allowed_missing or unexpected:
+        raise ValueError(f"{origin}: tensors do not match the config "
+                         f"(missing {sorted(set(missing) - allowed_missing)}, unexpected {unexpected})")
+    for stage in model.quantizer.stages:
+        stage.initialized.fill_(True)
+    model.eval()
+    return model
+
+
+def load_vqvae(path: str | os.PathLike) -> VQVAE:
+    with open(path, "rb") as f:
+        return vqvae_from_bytes(f.read(), str(path))
