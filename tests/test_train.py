@@ -93,3 +93,21 @@ def test_learning_rate_schedule():
     assert training.learning_rate(100, cfg) == pytest.approx(0.1)
     rates = [training.learning_rate(s, cfg) for s in range(10, 101)]
     assert rates == sorted(rates, reverse=True)
+
+
+def test_data_parallel_training_with_gloo_in_two_processes(folder):
+    """The torchrun path: 2 CPU processes, gloo backend, codebooks kept in sync."""
+    import os
+    import subprocess
+    import sys
+    out = folder / "ddp" / "tiny.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "vqcodec", "train", "--data", str(folder / "data"), "--out", str(out),
+         "--config", str(folder / "tiny.json"), "--steps", "2"],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    training_record = json.loads(read_metadata(out)["training"])
+    assert training_record["world_size"] == 2 and training_record["steps"] == 2
+    assert json.loads((out.parent / "models.json").read_text())["models"][0]["name"] == "tiny"

@@ -39,6 +39,7 @@ class TrainConfig:
     learning_rate: float = 3e-4
     lr_final_fraction: float = 0.1  # cosine decay to this fraction of the peak rate
     warmup_steps: int = 200
+    grad_clip: float = 1.0  # max global gradient norm; steps with a non-finite loss are skipped
     seed: int = 0
     checkpoint_every: int = 250
     eval_every: int = 1000

@@ -144,7 +144,8 @@ def read_config_file(path: str | os.PathLike | None) -> tuple[ModelConfig, Train
 
 
 def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    """True except in the non-zero ranks of a torchrun launch (RANK is set by torchrun)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _setup_distributed(device_name: str) -> tuple[int, int]:
@@ -227,7 +228,9 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
         loss = distortion + model_config.commitment_weight * commitment
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if torch.isfinite(loss) and torch.isfinite(grad_norm):
+            optimizer.step()
         step += 1
         elapsed += time.perf_counter() - started
         live = [(vq.ema_count >= model_config.dead_code_threshold).float().mean().item()
@@ -251,6 +254,7 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
     bar.close()
     if world > 1:
         dist.barrier()
+        dist.destroy_process_group()
     return out
 
 
