@@ -32,3 +32,12 @@ def test_failed_write_leaves_nothing(tmp_path):
 def test_missing_folder_raises_os_error(tmp_path):
     with pytest.raises(OSError):
         atomic_write_bytes(tmp_path / "missing" / "a.bin", b"x")
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644

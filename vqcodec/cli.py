@@ -284,8 +284,11 @@ def train(data_dir, out, config_file, steps, batch_size, device, resume, name, d
               help="Use only the first N images (sorted by path).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show a progress bar on stderr.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch (vqcodec's timings depend on it; recorded in the JSON). "
+                   "Default: torch's own choice.")
 @reports_errors
-def bench(dirs, model_name, codecs, json_out, plot_out, markdown, limit, progress):
+def bench(dirs, model_name, codecs, json_out, plot_out, markdown, limit, progress, threads):
     """Rate-distortion and speed of vqcodec side by side with JPEG, WebP and AVIF.
 
     DIR may be folders (searched recursively for images) or image files; default: the
@@ -311,6 +314,10 @@ def bench(dirs, model_name, codecs, json_out, plot_out, markdown, limit, progres
             benchmark.require_matplotlib()
         except ImportError as error:
             raise Failure(str(error)) from None
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     results = benchmark.run_bench(files, chosen, model=model_name, progress=progress)
     if json_out is not None:
         from .fileio import atomic_write_bytes

@@ -1,0 +1,153 @@
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from vqcodec import bench
+from vqcodec.cli import main
+
+from conftest import photo_crop
+
+
+@pytest.fixture
+def two_images(tmp_path, photo):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    arr = np.asarray(photo)
+    Image.fromarray(photo_crop(photo, 48, 40)).save(folder / "a.png")
+    Image.fromarray(np.ascontiguousarray(arr[100:140, 60:108])).save(folder / "b.png")
+    return folder
+
+
+@pytest.fixture
+def restore_torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_bench_cli_end_to_end(two_images, tmp_path, restore_torch_threads):
+    out_json, out_png = tmp_path / "r.json", tmp_path / "rd.png"
+    # One torch thread: tiny images gain nothing from more, and it stays fast on a busy machine.
+    result = CliRunner().invoke(main, ["bench", str(two_images), "--codecs", "vqz,jpeg,webp", "--threads", "1",
+                                       "--json", str(out_json), "--plot", str(out_png), "--no-progress"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "BD-rate" in result.stdout and "JPEG" in result.stdout and "vqcodec" in result.stdout
+    data = json.loads(out_json.read_text())
+    assert data["num_images"] == 2
+    assert set(data["codecs"]) == {"vqz", "jpeg", "webp"}
+    assert len(data["codecs"]["vqz"]) == len(data["model"]["quality_levels"])
+    assert [p["quality"] for p in data["codecs"]["jpeg"]] == list(bench.DEFAULT_QUALITIES["jpeg"])
+    for points in data["codecs"].values():
+        for p in points:
+            for key in ("bpp", "psnr", "ms_ssim", "encode_s", "decode_s"):
+                assert isinstance(p[key], float) and p[key] >= 0, (key, p)
+            assert 0 < p["ms_ssim"] <= 1 and len(p["per_image"]) == 2
+    assert set(data["bd_rate"]) == {"jpeg", "webp"}
+    for entry in data["bd_rate"].values():
+        assert entry["test"] == "vqz" and entry["max_bpp"] == 1.0 and "percent" in entry
+    usage = data["usage"]
+    assert [u["quality"] for u in usage] == data["model"]["quality_levels"]
+    for u in usage:
+        assert len(u["stages"]) == u["quality"]
+        for s in u["stages"]:
+            assert 0 < s["fraction_used"] <= 1 and 0 <= s["entropy_bits"] <= np.log2(data["model"]["codebook_size"])
+    for key in ("torch", "numpy", "pillow", "zstandard", "vqcodec", "python"):
+        assert data["versions"][key]
+    assert data["machine"]["cpu_count"] >= 1 and data["machine"]["torch_threads"] == 1
+    assert out_png.read_bytes().startswith(b"\x89PNG") and out_png.stat().st_size > 1000
+
+
+def test_bench_markdown_on_one_file(two_images):
+    result = CliRunner().invoke(main, ["bench", str(two_images / "a.png"), "--codecs", "jpeg",
+                                       "--markdown", "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "| codec | quality |" in result.stdout and result.stdout.count("| JPEG |") == 6
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--codecs", "vqz,gif"], ["unknown codec", "gif"]),
+    (["--limit", "1"], None),
+])
+def test_bench_cli_errors(tmp_path, args, words):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(main, ["bench", str(empty), *args], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and "Traceback" not in result.output
+    for word in words or ["no images found"]:
+        assert word in result.output
+
+
+def test_bench_missing_path_fails_cleanly(tmp_path):
+    result = CliRunner().invoke(main, ["bench", str(tmp_path / "nope")], catch_exceptions=False)
+    assert result.exit_code == 1 and "no such file or folder" in result.output
+
+
+REFERENCE = [(0.1, 26.0), (0.2, 28.5), (0.4, 31.0), (0.8, 34.0)]
+
+
+def test_bd_rate_known_answers():
+    cheaper = [(bpp * 0.8, psnr) for bpp, psnr in REFERENCE]
+    assert bench.bd_rate(REFERENCE, cheaper) == pytest.approx(-20.0, abs=0.1)
+    assert bench.bd_rate(cheaper, REFERENCE) == pytest.approx(25.0, abs=0.1)
+    assert bench.bd_rate(REFERENCE, REFERENCE) == pytest.approx(0.0, abs=1e-9)
+    assert bench.bd_rate(REFERENCE, [(0.3, 40.0), (0.9, 42.0)]) is None  # no PSNR overlap
+    assert bench.bd_rate(REFERENCE, [(0.3, 30.0)]) is None  # one point
+    assert bench.bd_rate(REFERENCE, [(1.5, 30.0), (2.0, 33.0)]) is None  # all above max_bpp
+    assert bench.bd_rate(REFERENCE, [(1.5, 30.0), (2.0, 33.0)], max_bpp=4) is not None
+
+
+def test_bd_rate_pchip_is_exact_on_piecewise_linear_and_monotone():
+    # Two points: PCHIP is the straight line, so the integral is the trapezoid.
+    ref = [(0.1, 30.0), (0.4, 34.0)]
+    test = [(0.2, 30.0), (0.4, 34.0)]
+    expected = 100 * (np.exp((np.log(0.2) - np.log(0.1)) / 2) - 1)
+    assert bench.bd_rate(ref, test) == pytest.approx(expected, rel=1e-9)
+    # Fritsch-Carlson slopes keep monotone data monotone (no overshoot).
+    x = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    y = np.array([0.0, 0.0, 1.0, 1.0, 5.0])
+    slopes = bench._pchip_slopes(x, y)
+    assert np.all(slopes >= 0) and slopes[1] == 0 and slopes[3] == 0
+
+
+def test_ms_ssim_identity_and_noise(photo):
+    img = np.asarray(photo)
+    assert bench.ms_ssim(img, img) == pytest.approx(1.0, abs=1e-6)
+    rng = np.random.default_rng(0)
+    values = [bench.ms_ssim(img, np.clip(img + rng.normal(0, sd, img.shape), 0, 255).astype(np.uint8))
+              for sd in (2, 10, 40)]
+    assert 1 > values[0] > values[1] > values[2] > 0
+    small = img[:20, :30]
+    assert bench.ms_ssim(small, small) == pytest.approx(1.0, abs=1e-6)
+    tiny = img[:5, :7]
+    assert 0 < bench.ms_ssim(tiny, 255 - tiny) < 1
+    with pytest.raises(ValueError):
+        bench.ms_ssim(img, img[:-1])
+
+
+def test_format_table_and_parse_codecs():
+    assert bench.parse_codecs("VQZ, jpeg,jpeg") == ["vqz", "jpeg"]
+    with pytest.raises(ValueError, match="unknown codec"):
+        bench.parse_codecs("png")
+    results = {"num_images": 1, "model": None, "codecs": {"jpeg": [
+        {"quality": 5, "bpp": 0.3, "psnr": 25.0, "ms_ssim": 0.9, "encode_s": 0.01, "decode_s": 0.002}]},
+        "bd_rate": {"jpeg": {"percent": -12.34}}}
+    text = bench.format_table(results)
+    assert "JPEG" in text and "0.3000" in text and "-12.3%" in text
+    assert bench.format_table(results, markdown=True).count("|") > 10
+
+
+def test_missing_avif_is_skipped_with_a_warning(two_images, monkeypatch):
+    monkeypatch.setattr(bench, "avif_available", lambda: False)
+    with pytest.warns(RuntimeWarning, match="AVIF"):
+        results = bench.run_bench([two_images / "a.png"], "jpeg,avif", progress=False,
+                                  qualities={"jpeg": [20, 60]})
+    assert list(results["codecs"]) == ["jpeg"] and results["skipped"][0]["codec"] == "avif"
+    assert [p["quality"] for p in results["codecs"]["jpeg"]] == [20, 60]
+    assert "skipped avif" in bench.format_table(results)
