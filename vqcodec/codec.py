@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,10 +79,6 @@ def encode(image, quality: int | None = None, model: str | None = None, coder: s
     return encode_image(image, quality, model, coder).data
 
 
-def read_header(data: bytes, *, max_pixels: int | None = None) -> Header:
-    return container.unpack(bytes(data), max_pixels=max_pixels).header
-
-
 def _check_grids(header: Header, stride: int, num_stages: int) -> None:
     rows, cols = math.ceil(header.height / stride), math.ceil(header.width / stride)
     if len(header.grid_shapes) != header.quality or header.quality > num_stages:
@@ -151,7 +146,3 @@ def load_model(name: str | None = None):
     """The VQVAE of a bundled model (default model when name is None), sha256-checked."""
     return zoo.load(zoo.find(name))
 
-
-def psnr_of_files(original: str | os.PathLike, decoded: Image.Image) -> float:
-    reference = images.load_image(original)
-    return images.psnr(np.asarray(reference), np.asarray(decoded))

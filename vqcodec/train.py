@@ -14,11 +14,12 @@ prefix of stages a usable quality level: Zeghidour et al. 2021, "SoundStream".
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -204,7 +205,6 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
             dist.all_gather(generators, generator.get_state())
         if rank != 0:
             return
-        import io
         buffer = io.BytesIO()
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                     "elapsed": elapsed, "generator": generators,
@@ -257,6 +257,3 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
         dist.destroy_process_group()
     return out
 
-
-def default_train_config(**overrides) -> TrainConfig:
-    return replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
