@@ -209,22 +209,17 @@ def test_16bit_variants_scaled() -> None:
         np.testing.assert_array_equal(np.asarray(out), [[0, 4, 255]])
 
 
-def test_32bit_int_clipped_and_scaled() -> None:
-    values = np.array([[-5, 0, 65535, 100000, 257 * 100]], dtype=np.int32)
+@pytest.mark.parametrize("values,mode,expected", [
+    (np.array([[-5, 0, 65535, 100000, 257 * 100]], dtype=np.int32), "I", [[0, 0, 255, 255, 100]]),
+    (np.array([[-3.0, 0.4, 0.6, 127.7, 300.0]], dtype=np.float32), "F", [[0, 0, 1, 128, 255]]),
+])
+def test_wide_gray_clipped_and_scaled(values, mode, expected) -> None:
+    """32-bit int gray is clipped to 16 bits and scaled; float gray is clipped to 0..255 and rounded."""
     img = Image.fromarray(values)
-    assert img.mode == "I"
+    assert img.mode == mode
     out = normalize_mode(img)
     assert out.mode == "L"
-    np.testing.assert_array_equal(np.asarray(out), [[0, 0, 255, 255, 100]])
-
-
-def test_float_clipped_and_rounded() -> None:
-    values = np.array([[-3.0, 0.4, 0.6, 127.7, 300.0]], dtype=np.float32)
-    img = Image.fromarray(values)
-    assert img.mode == "F"
-    out = normalize_mode(img)
-    assert out.mode == "L"
-    np.testing.assert_array_equal(np.asarray(out), [[0, 0, 1, 128, 255]])
+    np.testing.assert_array_equal(np.asarray(out), expected)
 
 
 def test_premultiplied_modes() -> None:

@@ -56,7 +56,6 @@ SAVE_OPTIONS = {
     "avif": {"format": "AVIF", "speed": 6},
 }
 LABELS = {"vqz": "vqcodec", "jpeg": "JPEG", "webp": "WebP", "avif": "AVIF"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".pnm", ".gif")
 
 PSNR_CAP = 100.0
 BD_MAX_BPP = 1.0
@@ -310,25 +309,6 @@ def classic_decode(data: bytes) -> np.ndarray:
         return np.asarray(picture.convert("RGB"))
 
 
-def find_images(paths) -> list[Path]:
-    """Image files named by `paths`: files as given, folders searched recursively for
-    PNG/JPEG/WebP/TIFF/BMP/PNM/GIF files (sorted by path). Raises ValueError if none."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*")
-                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise ValueError(f"no such file or folder: {path}")
-    unique = list(dict.fromkeys(found))
-    if not unique:
-        raise ValueError("no images found in " + ", ".join(str(p) for p in paths))
-    return unique
-
-
 def versions() -> dict:
     import PIL
     import torch
@@ -386,7 +366,7 @@ def _mean(values) -> float:
 
 def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = True,
               qualities: dict | None = None) -> dict:
-    """Benchmark `codecs` on the images in `paths` (files or folders, see find_images).
+    """Benchmark `codecs` on the images in `paths` (files or folders, see images.find_images).
 
     codecs: names from CODECS ('vqz' is vqcodec at every quality level of `model`,
     the default model when None). qualities: optional {codec: levels} overriding
@@ -397,7 +377,7 @@ def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = T
     from tqdm import tqdm
 
     codecs = parse_codecs(codecs)
-    files = find_images(paths)
+    files = images.find_images(paths)
     skipped = []
     if "avif" in codecs and not avif_available():
         warnings.warn("Pillow was built without AVIF support; skipping AVIF", RuntimeWarning, stacklevel=2)

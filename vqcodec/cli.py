@@ -300,7 +300,7 @@ def bench(dirs, model_name, codecs, json_out, plot_out, markdown, limit, progres
 
     chosen = benchmark.parse_codecs(codecs)
     sources = list(dirs) or sorted(str(p) for p in images.sample_image_path().parent.glob("*.png"))
-    files = benchmark.find_images(sources)[:limit]
+    files = images.find_images(sources)[:limit]
     for out in (json_out, plot_out):
         if out is not None:
             path = Path(out)

@@ -74,8 +74,13 @@ __all__ = [
     "encode_image_bytes",
     "format_for_path",
     "psnr",
+    "find_images",
+    "IMAGE_SUFFIXES",
     "sample_image_path",
 ]
+
+#: Suffixes of the files that :func:`find_images` picks up in folders.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".pnm", ".gif")
 
 #: Modes that :func:`normalize_mode` produces.
 NORMALIZED_MODES: tuple[str, ...] = ("L", "LA", "RGB", "RGBA")
@@ -459,6 +464,25 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     if mse == 0.0:
         return float("inf")
     return float(10.0 * np.log10(255.0 ** 2 / mse))
+
+
+def find_images(paths) -> list[pathlib.Path]:
+    """Image files named by `paths`: files as given, folders searched recursively for
+    PNG/JPEG/WebP/TIFF/BMP/PNM/GIF files (sorted by path). Raises ValueError if none."""
+    found: list[pathlib.Path] = []
+    for raw in paths:
+        path = pathlib.Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*")
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ValueError(f"no such file or folder: {path}")
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise ValueError("no images found in " + ", ".join(str(p) for p in paths))
+    return unique
 
 
 def sample_image_path() -> pathlib.Path:

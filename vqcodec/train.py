@@ -32,17 +32,8 @@ from tqdm import tqdm
 from .config import ModelConfig, TrainConfig, model_config_from_dict, train_config_from_dict
 from .nn.autoencoder import VQVAE
 from .fileio import atomic_write_bytes
+from .images import find_images
 from .weights_io import save_weights
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {folder}")
-    return files
-
 
 def load_pool(files: list[Path], scales: tuple[float, ...], min_side: int) -> list[torch.Tensor]:
     """Decode every image once into uint8 (3, H, W) tensors, plus downscaled copies."""
@@ -169,7 +160,7 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
     out = Path(out)
     checkpoint_path = out.with_suffix(".ckpt")
     torch.manual_seed(cfg.seed)
-    files = list_images(data_dir)
+    files = find_images([data_dir])
     if len(files) <= cfg.held_out_images:
         raise ValueError(f"{data_dir} has {len(files)} images; need more than {cfg.held_out_images} held out")
     train_files, held_files = files[: len(files) - cfg.held_out_images], files[len(files) - cfg.held_out_images:]
