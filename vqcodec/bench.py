@@ -32,7 +32,6 @@ import os
 import platform
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
