@@ -6,10 +6,17 @@
 
 torch is imported on first use of encode/decode/load_model/list_models, so that
 `import vqcodec` and `vqcodec --help` stay quick.
+
+`import vqcodec` also registers the .vqz format with Pillow (vqcodec.pil_plugin), so that
+`PIL.Image.open("photo.vqz")` decodes and `image.save("photo.vqz", quality=4)` encodes;
+that imports PIL.Image, but not torch or numpy.
 """
 __version__ = "0.1.0"
 
 from .container import VqzError
+from .pil_plugin import register as _register_pil_plugin
+
+_register_pil_plugin()
 
 __all__ = ["encode", "decode", "list_models", "load_model", "VqzError", "__version__"]
 

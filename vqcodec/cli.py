@@ -2,12 +2,20 @@
 
 Exit codes: 0 success; 1 the work failed (unreadable input, corrupt .vqz, missing model,
 output exists without --force, I/O error); 2 bad usage (unknown option, bad value).
+
+encode, decode and info take several inputs and folders (a batch: one failed file is
+reported as `error: FILE: message` and the rest go on; exit code 1 if any failed), and `-`
+for standard input or output. With --json they print one JSON object per file, one per
+line, on stdout, or on stderr when `-o -` sends the data itself to stdout.
 """
 from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -24,6 +32,23 @@ class Failure(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+# The errors that are the input's or the environment's fault, not a bug: they become a
+# one-line message. VqzError, ModelError and ImageInputError are ValueErrors.
+EXPECTED_ERRORS = (click.ClickException, OSError, ValueError, MemoryError)
+
+
+def _error_message(error: BaseException) -> str:
+    """The one-line message for one of EXPECTED_ERRORS."""
+    if isinstance(error, click.ClickException):
+        return error.format_message()
+    if isinstance(error, FileExistsError):
+        return str(error)
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        return f"{error.strerror or error}:{where}"
+    return str(error) or type(error).__name__
+
+
 def reports_errors(command):
     """Turn the library's expected errors into a one-line message and exit code 1."""
     @functools.wraps(command)
@@ -32,22 +57,19 @@ def reports_errors(command):
             return command(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except FileExistsError as error:
-            raise Failure(str(error)) from None
-        except OSError as error:
-            where = f" {error.filename}" if error.filename else ""
-            raise Failure(f"{error.strerror or error}:{where}") from None
-        except (ValueError, MemoryError) as error:  # VqzError, ModelError, ImageInputError are ValueErrors
-            raise Failure(str(error) or type(error).__name__) from None
+        except EXPECTED_ERRORS as error:
+            raise Failure(_error_message(error)) from None
     return wrapper
 
 
-def _output_path(input_path: Path, output: str | None, suffix: str) -> Path:
+def _output_path(input_path: Path | None, output: str | None, suffix: str) -> Path:
+    """OUTPUT, or INPUT with `suffix`; refuses a folder and the input itself. input_path is
+    None for standard input (then OUTPUT is required)."""
     path = Path(output) if output else input_path.with_suffix(suffix)
     if path.exists() and path.is_dir():
         raise Failure(f"output {path} is a directory")
     try:
-        same = path.exists() and path.resolve() == input_path.resolve()
+        same = input_path is not None and path.exists() and path.resolve() == input_path.resolve()
     except OSError:
         same = False
     if same:
@@ -77,7 +99,323 @@ def _read_input(path: str) -> tuple[Path, bytes]:
     return p, p.read_bytes()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# --------------------------------------------------------------- pipes and batches
+
+STDIO = "-"  # as INPUT: standard input; as OUTPUT: standard output
+
+
+def _read_source(source: str) -> tuple[Path | None, bytes]:
+    """(path, bytes) of an INPUT; the path is None for standard input."""
+    if source == STDIO:
+        return None, click.open_file(STDIO, "rb").read()
+    return _read_input(source)
+
+
+def _deliver(out: Path | None, data: bytes, force: bool, make_parent: bool) -> None:
+    """Write `data` atomically to `out`, or to standard output when `out` is None."""
+    if out is None:
+        stream = click.open_file(STDIO, "wb")
+        stream.write(data)
+        stream.flush()
+        return
+    if make_parent:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    _write(out, data, force)
+
+
+def _refuse_existing(out: Path | None, force: bool) -> None:
+    if out is not None and out.exists() and not force:
+        raise Failure(f"{out} already exists (use --force to overwrite)")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One file of work: source is a path or "-"; target is a path, "-" (standard output)
+    or None (the default name next to source); make_parent creates the target's folder."""
+    source: str
+    target: str | None
+    make_parent: bool = False
+
+
+def _encode_job(job: _Job, *, quality, model, coder, force) -> dict:
+    from . import codec
+
+    input_path, data = _read_source(job.source)
+    out = None if job.target == STDIO else _output_path(input_path, job.target, ".vqz")
+    _refuse_existing(out, force)
+    started = time.perf_counter()
+    result = codec.encode_image(data, quality=quality, model=model, coder=coder)
+    _deliver(out, result.data, force, job.make_parent)
+    h = result.header
+    return {"ok": True, "input": job.source, "output": STDIO if out is None else str(out),
+            "width": h.width, "height": h.height, "mode": h.mode, "model": h.model_name,
+            "quality": h.quality, "coder": h.coder, "bytes": len(result.data), "bpp": result.bpp,
+            "seconds": round(time.perf_counter() - started, 4)}
+
+
+def _encode_text(r: dict) -> str:
+    return (f"{r['output']}: {r['width']}x{r['height']} {r['mode']}, model {r['model']} q{r['quality']}, "
+            f"{r['bytes']} bytes, {r['bpp']:.4f} bpp, {r['seconds']:.2f} s")
+
+
+_SUFFIXES = {"JPEG": ".jpg", "TIFF": ".tif", "JPEG2000": ".jp2"}
+
+
+def _suffix_for(image_format: str) -> str:
+    """The usual file suffix of a Pillow format ("PNG" -> ".png", "JPEG" -> ".jpg")."""
+    from PIL import Image
+
+    if image_format in _SUFFIXES:
+        return _SUFFIXES[image_format]
+    return next((ext for ext, fmt in Image.registered_extensions().items() if fmt == image_format),
+                "." + image_format.lower())
+
+
+def _check_format(ctx, param, value: str | None) -> str | None:
+    """--format: a Pillow format name or suffix (png, JPEG, jpg, .webp) -> Pillow's name."""
+    if value is None:
+        return None
+    from PIL import Image
+
+    from . import pil_plugin
+
+    Image.init()
+    name = value.strip().lstrip(".")
+    fmt = name.upper() if name.upper() in Image.SAVE else Image.registered_extensions().get("." + name.lower())
+    if fmt is None or fmt not in Image.SAVE or fmt == pil_plugin.FORMAT:
+        raise click.BadParameter(f"{value!r} is not an image format Pillow can write "
+                                 "(for example png, jpeg, webp, tiff, bmp)")
+    return fmt
+
+
+def _decode_job(job: _Job, *, image_format, force) -> dict:
+    from . import codec, images, pil_plugin
+
+    input_path, data = _read_source(job.source)
+    out = (None if job.target == STDIO
+           else _output_path(input_path, job.target, _suffix_for(image_format or "PNG")))
+    _refuse_existing(out, force)
+    fmt = image_format or ("PNG" if out is None else images.format_for_path(out))
+    if fmt == pil_plugin.FORMAT:
+        raise Failure(f"decode writes an image, not .vqz ({out}); choose another suffix, or re-encode "
+                      "with `vqcodec encode FILE.vqz -o OTHER.vqz`")
+    started = time.perf_counter()
+    picture = codec.decode(data)
+    encoded = images.encode_image_bytes(picture, fmt)
+    _deliver(out, encoded, force, job.make_parent)
+    return {"ok": True, "input": job.source, "output": STDIO if out is None else str(out), "format": fmt,
+            "width": picture.width, "height": picture.height, "mode": picture.mode, "bytes": len(encoded),
+            "seconds": round(time.perf_counter() - started, 4)}
+
+
+def _decode_text(r: dict) -> str:
+    return f"{r['output']}: {r['width']}x{r['height']} {r['mode']}, {r['seconds']:.2f} s"
+
+
+def _info_job(job: _Job) -> dict:
+    from . import codec
+
+    _, data = _read_source(job.source)
+    return {"ok": True, "input": job.source, **codec.describe(data)}
+
+
+def _find_images(folder: Path) -> list[Path]:
+    from . import images
+
+    try:
+        return images.find_images([folder])
+    except ValueError:
+        return []
+
+
+def _find_vqz(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".vqz")
+
+
+def _plan(sources, output: str | None, suffix: str, find, what: str) -> tuple[bool, list[_Job], list]:
+    """Turn INPUT... and -o into jobs: (batch, jobs, problems), problems being (input, message)
+    pairs for inputs that name nothing to do. One INPUT file (or "-") is not a batch and keeps
+    the single-file rules; several inputs or a folder (searched with find(folder), `what` it
+    looks for) are a batch, whose -o is a folder (created if missing) that mirrors the layout
+    of input folders. Outputs get `suffix`."""
+    sources = list(sources)
+    if STDIO in sources and len(sources) > 1:
+        raise click.UsageError("'-' (standard input) must be the only INPUT")
+    batch = len(sources) > 1 or any(s != STDIO and Path(s).is_dir() for s in sources)
+    to_folder = output not in (None, STDIO) and (output.endswith(("/", os.sep)) or Path(output).is_dir())
+    if not batch:
+        source = sources[0]
+        target = output
+        if source == STDIO and output is None:
+            target = STDIO
+        elif to_folder:
+            if source == STDIO:
+                raise click.UsageError("with INPUT '-', -o must name a file, or be '-' for standard output")
+            target = str((Path(output) / Path(source).name).with_suffix(suffix))
+        return False, [_Job(source, target, make_parent=to_folder)], []
+    if output == STDIO:
+        raise click.UsageError("-o - (standard output) takes a single INPUT file, not several or a folder")
+    if output is not None and not to_folder and Path(output).exists():
+        raise click.UsageError(f"-o {output} is a file; with several inputs or a folder, -o must be a folder")
+    out_dir = None if output is None else Path(output)
+    jobs, problems, claimed, seen = [], [], {}, set()
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            pairs = [(f, f.relative_to(path)) for f in find(path)]
+            if not pairs:
+                problems.append((source, f"is a directory with no {what} in it"))
+        elif path.is_file():
+            pairs = [(path, Path(path.name))]
+        else:
+            problems.append((source, "no such file or folder"))
+            continue
+        for file, relative in pairs:
+            if os.path.abspath(file) in seen:  # named twice, e.g. as a file and inside a folder
+                continue
+            seen.add(os.path.abspath(file))
+            target = (file if out_dir is None else out_dir / relative).with_suffix(suffix)
+            key = os.path.abspath(target)
+            if key in claimed:
+                problems.append((str(file), f"its output {target} would also be the output of {claimed[key]}"))
+                continue
+            claimed[key] = str(file)
+            jobs.append(_Job(str(file), str(target), make_parent=out_dir is not None))
+    return True, jobs, problems
+
+
+def _say(message: str, err: bool) -> None:
+    """click.echo, clearing a progress bar on the terminal first."""
+    from tqdm import tqdm
+
+    with tqdm.external_write_mode(file=sys.stderr):
+        click.echo(message, err=err)
+
+
+def _attempt(work, job: _Job):
+    """work(job), or the one-line message of an expected error (a worker cannot raise
+    Failure to the CLI process)."""
+    try:
+        return work(job)
+    except EXPECTED_ERRORS as error:
+        return _error_message(error)
+
+
+def _init_worker() -> None:
+    """Worker processes run torch on one thread each, so that N workers share N cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _outcomes(jobs: list[_Job], work, workers: int, progress: bool):
+    """Yield (source, record or error message) for each job, in the order they finish; in
+    `workers` processes when that is more than 1. A progress bar goes to stderr when
+    `progress` and stderr is a terminal."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), unit="file", file=sys.stderr, leave=False, dynamic_ncols=True,
+               disable=not (progress and sys.stderr.isatty()))
+    with bar:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                yield job.source, _attempt(work, job)
+                bar.update()
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        # Not fork: the parent may hold threads (tqdm, torch/OpenMP pools) that a forked
+        # child would inherit in a broken state.
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), initializer=_init_worker,
+                                   mp_context=multiprocessing.get_context(method))
+        try:
+            futures = {pool.submit(_attempt, work, job): job for job in jobs}
+            for future in as_completed(futures):
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    outcome = "a worker process died (out of memory?)"
+                yield futures[future].source, outcome
+                bar.update()
+        except BaseException:  # Ctrl-C, or the consumer stopped early: drop the queued files
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+
+
+def _run(batch: bool, jobs: list[_Job], problems: list, work, *, workers: int = 1, as_json: bool = False,
+         text=None, force: bool = False) -> None:
+    """Run the jobs and report each file: a JSON line (--json) and/or text(record) when it is
+    done, `error: [FILE: ]message` on stderr when it failed. JSON and text go to stdout, or to
+    stderr when stdout carries the data (-o -); text also goes to stderr with --json. Exits
+    with code 1 if any input failed."""
+    data_to_stdout = any(job.target == STDIO for job in jobs)
+    if data_to_stdout and not force and click.open_file(STDIO, "wb").isatty():
+        raise click.UsageError("refusing to write binary data to a terminal; redirect standard output, "
+                               "give -o FILE, or add --force")
+    failed = 0
+
+    def failure(source: str, message: str) -> None:
+        nonlocal failed
+        failed += 1
+        _say(f"error: {source}: {message}" if batch else f"error: {message}", err=True)
+        if as_json:
+            _say(json.dumps({"ok": False, "input": source, "error": message}), err=data_to_stdout)
+
+    for source, message in problems:
+        failure(source, message)
+    for source, outcome in _outcomes(jobs, work, workers, progress=batch):
+        if isinstance(outcome, str):
+            failure(source, outcome)
+            continue
+        if as_json:
+            _say(json.dumps(outcome), err=data_to_stdout)
+        shown = text(outcome) if text is not None else None
+        if shown is not None:
+            _say(shown, err=data_to_stdout or as_json)
+    total = len(jobs) + len(problems)
+    if failed and total > 1:
+        raise Failure(f"{failed} of {total} files failed")
+    if failed:
+        raise click.exceptions.Exit(EXIT_FAILURE)
+
+
+class _CoderChoice(click.Choice):
+    """click.Choice over codec.CODERS, read only when a value is checked or completed:
+    codec imports torch, which `--help` should not wait for."""
+
+    def __init__(self) -> None:
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self):
+        from . import codec
+
+        return tuple(codec.CODERS)
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it
+        pass
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "NAME"
+
+
+_JOBS_HELP = ("Worker processes for several inputs (each runs torch on one thread); "
+              "a single file always runs in this process.")
+
+_EPILOG = """\b
+Shell completion: add the line for your shell to its startup file.
+  bash (~/.bashrc):  eval "$(_VQCODEC_COMPLETE=bash_source vqcodec)"
+  zsh (~/.zshrc):    eval "$(_VQCODEC_COMPLETE=zsh_source vqcodec)"
+  fish:              _VQCODEC_COMPLETE=fish_source vqcodec > ~/.config/fish/completions/vqcodec.fish
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
 @click.version_option(__version__, "--version", prog_name="vqcodec")
 def main() -> None:
     """vqcodec: a lossy image codec built on a trained VQ-VAE.
@@ -88,84 +426,111 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("input", type=click.Path(dir_okay=True, path_type=str))
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str), default=None,
-              help="Where to write the .vqz file. Default: INPUT with the suffix .vqz.")
+              help="Where to write: a .vqz file, '-' for standard output, or a folder (one that exists "
+                   "or a name ending in '/'; with several inputs any name; created if missing). "
+                   "Default: each INPUT with the suffix .vqz; standard output for INPUT '-'.")
 @click.option("-q", "--quality", type=int, default=None,
               help="Quality level, 1 (smallest file) to the model's maximum (best picture); "
                    "see `vqcodec models`. Default: the model's default level.")
 @click.option("--model", "model_name", default=None,
               help="Bundled model to use (see `vqcodec models`). Default: the default model.")
-@click.option("--coder", type=click.Choice(["zstd"]), default="zstd", show_default=True,
-              help="Entropy coder for the index grids.")
-@click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--coder", type=_CoderChoice(), default=None,
+              help="Entropy coder for the index grids (a wrong name lists those available). "
+                   "Default: the codec's choice for the model.")
+@click.option("-f", "--force", is_flag=True,
+              help="Overwrite outputs that exist (and allow .vqz data on a terminal).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help=_JOBS_HELP)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per file, one per line, on stdout (on stderr with -o -).")
 @click.option("-v", "--verbose", is_flag=True, help="Print size, bits per pixel and time.")
 @reports_errors
-def encode(input, output, quality, model_name, coder, force, verbose):
-    """Compress an image file (PNG, JPEG, WebP, TIFF, BMP, ...) to a .vqz file.
+def encode(inputs, output, quality, model_name, coder, force, jobs, as_json, verbose):
+    """Compress image files (PNG, JPEG, WebP, TIFF, BMP, ...) to .vqz files.
 
     Any size from 1x1 up. Gray images stay gray, alpha is kept losslessly,
     palette/CMYK/16-bit images are converted to 8-bit RGB(A) or gray first,
-    and EXIF orientation is applied."""
-    from . import codec
+    and EXIF orientation is applied.
 
-    input_path, data = _read_input(input)
-    out = _output_path(input_path, output, ".vqz")
-    if out.exists() and not force:
-        raise Failure(f"{out} already exists (use --force to overwrite)")
-    started = time.perf_counter()
-    result = codec.encode_image(data, quality=quality, model=model_name, coder=coder)
-    _write(out, result.data, force)
-    if verbose:
-        h = result.header
-        click.echo(f"{out}: {h.width}x{h.height} {h.mode}, model {h.model_name} q{h.quality}, "
-                   f"{len(result.data)} bytes, {result.bpp:.4f} bpp, {time.perf_counter() - started:.2f} s")
+    INPUT may be '-' (standard input), several files, or folders (searched
+    recursively for images; their layout is kept under -o). A file that fails
+    is reported and the others go on; the exit code is then 1.
+
+    \b
+      vqcodec encode photo.png -q 3            # writes photo.vqz
+      cat photo.png | vqcodec encode - > photo.vqz
+      vqcodec encode a.png b.jpg shots/ -o out/ --jobs 2"""
+    batch, planned, problems = _plan(inputs, output, ".vqz", _find_images, "images")
+    work = functools.partial(_encode_job, quality=quality, model=model_name, coder=coder, force=force)
+    _run(batch, planned, problems, work, workers=jobs, as_json=as_json, force=force,
+         text=_encode_text if verbose else None)
 
 
 @main.command()
-@click.argument("input", type=click.Path(path_type=str))
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("-o", "--output", type=click.Path(path_type=str), default=None,
-              help="Where to write the image; its suffix picks the format (.png, .jpg, .webp, "
-                   ".tif, .bmp, ...). Default: INPUT with the suffix .png.")
-@click.option("-f", "--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+              help="Where to write: an image file, whose suffix picks the format (.png, .jpg, .webp, "
+                   ".tif, .bmp, ...); '-' for standard output; or a folder (one that exists or a name "
+                   "ending in '/'; with several inputs any name; created if missing). Default: each "
+                   "INPUT with the suffix .png (or --format's); standard output for INPUT '-'.")
+@click.option("--format", "image_format", metavar="FORMAT", default=None, callback=_check_format,
+              help="Image format to write: png, jpeg, webp, tiff, bmp or any other that Pillow writes; "
+                   "wins over OUTPUT's suffix. Default: OUTPUT's suffix decides, else PNG.")
+@click.option("-f", "--force", is_flag=True,
+              help="Overwrite outputs that exist (and allow image data on a terminal).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help=_JOBS_HELP)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per file, one per line, on stdout (on stderr with -o -).")
 @click.option("-v", "--verbose", is_flag=True, help="Print the size, mode and time.")
 @reports_errors
-def decode(input, output, force, verbose):
-    """Rebuild an image from a .vqz file."""
-    from . import codec, images
+def decode(inputs, output, image_format, force, jobs, as_json, verbose):
+    """Rebuild images from .vqz files.
 
-    input_path, data = _read_input(input)
-    out = _output_path(input_path, output, ".png")
-    if out.exists() and not force:
-        raise Failure(f"{out} already exists (use --force to overwrite)")
-    started = time.perf_counter()
-    picture = codec.decode(data)
-    encoded = images.encode_image_bytes(picture, images.format_for_path(out))
-    _write(out, encoded, force)
-    if verbose:
-        click.echo(f"{out}: {picture.width}x{picture.height} {picture.mode}, "
-                   f"{time.perf_counter() - started:.2f} s")
+    INPUT may be '-' (standard input), several files, or folders (searched
+    recursively for .vqz files; their layout is kept under -o). A file that
+    fails is reported and the others go on; the exit code is then 1.
+
+    \b
+      vqcodec decode photo.vqz -o photo.webp
+      vqcodec decode - -o - < photo.vqz > photo.png
+      vqcodec decode out/ -o png/ --format png --jobs 2"""
+    suffix = _suffix_for(image_format or "PNG")
+    batch, planned, problems = _plan(inputs, output, suffix, _find_vqz, ".vqz files")
+    work = functools.partial(_decode_job, image_format=image_format, force=force)
+    _run(batch, planned, problems, work, workers=jobs, as_json=as_json, force=force,
+         text=_decode_text if verbose else None)
 
 
 @main.command()
-@click.argument("input", type=click.Path(path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print the fields as one JSON object.")
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object per file, one per line: the fields plus input and ok.")
 @reports_errors
-def info(input, as_json):
-    """Show every header field of a .vqz file, its sizes and bits per pixel."""
-    from . import codec
+def info(inputs, as_json):
+    """Show every header field of .vqz files, their sizes and bits per pixel.
 
-    _, data = _read_input(input)
-    fields = codec.describe(data)
-    if as_json:
-        click.echo(json.dumps(fields, indent=2))
-        return
-    for key, value in fields.items():
-        if key == "grid_shapes":
-            value = ", ".join(f"{r}x{c}" for r, c in value)
-        elif key == "bpp":
-            value = f"{value:.4f}"
-        click.echo(f"{key:20s} {value}")
+    INPUT may be '-' (standard input), several files, or folders (searched
+    recursively for .vqz files)."""
+    batch, planned, problems = _plan(inputs, None, ".vqz", _find_vqz, ".vqz files")
+    planned = [_Job(job.source, None) for job in planned]  # info writes no files
+
+    shown = []
+
+    def text(record: dict) -> str:
+        lines = [""] if shown else []  # a blank line between files
+        shown.append(record["input"])
+        for key, value in record.items():
+            if key == "ok" or (key == "input" and not batch):
+                continue
+            if key == "grid_shapes":
+                value = ", ".join(f"{r}x{c}" for r, c in value)
+            elif key == "bpp":
+                value = f"{value:.4f}"
+            lines.append(f"{key:20s} {value}")
+        return "\n".join(lines)
+
+    _run(batch, planned, problems, _info_job, as_json=as_json, text=None if as_json else text)
 
 
 @main.command()
@@ -237,6 +602,9 @@ def demo(input, model_name, qualities, output_dir):
               help="Where to train.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
               help="Checkpoint to resume from. Default: OUT's .ckpt if it exists.")
+@click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
+              help="Warm start from an earlier model's weights (.safetensors); tensors of another shape, "
+                   "such as a wider latent, get the overlapping part. Ignored when resuming.")
 @click.option("--name", default=None, help="Model name stored in the weights. Default: OUT's file stem.")
 @click.option("--description", default="VQ-VAE image codec", show_default=True,
               help="One-line description stored in the weights.")
@@ -244,8 +612,8 @@ def demo(input, model_name, qualities, output_dir):
               help="Add the result to models.json in OUT's folder, so `vqcodec models` lists it.")
 @click.option("--default-model", is_flag=True, help="Mark the result as the default model in models.json.")
 @reports_errors
-def train(data_dir, out, config_file, steps, batch_size, device, resume, name, description, register,
-          default_model):
+def train(data_dir, out, config_file, steps, batch_size, device, resume, init_from, name, description,
+          register, default_model):
     """Train a VQ-VAE codec on a folder of images (also under torchrun for several processes)."""
     from dataclasses import replace
 
@@ -259,7 +627,7 @@ def train(data_dir, out, config_file, steps, batch_size, device, resume, name, d
     out_path.parent.mkdir(parents=True, exist_ok=True)
     training.train(data_dir, out_path, model_config=model_config, train_config=train_config,
                    name=name or out_path.stem, description=description, device_name=device,
-                   resume=resume)
+                   resume=resume, init_from=init_from)
     if register and training.is_main_process():
         entry = zoo.register(out_path, default=default_model)
         click.echo(f"wrote {out_path} (sha256 {entry.sha256})")

@@ -5,6 +5,10 @@
                                       alpha ─zstd (lossless)─┘
     decode: .vqz ─container.unpack─> header, payloads ─find model by sha256─> entropy decoder
             ─> grids (checked against the index CRC) ─VQVAE.decode_indices─> crop ─> PIL image
+
+Entropy coders: "prior" (default when the model has one) range-codes the grids with the
+model's integer context prior, pass by pass (nn.prior.encode_passes / decode_passes feed
+entropy.range_encode / RangeDecoder); "zstd" is the memoryless baseline.
 """
 from __future__ import annotations
 
@@ -17,9 +21,9 @@ from PIL import Image
 
 from . import container, entropy, images, zoo
 from .container import Header, VqzError
+from .nn.prior import decode_passes, encode_passes
 
-CODERS = ("zstd",)
-DEFAULT_CODER = "zstd"
+CODERS = ("prior", "zstd")
 
 
 @dataclass(frozen=True)
@@ -46,14 +50,44 @@ def _check_quality(quality: int | None, entry: zoo.ModelEntry, num_stages: int) 
     return int(quality)
 
 
+def _choose_coder(coder: str | None, entry: zoo.ModelEntry):
+    """(coder name, prior or None); the default is the prior when the model has one."""
+    if coder is not None and coder not in CODERS:
+        raise ValueError(f"unknown coder '{coder}'; available: {', '.join(CODERS)}")
+    prior = zoo.load_prior(entry)
+    if coder == "prior" and prior is None:
+        raise ValueError(f"model '{entry.name}' has no prior; use coder 'zstd'")
+    if coder is None:
+        coder = "prior" if prior is not None else "zstd"
+    return coder, prior
+
+
+def encode_grids(grids: list[np.ndarray], coder: str, prior) -> bytes:
+    """Index payload of the q grids (each rows x cols) with the given coder."""
+    if coder == "zstd":
+        return entropy.zstd_encode(grids)
+    passes = encode_passes(prior, torch.from_numpy(np.stack(grids)))
+    return entropy.range_encode([(symbols, freqs) for _, symbols, freqs in passes])
+
+
+def decode_grids(payload: bytes, shapes: list[tuple[int, int]], coder: str, prior) -> list[np.ndarray]:
+    """Inverse of encode_grids. Raises ValueError on a payload that cannot be decoded."""
+    if coder == "zstd":
+        return entropy.zstd_decode(payload, shapes)
+    rows, cols = shapes[0]
+    try:
+        indices = decode_passes(prior, len(shapes), rows, cols, entropy.RangeDecoder(payload))
+    except Exception as error:  # including the range decoder's own errors on garbage input
+        raise ValueError(str(error)) from None
+    return list(indices.numpy())
+
+
 def encode_image(image, quality: int | None = None, model: str | None = None,
                  coder: str | None = None) -> EncodeResult:
     """Encode an image (path, bytes, PIL image or uint8 array) to .vqz bytes plus its header."""
-    coder = coder or DEFAULT_CODER
-    if coder not in CODERS:
-        raise ValueError(f"unknown coder '{coder}'; available: {', '.join(CODERS)}")
     picture = images.load_image(image)
     entry, vqvae = _model_for(model)
+    coder, prior = _choose_coder(coder, entry)
     cfg = vqvae.config
     quality = _check_quality(quality, entry, cfg.num_stages)
     rgb, alpha = images.split_alpha(picture)
@@ -67,7 +101,7 @@ def encode_image(image, quality: int | None = None, model: str | None = None,
         grid_shapes=tuple(g.shape for g in grids), index_crc32=entropy.index_checksum(grids),
     )
     alpha_payload = images.compress_alpha(alpha) if alpha is not None else b""
-    return EncodeResult(container.pack(header, entropy.zstd_encode(grids), alpha_payload), header)
+    return EncodeResult(container.pack(header, encode_grids(grids, coder, prior), alpha_payload), header)
 
 
 def encode(image, quality: int | None = None, model: str | None = None, coder: str | None = None) -> bytes:
@@ -75,7 +109,8 @@ def encode(image, quality: int | None = None, model: str | None = None, coder: s
 
     image: a path, bytes of an image file, a PIL image, or a uint8 numpy array (HxW, HxWxC).
     quality: 1..N (higher = better, more bytes); None = the model's default level.
-    model: a bundled model name; None = the default model. coder: "zstd"."""
+    model: a bundled model name; None = the default model.
+    coder: "prior" (the model's learned prior; default when it has one) or "zstd"."""
     return encode_image(image, quality, model, coder).data
 
 
@@ -106,8 +141,11 @@ def decode(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
     vqvae = zoo.load(entry)
     cfg = vqvae.config
     _check_grids(header, cfg.stride, cfg.num_stages)
+    prior = zoo.load_prior(entry)
+    if header.coder == "prior" and prior is None:
+        raise VqzError(f"file uses the prior coder, but model '{entry.name}' has no prior")
     try:
-        grids = entropy.zstd_decode(parsed.index_payload, list(header.grid_shapes))
+        grids = decode_grids(parsed.index_payload, list(header.grid_shapes), header.coder, prior)
     except ValueError as error:
         raise VqzError(f"corrupt index payload: {error}") from None
     if entropy.index_checksum(grids) != header.index_crc32:

@@ -46,6 +46,37 @@ class TrainConfig:
     held_out_images: int = 3  # last N images of the data folder are held out
     extra_scales: tuple[float, ...] = (0.6,)  # downscaled copies of the photos join the pool
     threads: int = 0  # torch threads; 0 = torch's default
+    # Divergence guard: when the mean loss of the last 20 steps exceeds spike_factor times its
+    # long-run mean, roll back to the last checkpoint and halve the learning rate. 0 disables it.
+    spike_factor: float = 3.0
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """Shape of the context prior over index grids (vqcodec.nn.prior)."""
+
+    num_stages: int = 8  # = the model's residual stages
+    codebook_size: int = 256  # = the model's K
+    channels: int = 32  # width of the integer conv trunk
+    layers: int = 2  # 3x3 conv layers in the trunk
+
+
+@dataclass(frozen=True)
+class PriorTrainConfig:
+    """How a prior is trained (stored in the weights for the record)."""
+
+    steps: int = 4000
+    batch_size: int = 16
+    crop_size: int = 24  # index-grid crop: 24 x 24 indices = 192 x 192 pixels at stride 8
+    learning_rate: float = 2e-3
+    lr_final_fraction: float = 0.05
+    warmup_steps: int = 100
+    seed: int = 0
+    checkpoint_every: int = 250
+    eval_every: int = 1000
+    held_out_images: int = 3  # the same last images the VQ-VAE held out
+    extra_scales: tuple[float, ...] = (0.6,)
+    threads: int = 0
 
 
 def _tupleize(cls, data: dict):
@@ -67,3 +98,11 @@ def train_config_from_dict(data: dict) -> TrainConfig:
 
 def to_json(config) -> str:
     return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def prior_config_from_dict(data: dict) -> PriorConfig:
+    return _tupleize(PriorConfig, data)
+
+
+def prior_train_config_from_dict(data: dict) -> PriorTrainConfig:
+    return _tupleize(PriorTrainConfig, data)

@@ -51,3 +51,51 @@ def zstd_decode(payload: bytes, shapes: list[tuple[int, int]]) -> list[np.ndarra
         grids.append(flat[offset:offset + rows * cols].reshape(rows, cols).astype(np.int64))
         offset += rows * cols
     return grids
+
+
+# Coder "prior" (id 1): range coding (constriction's queue.RangeEncoder, 32-bit words,
+# 24-bit precision) of every index in the prior's pass order, each with its own
+# categorical distribution given as integer frequencies. constriction's lazy categorical
+# model turns frequencies f_0..f_{K-1} into a CDF with float32 arithmetic on exact
+# integers (see docs/FORMAT.md), so encoder and decoder derive the same CDF.
+
+def _categorical():
+    import constriction
+
+    return constriction.stream.model.Categorical(lazy=True, perfect=False)
+
+
+def _as_probabilities(frequencies: np.ndarray) -> np.ndarray:
+    """Integer frequencies (n, K), each in [1, 2**15], as exact float32 values."""
+    probabilities = np.ascontiguousarray(frequencies, dtype=np.float32)
+    if probabilities.ndim != 2 or not (probabilities.min() >= 1 and probabilities.max() <= 1 << 15):
+        raise ValueError("frequencies must be an (n, K) array of integers in [1, 2**15]")
+    return probabilities
+
+
+def range_encode(passes: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """[(symbols (n,), frequencies (n, K))] in order -> payload bytes (little-endian u32 words)."""
+    import constriction
+
+    encoder = constriction.stream.queue.RangeEncoder()
+    model = _categorical()
+    for symbols, frequencies in passes:
+        if len(symbols):
+            encoder.encode(np.asarray(symbols, dtype=np.int32), model, _as_probabilities(frequencies))
+    return encoder.get_compressed().astype("<u4").tobytes()
+
+
+class RangeDecoder:
+    """Decodes a range_encode payload one pass at a time: call it with each pass's frequencies."""
+
+    def __init__(self, payload: bytes):
+        import constriction
+
+        if len(payload) % 4:
+            raise ValueError("range-coded payload is not a whole number of 32-bit words")
+        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        self._decoder = constriction.stream.queue.RangeDecoder(words)
+        self._model = _categorical()
+
+    def __call__(self, frequencies: np.ndarray) -> np.ndarray:
+        return self._decoder.decode(self._model, _as_probabilities(frequencies))

@@ -14,6 +14,7 @@ prefix of stages a usable quality level: Zeghidour et al. 2021, "SoundStream".
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
@@ -122,6 +123,67 @@ def held_out_psnr(model: VQVAE, images: list[torch.Tensor], device: torch.device
     return totals
 
 
+def initialize_from(model: VQVAE, weights: str | os.PathLike) -> list[str]:
+    """Warm start: copy every tensor of an existing model's weights into `model`.
+
+    Tensors whose shape differs (say a wider latent) get the overlapping slice; the rest
+    of such a tensor keeps its fresh initialisation, except the decoder's first layer,
+    whose extra input channels start at zero so the warm-started model begins as the old
+    one. Codebooks of another dimension are left uninitialised (k-means on the first
+    batch). Returns the names of the tensors that were only partly copied."""
+    from safetensors.torch import load_file
+
+    source = load_file(str(weights))
+    target = model.state_dict()
+    partial = []
+    same_codebooks = all(name in source and source[name].shape == tensor.shape
+                         for name, tensor in target.items() if name.startswith("quantizer."))
+    with torch.no_grad():
+        for name, tensor in target.items():
+            old = source.get(name)
+            if old is None or old.dim() != tensor.dim() or (name.startswith("quantizer.") and not same_codebooks):
+                continue
+            if old.shape == tensor.shape:
+                tensor.copy_(old)
+                continue
+            if name == "decoder.net.0.weight":
+                tensor.zero_()
+            overlap = tuple(slice(0, min(a, b)) for a, b in zip(old.shape, tensor.shape))
+            tensor[overlap] = old[overlap]
+            partial.append(name)
+    return partial
+
+
+class SpikeGuard:
+    """Detects divergence: the recent mean loss far above the long-run mean.
+
+    A single bad batch is normal; a run that is blowing up shows a rising loss over
+    tens of steps before it becomes non-finite, which is what this looks for."""
+
+    def __init__(self, factor: float, recent: int = 20, long: int = 500):
+        self.factor = factor
+        self.recent_decay, self.long_decay = 1 - 1 / recent, 1 - 1 / long
+        self.recent = self.long = None
+        self.seen = 0
+
+    def diverging(self, loss: float) -> bool:
+        if not self.factor:
+            return False
+        if not math.isfinite(loss):
+            return True
+        self.seen += 1
+        if self.recent is None:
+            self.recent = self.long = loss
+            return False
+        self.recent = self.recent_decay * self.recent + (1 - self.recent_decay) * loss
+        self.long = self.long_decay * self.long + (1 - self.long_decay) * loss
+        return self.seen > 100 and self.recent > self.factor * self.long
+
+    def reset(self) -> None:
+        self.recent = self.long = None
+        self.seen = 0
+
+
 def read_config_file(path: str | os.PathLike | None) -> tuple[ModelConfig, TrainConfig]:
     """A JSON file {"model": {...}, "train": {...}}; missing keys keep their defaults."""
     if path is None:
@@ -148,10 +210,22 @@ def _setup_distributed(device_name: str) -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
+def _mean_over_ranks(value: torch.Tensor, world: int) -> float:
+    """The loss averaged over all processes, so every rank makes the same rollback decision."""
+    if world > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world
+    return value.item()
+
+
 def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: ModelConfig,
           train_config: TrainConfig, name: str, description: str, device_name: str = "cpu",
-          resume: str | os.PathLike | None = None, progress: bool = True) -> Path:
-    """Train a VQ-VAE on the images in data_dir and write its weights to `out`."""
+          resume: str | os.PathLike | None = None, init_from: str | os.PathLike | None = None,
+          progress: bool = True) -> Path:
+    """Train a VQ-VAE on the images in data_dir and write its weights to `out`.
+
+    init_from: weights of an earlier model to start from (ignored when resuming)."""
     rank, world = _setup_distributed(device_name)
     cfg = train_config
     if cfg.threads:
@@ -170,8 +244,12 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
     model = VQVAE(model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    step, elapsed = 0, 0.0
+    step, elapsed, lr_scale, rollbacks = 0, 0.0, 1.0, []
     resume = resume or (checkpoint_path if checkpoint_path.exists() else None)
+    if init_from and not resume:
+        partial = initialize_from(model, init_from)
+        if rank == 0 and progress:
+            tqdm.write(f"initialised from {init_from}; resized: {', '.join(partial) or 'none'}")
     if resume:
         state = torch.load(resume, map_location=device, weights_only=True)
         if model_config_from_dict(state["model_config"]) != model_config:
@@ -180,6 +258,7 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"][rank] if rank < len(state["generator"]) else state["generator"][0])
         step, elapsed = state["step"], state["elapsed"]
+        lr_scale, rollbacks = state.get("lr_scale", 1.0), state.get("rollbacks", [])
     ddp_model = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
@@ -187,7 +266,12 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
     def record(extra: dict) -> dict:
         return {"steps": step, "wall_seconds": round(elapsed, 1), "world_size": world,
                 "device": device_name, "data": str(data_dir), "train_images": len(train_files),
-                "held_out_images": [p.name for p in held_files], **extra}
+                "held_out_images": [p.name for p in held_files], "lr_scale": lr_scale,
+                "init_from": str(init_from) if init_from else None, "rollbacks": rollbacks, **extra}
+
+    def snapshot() -> dict:
+        return copy.deepcopy({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                              "step": step, "elapsed": elapsed, "generator": generator.get_state()})
 
     def save_checkpoint() -> None:
         generators = [generator.get_state()]
@@ -198,7 +282,7 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
             return
         buffer = io.BytesIO()
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "elapsed": elapsed, "generator": generators,
+                    "elapsed": elapsed, "generator": generators, "lr_scale": lr_scale, "rollbacks": rollbacks,
                     "model_config": asdict(model_config), "train_config": asdict(cfg)}, buffer)
         atomic_write_bytes(checkpoint_path, buffer.getvalue())
         save_weights(model, out, name=name, description=description, train_config=cfg,
@@ -208,10 +292,12 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
                desc=f"training {name}")
     model.train()
     log = []
+    guard = SpikeGuard(cfg.spike_factor)
+    last_good = snapshot()
     while step < cfg.steps:
         started = time.perf_counter()
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, cfg)
+            group["lr"] = learning_rate(step, cfg) * lr_scale
         images = random_crops(pool, cfg.batch_size, cfg.crop_size, generator).to(device)
         keep = torch.randint(1, model_config.num_stages + 1, (cfg.batch_size,), generator=generator).to(device)
         reconstruction, indices, commitment = ddp_model(images, keep)
@@ -222,6 +308,18 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         if torch.isfinite(loss) and torch.isfinite(grad_norm):
             optimizer.step()
+        if guard.diverging(_mean_over_ranks(loss.detach(), world)):
+            model.load_state_dict(last_good["model"])
+            optimizer.load_state_dict(last_good["optimizer"])
+            generator.set_state(last_good["generator"])
+            rollbacks.append({"at_step": step, "back_to": last_good["step"]})
+            step, elapsed, lr_scale = last_good["step"], last_good["elapsed"], lr_scale / 2
+            guard.reset()
+            bar.write(f"loss diverging at step {rollbacks[-1]['at_step']}: back to step {step}, "
+                      f"learning rate x{lr_scale:g}")
+            bar.n = step
+            bar.refresh()
+            continue
         step += 1
         elapsed += time.perf_counter() - started
         live = [(vq.ema_count >= model_config.dead_code_threshold).float().mean().item()
@@ -231,6 +329,7 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
                         live=f"{min(live):.2f}")
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint()
+            last_good = snapshot()
         if rank == 0 and (step % cfg.eval_every == 0 or step == cfg.steps):
             entry = {"step": step, "wall_seconds": round(elapsed, 1),
                      "held_out_psnr": held_out_psnr(model, held_out, device),

@@ -7,6 +7,10 @@ A weights file carries everything needed to rebuild its model:
     metadata["model_config"] ModelConfig as JSON
     metadata["train_config"] TrainConfig as JSON (for the record)
     metadata["training"]     JSON facts about the run (steps, wall time, data)
+and, once a prior is trained for the model (vqcodec train-prior):
+    metadata["prior_config"]   PriorConfig as JSON
+    metadata["prior_training"] JSON facts about the prior's run
+    tensors "prior.*"          the integer prior (IntegerPrior.tensors()), int32
 """
 from __future__ import annotations
 
@@ -19,8 +23,11 @@ from safetensors.torch import load as load_tensors_from_bytes
 from safetensors.torch import save as save_tensors_to_bytes
 
 from .fileio import atomic_write_bytes
-from .config import ModelConfig, model_config_from_dict, to_json
+from .config import ModelConfig, PriorConfig, model_config_from_dict, prior_config_from_dict, to_json
 from .nn.autoencoder import VQVAE
+from .nn.prior import IntegerPrior
+
+PRIOR_PREFIX = "prior."
 
 WEIGHTS_FORMAT = "vqcodec-weights-1"
 MAX_HEADER_BYTES = 1 << 24
@@ -48,6 +55,28 @@ def save_weights(model: VQVAE, path: str | os.PathLike, *, name: str, descriptio
     return sha256_of_file(path)
 
 
+def save_with_prior(source: str | os.PathLike, path: str | os.PathLike, prior: IntegerPrior,
+                    prior_config: PriorConfig, prior_training: dict) -> str:
+    """Copy the VQ-VAE weights in `source` to `path` with `prior` added (replacing any
+    earlier prior), atomically; return the new file's sha256."""
+    with open(source, "rb") as f:
+        data = f.read()
+    metadata = _metadata_from_bytes(data, str(source))
+    tensors = {k: v for k, v in load_tensors_from_bytes(data).items() if not k.startswith(PRIOR_PREFIX)}
+    tensors.update({PRIOR_PREFIX + k: v.contiguous() for k, v in prior.tensors().items()})
+    metadata = {**metadata, "prior_config": to_json(prior_config),
+                "prior_training": json.dumps(prior_training, sort_keys=True)}
+    atomic_write_bytes(path, save_tensors_to_bytes(tensors, metadata=metadata), overwrite=True)
+    return sha256_of_file(path)
+
+
+def _metadata_from_bytes(data: bytes, origin: str) -> dict:
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    if not 0 < size <= min(MAX_HEADER_BYTES, len(data) - 8):
+        raise ValueError(f"{origin} is not a safetensors file")
+    return _metadata_from_header(data[8:8 + size], origin)
+
+
 def _metadata_from_header(header: bytes, origin: str) -> dict:
     try:
         metadata = json.loads(header).get("__metadata__") or {}
@@ -70,13 +99,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 def vqvae_from_bytes(data: bytes, origin: str = "weights") -> VQVAE:
     """Rebuild a VQVAE from the bytes of its weights file (safetensors only, never pickle)."""
-    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
-    if not 0 < size <= min(MAX_HEADER_BYTES, len(data) - 8):
-        raise ValueError(f"{origin} is not a safetensors file")
-    metadata = _metadata_from_header(data[8:8 + size], origin)
+    metadata = _metadata_from_bytes(data, origin)
     config: ModelConfig = model_config_from_dict(json.loads(metadata["model_config"]))
     model = VQVAE(config)
-    tensors = load_tensors_from_bytes(data)
+    tensors = {k: v for k, v in load_tensors_from_bytes(data).items() if not k.startswith(PRIOR_PREFIX)}
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     allowed_missing = {k for k in missing if k.endswith((".ema_sum", ".initialized"))}
     if set(missing) - allowed_missing or unexpected:
@@ -86,6 +112,19 @@ def vqvae_from_bytes(data: bytes, origin: str = "weights") -> VQVAE:
         stage.initialized.fill_(True)
     model.eval()
     return model
+
+
+def prior_from_bytes(data: bytes, origin: str = "weights") -> IntegerPrior | None:
+    """The integer prior stored with a model, or None if the file has none."""
+    metadata = _metadata_from_bytes(data, origin)
+    if "prior_config" not in metadata:
+        return None
+    config = prior_config_from_dict(json.loads(metadata["prior_config"]))
+    tensors = {k[len(PRIOR_PREFIX):]: v for k, v in load_tensors_from_bytes(data).items()
+               if k.startswith(PRIOR_PREFIX)}
+    if any(t.dtype != torch.int32 for t in tensors.values()):
+        raise ValueError(f"{origin}: prior tensors must be int32")
+    return IntegerPrior(config, tensors)
 
 
 def load_vqvae(path: str | os.PathLike) -> VQVAE:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .fileio import atomic_write_bytes
-from .weights_io import read_metadata, sha256_of_file, vqvae_from_bytes
+from .weights_io import read_metadata, sha256_of_file, prior_from_bytes, vqvae_from_bytes
 
 MANIFEST = "models.json"
 
@@ -49,6 +49,7 @@ class ModelEntry:
             "description": self.description,
             "stride": 2 ** len(config["widths"]),
             "codebook_size": config["codebook_size"],
+            "coders": ["prior", "zstd"] if "prior_config" in metadata else ["zstd"],
             "file": str(self.path),
         }
 
@@ -120,14 +121,19 @@ def _load_checked(path: Path, sha256: str):
         raise ModelError(f"weights file {path} has sha256 {actual}, but the manifest says {sha256}: "
                          "the file is damaged or was replaced; refusing to load it")
     try:
-        return vqvae_from_bytes(data, str(path))
+        return vqvae_from_bytes(data, str(path)), prior_from_bytes(data, str(path))
     except Exception as error:  # a malformed file must not surface as a raw traceback
         raise ModelError(f"cannot load weights {path}: {error}") from None
 
 
 def load(entry: ModelEntry):
     """The VQVAE of `entry`, after checking the file's sha256 (cached per process)."""
-    return _load_checked(entry.path, entry.sha256)
+    return _load_checked(entry.path, entry.sha256)[0]
+
+
+def load_prior(entry: ModelEntry):
+    """The IntegerPrior stored with `entry` (same sha256-checked file), or None."""
+    return _load_checked(entry.path, entry.sha256)[1]
 
 
 def register(weights_path: str | os.PathLike, *, default: bool = False) -> ModelEntry:

@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+import torch
+
+from vqcodec import entropy
+from vqcodec.config import PriorConfig
+from vqcodec.nn import prior as prior_module
+from vqcodec.nn.prior import (ContextPrior, IntegerPrior, _conv3x3_by_shifts, _exact_conv3x3, checkerboard,
+                              decode_passes, encode_passes, frequency_table)
+
+SMALL = PriorConfig(num_stages=3, codebook_size=16, channels=8, layers=2)
+
+
+def trained_like(cfg: PriorConfig, seed: int = 0) -> ContextPrior:
+    """A prior with large random weights, so its distributions are far from uniform."""
+    torch.manual_seed(seed)
+    model = ContextPrior(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3)
+    return model
+
+
+def round_trip(prior: IntegerPrior, grid: torch.Tensor) -> tuple[bytes, torch.Tensor]:
+    passes = encode_passes(prior, grid)
+    payload = entropy.range_encode([(s, f) for _, s, f in passes])
+    q, rows, cols = grid.shape
+    return payload, decode_passes(prior, q, rows, cols, entropy.RangeDecoder(payload))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 1, 1), (2, 1, 7), (3, 7, 3), (3, 12, 17)])
+def test_round_trip_any_grid(shape):
+    prior = IntegerPrior(SMALL, trained_like(SMALL).to_integer())
+    grid = torch.randint(0, SMALL.codebook_size, shape)
+    _, decoded = round_trip(prior, grid)
+    assert torch.equal(decoded, grid)
+
+
+def test_integer_prior_computes_what_training_sees():
+    model = trained_like(SMALL)
+    prior = IntegerPrior(SMALL, model.to_integer())
+    grid = torch.randint(0, SMALL.codebook_size, (3, 9, 10))
+    passes = encode_passes(prior, grid)
+    table = frequency_table()
+    for index, (stage, _, freqs) in enumerate(passes):
+        half = index % 2
+        mask = checkerboard(9, 10) if half == 0 else ~checkerboard(9, 10)
+        with torch.no_grad():
+            logits = model(grid.unsqueeze(0), torch.tensor([stage]), half)[0]  # bits, on the 1/16 grid
+        steps = torch.round(logits[:, mask].t() * 16).long()
+        distance = (steps.amax(1, keepdim=True) - steps).clamp(max=len(table) - 1)
+        assert torch.equal(table[distance].float(), torch.from_numpy(freqs))
+
+
+def test_a_good_prior_codes_predictable_grids_in_few_bits():
+    """Training lowers the code length on grids with structure (each stage a copy of the first)."""
+    torch.manual_seed(0)
+    model = ContextPrior(SMALL)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    def batch():
+        first = torch.randint(0, SMALL.codebook_size, (8, 1, 6, 6))
+        return first.repeat(1, SMALL.num_stages, 1, 1)
+    for _ in range(150):
+        grids = batch()
+        loss = model.loss_bits(grids, torch.randint(0, SMALL.num_stages, (8,)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    prior = IntegerPrior(SMALL, model.to_integer())
+    grid = batch()[0]
+    payload, decoded = round_trip(prior, grid)
+    assert torch.equal(decoded, grid)
+    uniform_bytes = grid.numel() * np.log2(SMALL.codebook_size) / 8
+    # stages 2 and 3 are predictable, so well under the uniform 4 bits per index overall
+    assert len(payload) < 0.6 * uniform_bytes
+
+
+def test_passes_evaluated_together_or_alone_or_beside_another_image_agree(monkeypatch):
+    prior = IntegerPrior(SMALL, trained_like(SMALL).to_integer())
+    grid = torch.randint(0, SMALL.codebook_size, (3, 10, 11))
+    together = encode_passes(prior, grid)
+    monkeypatch.setattr(prior_module, "PASS_CHUNK_POSITIONS", 1)  # one pass per network call
+    alone = encode_passes(prior, grid)
+    for (s1, sym1, f1), (s2, sym2, f2) in zip(together, alone, strict=True):
+        assert s1 == s2 and np.array_equal(sym1, sym2) and np.array_equal(f1, f2)
+    # the same pass inside a batch with another image's pass
+    other = torch.randint(0, SMALL.codebook_size, (3, 10, 11))
+    x = prior.pass_inputs(torch.zeros(SMALL.channels, 10, 11), grid[0], 0, 1)
+    y = prior.pass_inputs(torch.zeros(SMALL.channels, 10, 11), other[0], 0, 1)
+    mask = ~checkerboard(10, 11)
+    (single,) = prior.frequencies(x.unsqueeze(0), [0], [mask])
+    batched = prior.frequencies(torch.stack([y, x]), [0, 0], [mask, mask])
+    assert torch.equal(single, batched[1])
+
+
+def test_thread_count_does_not_change_frequencies():
+    prior = IntegerPrior(SMALL, trained_like(SMALL).to_integer())
+    grid = torch.randint(0, SMALL.codebook_size, (3, 40, 40))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = encode_passes(prior, grid)
+        torch.set_num_threads(2)
+        two = encode_passes(prior, grid)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(one, two, strict=True))
+
+
+def test_exact_conv_and_its_fallback_match_float64():
+    act = torch.randint(0, 256, (2, 8, 9, 7)).float()
+    weight = torch.randint(-127, 128, (8, 72)).float()
+    fast = _exact_conv3x3(act, weight)
+    slow = _conv3x3_by_shifts(act, weight.view(8, 8, 3, 3))
+    padded = torch.nn.functional.pad(act, (1, 1, 1, 1))
+    reference = torch.zeros_like(fast, dtype=torch.float64)
+    kernel = weight.view(8, 8, 3, 3).double()
+    for dy in range(3):
+        for dx in range(3):
+            reference += torch.einsum("oc,pchw->pohw", kernel[:, :, dy, dx], padded[:, :, dy:dy + 9, dx:dx + 7].double())
+    assert torch.equal(fast.double(), reference) and torch.equal(slow.double(), reference)
+
+
+def test_frequencies_stay_in_range():
+    prior = IntegerPrior(SMALL, trained_like(SMALL, seed=3).to_integer())
+    for _, _, freqs in encode_passes(prior, torch.randint(0, 16, (3, 8, 8))):
+        assert freqs.min() >= 1 and freqs.max() == 2 ** 15  # the most likely symbol gets 2**15
+
+
+def test_out_of_range_tensors_are_refused():
+    tensors = trained_like(SMALL).to_integer()
+    tensors["conv0_weight"][0, 0] = 1000
+    with pytest.raises(ValueError, match="conv0_weight"):
+        IntegerPrior(SMALL, tensors)
+    tensors = trained_like(SMALL).to_integer()
+    tensors["head_bias"] = tensors["head_bias"][:, :3]
+    with pytest.raises(ValueError, match="head_bias"):
+        IntegerPrior(SMALL, tensors)
+    with pytest.raises(ValueError, match="too wide"):
+        ContextPrior(PriorConfig(channels=64))
+
+
+def test_corrupt_payload_never_returns_silently_wrong_shape():
+    prior = IntegerPrior(SMALL, trained_like(SMALL).to_integer())
+    grid = torch.randint(0, 16, (3, 6, 6))
+    payload, _ = round_trip(prior, grid)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        junk = bytearray(payload)
+        junk[rng.integers(len(junk))] ^= 1 << int(rng.integers(8))
+        try:
+            out = decode_passes(prior, 3, 6, 6, entropy.RangeDecoder(bytes(junk)))
+        except ValueError:
+            continue
+        assert out.shape == grid.shape and int(out.max()) < 16  # wrong indices are caught by the CRC
+
+
+def test_range_coder_rejects_bad_frequencies():
+    with pytest.raises(ValueError):
+        entropy.range_encode([(np.array([0]), np.array([[0.0, 1.0]]))])
+    with pytest.raises(ValueError):
+        entropy.RangeDecoder(b"abc")

@@ -1,0 +1,173 @@
+"""Training loop of the context prior over a trained VQ-VAE's index grids.
+
+    folder of images ──VQVAE.encode_indices (all stages; full size, 0.6x, mirrored)──> index grids
+        │ random crops of the grids, a random stage per example, every step
+        v
+    ContextPrior.loss_bits (both checkerboard halves)  ──>  Adam
+        │ every eval_every steps: held-out bits per index per stage, measured with the
+        │ integer prior's real frequencies (what the range coder will spend)
+        v
+    <out>.safetensors = the VQ-VAE's tensors + the integer prior ("prior.*"), one hash for both
+
+Next to <out>: <out>.prior.ckpt (resumable state) and <out>.grids.pt (the index grids, reused
+while the VQ-VAE weights and data are unchanged).
+
+The held-out images are the same as the VQ-VAE's (the last ones by name).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import PriorConfig, PriorTrainConfig
+from .fileio import atomic_write_bytes
+from .images import find_images
+from .nn.autoencoder import VQVAE
+from .nn.prior import ContextPrior, IntegerPrior, encode_passes
+from .train import load_pool
+from .weights_io import load_vqvae, save_with_prior, sha256_of_file
+
+
+@torch.no_grad()
+def index_grids(vqvae: VQVAE, pool: list[torch.Tensor], mirror: bool, progress: bool) -> list[torch.Tensor]:
+    """(S, H/s, W/s) int16 index grids of every image (and its mirror image)."""
+    cfg = vqvae.config
+    grids = []
+    for image in tqdm(pool, desc="index grids", disable=not progress, leave=False):
+        x = image.unsqueeze(0).float().div(255)
+        x = x[..., : x.shape[-2] // cfg.stride * cfg.stride, : x.shape[-1] // cfg.stride * cfg.stride]
+        for version in ((x, x.flip(-1)) if mirror else (x,)):
+            grids.append(vqvae.encode_indices(version, cfg.num_stages)[0].to(torch.int16))
+    return grids
+
+
+def grid_crops(grids: list[torch.Tensor], count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    crops = []
+    for i in torch.randint(len(grids), (count,), generator=generator).tolist():
+        grid = grids[i]
+        _, h, w = grid.shape
+        top = int(torch.randint(h - size + 1, (1,), generator=generator))
+        left = int(torch.randint(w - size + 1, (1,), generator=generator))
+        crops.append(grid[:, top:top + size, left:left + size])
+    return torch.stack(crops).long()
+
+
+def code_length_bits(prior: IntegerPrior, grid: torch.Tensor) -> list[float]:
+    """Ideal code length in bits per stage of one grid (S, H, W) under the integer prior."""
+    bits = [0.0] * grid.shape[0]
+    for stage, symbols, freqs in encode_passes(prior, grid):
+        chosen = freqs[np.arange(len(symbols)), symbols]
+        bits[stage] += float(-np.log2(chosen / freqs.sum(axis=1)).sum())
+    return bits
+
+
+def held_out_bits(prior: IntegerPrior, grids: list[torch.Tensor]) -> list[float]:
+    """Bits per index per stage over held-out grids."""
+    totals = np.zeros(prior.config.num_stages)
+    count = 0
+    for grid in grids:
+        totals += code_length_bits(prior, grid.long())
+        count += grid[0].numel()
+    return [round(float(t / count), 4) for t in totals]
+
+
+def learning_rate(step: int, cfg: PriorTrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    floor = cfg.lr_final_fraction
+    return cfg.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: str | os.PathLike, *,
+                prior_config: PriorConfig | None = None, train_config: PriorTrainConfig = PriorTrainConfig(),
+                progress: bool = True) -> Path:
+    """Train a context prior for the VQ-VAE in `weights`; write VQ-VAE + prior to `out`."""
+    cfg = train_config
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(out)
+    checkpoint_path = out.with_suffix(".prior.ckpt")
+    vqvae = load_vqvae(weights)
+    model_cfg = vqvae.config
+    prior_config = prior_config or PriorConfig(num_stages=model_cfg.num_stages, codebook_size=model_cfg.codebook_size)
+    if (prior_config.num_stages, prior_config.codebook_size) != (model_cfg.num_stages, model_cfg.codebook_size):
+        raise ValueError("the prior's stages and codebook size must match the model's")
+    files = find_images([data_dir])
+    if len(files) <= cfg.held_out_images:
+        raise ValueError(f"{data_dir} has {len(files)} images; need more than {cfg.held_out_images} held out")
+    train_files, held_files = files[: len(files) - cfg.held_out_images], files[len(files) - cfg.held_out_images:]
+    cache_path = out.with_suffix(".grids.pt")
+    cache_key = [sha256_of_file(weights), [p.name for p in files], list(cfg.extra_scales), cfg.crop_size]
+    cache = torch.load(cache_path, weights_only=True) if cache_path.exists() else {}
+    if cache.get("key") == cache_key:
+        grids, held_grids = cache["grids"], cache["held_out"]
+    else:
+        min_side = cfg.crop_size * model_cfg.stride
+        grids = index_grids(vqvae, load_pool(train_files, cfg.extra_scales, min_side), True, progress)
+        held_grids = index_grids(vqvae, load_pool(held_files, (), model_cfg.stride), False, progress)
+        buffer = io.BytesIO()
+        torch.save({"key": cache_key, "grids": grids, "held_out": held_grids}, buffer)
+        atomic_write_bytes(cache_path, buffer.getvalue())
+
+    prior = ContextPrior(prior_config)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=cfg.learning_rate)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    step, elapsed, log = 0, 0.0, []
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=True)
+        if state["prior_config"] != asdict(prior_config):
+            raise ValueError(f"{checkpoint_path} was made with another prior config")
+        prior.load_state_dict(state["prior"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, elapsed, log = state["step"], state["elapsed"], json.loads(state["log"])
+
+    def save(final: bool) -> None:
+        buffer = io.BytesIO()
+        torch.save({"prior": prior.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "elapsed": elapsed, "generator": generator.get_state(), "log": json.dumps(log),
+                    "prior_config": asdict(prior_config)}, buffer)
+        atomic_write_bytes(checkpoint_path, buffer.getvalue())
+        if final:
+            record = {"steps": step, "wall_seconds": round(elapsed, 1), "data": str(data_dir),
+                      "train_grids": len(grids), "held_out_images": [p.name for p in held_files],
+                      "train_config": asdict(cfg), "log": log}
+            save_with_prior(weights, out, IntegerPrior(prior_config, prior.to_integer()), prior_config, record)
+
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True, desc="training prior")
+    while step < cfg.steps:
+        started = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, cfg)
+        batch = grid_crops(grids, cfg.batch_size, cfg.crop_size, generator)
+        stage = torch.randint(prior_config.num_stages, (cfg.batch_size,), generator=generator)
+        loss = prior.loss_bits(batch, stage)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        elapsed += time.perf_counter() - started
+        bar.update(1)
+        bar.set_postfix(bits=f"{loss.item():.3f}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            bits = held_out_bits(IntegerPrior(prior_config, prior.to_integer()), held_grids)
+            log.append({"step": step, "wall_seconds": round(elapsed, 1), "held_out_bits_per_stage": bits,
+                        "held_out_bits_mean": round(sum(bits) / len(bits), 4)})
+            bar.write(json.dumps(log[-1]))
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save(final=step == cfg.steps)
+    bar.close()
+    if not out.exists():
+        save(final=True)
+    return out
