@@ -107,7 +107,7 @@ def test_info_json_lists_every_header_field(runner, png, tmp_path):
     for key in ("model_name", "model_sha256", "width", "height", "mode", "quality", "coder",
                 "grid_shapes", "index_crc32", "format_version", "file_bytes", "bpp"):
         assert key in fields
-    assert fields["quality"] == 3 and fields["width"] == 40 and fields["coder"] == "zstd"
+    assert fields["quality"] == 3 and fields["width"] == 40 and fields["coder"] == "prior"
     text = run(runner, "info", vqz).output
     assert "model_sha256" in text and "bpp" in text
 
@@ -162,3 +162,30 @@ def test_python_dash_m(tmp_path, png):
 def test_unwritable_output_is_a_clean_error(runner, png, tmp_path):
     assert_clean_failure(run(runner, "encode", png, "-o", tmp_path / "no" / "such" / "dir.vqz"),
                          "cannot write", "dir.vqz")
+
+
+def test_full_disk_is_a_clean_error_and_leaves_no_file(runner, png, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    real_fsync = os.fsync
+
+    def full(fd):  # the disk fills up while the output is written
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert_clean_failure(run(runner, "encode", png, "-o", tmp_path / "full.vqz"), "No space left on device")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pic.png"]  # no output, no temp file
+
+
+def test_full_disk_on_standard_output_is_a_clean_error(png):
+    import subprocess
+    import sys
+    from pathlib import Path
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    with open("/dev/full", "wb") as full:
+        out = subprocess.run([sys.executable, "-m", "vqcodec", "encode", str(png), "-o", "-", "-q", "1"],
+                             stdout=full, stderr=subprocess.PIPE, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "No space left" in out.stderr

@@ -1,4 +1,5 @@
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -88,13 +89,23 @@ def test_exif_orientation_is_applied(photo):
 
 def test_indices_survive_container_and_zstd_exactly(photo):
     model = vqcodec.load_model()
-    data = vqcodec.encode(photo, quality=TOP)
+    data = vqcodec.encode(photo, quality=TOP, coder="zstd")
     parsed = container.unpack(data)
     grids = entropy.zstd_decode(parsed.index_payload, list(parsed.header.grid_shapes))
     x = torch.tensor(np.asarray(photo)).permute(2, 0, 1).unsqueeze(0).float().div(255)
     expected = model.encode_indices(x, TOP)[0].numpy()
     np.testing.assert_array_equal(np.stack(grids), expected)
-    assert parsed.header.quality == TOP and len(grids) == TOP
+    assert parsed.header.quality == TOP and len(grids) == TOP and parsed.header.coder == "zstd"
+
+
+def test_prior_is_the_default_coder_and_codes_nearest_indices_smaller_than_zstd(photo):
+    nearest = codec.encode_image(photo, quality=TOP, rate_tradeoff=0)
+    zstd = codec.encode_image(photo, quality=TOP, coder="zstd")
+    assert nearest.header.coder == "prior" and nearest.header.index_crc32 == zstd.header.index_crc32
+    assert len(nearest.data) < len(zstd.data)
+    tuned = codec.encode_image(photo, quality=TOP)  # rate-aware indices: fewer bits still
+    assert len(tuned.data) < len(nearest.data)
+    assert all(np.array_equal(a, b) for a, b in zip(codec.read_indices(nearest.data), codec.read_indices(zstd.data)))
 
 
 def test_encoding_is_deterministic(photo):
@@ -139,12 +150,25 @@ def test_grid_shape_that_does_not_fit_the_image_is_refused(photo):
         vqcodec.decode(data)
 
 
-def test_corrupt_index_payload_is_a_vqz_error(photo):
-    data = vqcodec.encode(photo, quality=1)
+@pytest.mark.parametrize("coder, message", [("zstd", "corrupt index payload"),
+                                            ("prior", "corrupt index payload|index checksum")])
+def test_corrupt_index_payload_is_a_vqz_error(photo, coder, message):
+    data = vqcodec.encode(photo, quality=1, coder=coder)
     parsed = container.unpack(data)
     bad = container.pack(parsed.header, b"\x00" * len(parsed.index_payload))
-    with pytest.raises(VqzError, match="corrupt index payload"):
+    with pytest.raises(VqzError, match=message):
         vqcodec.decode(bad)
+
+
+def test_tiny_prior_payload_claiming_a_huge_grid_fails_before_decoding():
+    import time
+    small = vqcodec.encode(np.zeros((8, 8, 3), np.uint8), quality=8)
+    header = container.unpack(small).header
+    big = replace(header, width=8000, height=8000, grid_shapes=((1000, 1000),) * 8)
+    started = time.perf_counter()
+    with pytest.raises(VqzError, match="cannot hold"):
+        vqcodec.decode(container.pack(big, container.unpack(small).index_payload))
+    assert time.perf_counter() - started < 1
 
 
 def test_flipped_bit_fails_the_crc(photo):

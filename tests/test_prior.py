@@ -5,8 +5,8 @@ import torch
 from vqcodec import entropy
 from vqcodec.config import PriorConfig
 from vqcodec.nn import prior as prior_module
-from vqcodec.nn.prior import (ContextPrior, IntegerPrior, _conv3x3_by_shifts, _exact_conv3x3, checkerboard,
-                              decode_passes, encode_passes, frequency_table)
+from vqcodec.nn.prior import (ContextPrior, IntegerPrior, _conv3x3_by_shifts, _exact_conv3x3, decode_passes,
+                              encode_passes, frequency_table, group_map, pass_schedule)
 
 SMALL = PriorConfig(num_stages=3, codebook_size=16, channels=8, layers=2)
 
@@ -18,36 +18,57 @@ def trained_like(cfg: PriorConfig, seed: int = 0) -> ContextPrior:
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(3)
+        model.match_weight.uniform_(-0.5, 0.5)  # an asymmetric copy kernel (x 8 bits)
+        model.gate_weight.normal_(0, 0.3)  # a gate that varies with the position
     return model
+
+
+RASTER = PriorConfig(num_stages=2, codebook_size=16, channels=8, layers=2, schedule="raster")
 
 
 def round_trip(prior: IntegerPrior, grid: torch.Tensor) -> tuple[bytes, torch.Tensor]:
     passes = encode_passes(prior, grid)
     payload = entropy.range_encode([(s, f) for _, s, f in passes])
     q, rows, cols = grid.shape
-    return payload, decode_passes(prior, q, rows, cols, entropy.RangeDecoder(payload))
+    return payload, decode_passes(prior, q, rows, cols, entropy.RangeDecoder(payload))[0]
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 1), (3, 1, 1), (2, 1, 7), (3, 7, 3), (3, 12, 17)])
-def test_round_trip_any_grid(shape):
-    prior = IntegerPrior(SMALL, trained_like(SMALL).to_integer())
-    grid = torch.randint(0, SMALL.codebook_size, shape)
+@pytest.mark.parametrize("cfg", [SMALL, RASTER], ids=["grouped", "raster"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 1, 1), (2, 1, 7), (2, 7, 3), (2, 12, 17)])
+def test_round_trip_any_grid(cfg, shape):
+    prior = IntegerPrior(cfg, trained_like(cfg).to_integer())
+    grid = torch.randint(0, cfg.codebook_size, shape)
     _, decoded = round_trip(prior, grid)
     assert torch.equal(decoded, grid)
 
 
-def test_integer_prior_computes_what_training_sees():
-    model = trained_like(SMALL)
-    prior = IntegerPrior(SMALL, model.to_integer())
-    grid = torch.randint(0, SMALL.codebook_size, (3, 9, 10))
-    passes = encode_passes(prior, grid)
+def test_grouped_schedule_codes_every_position_once_coarse_to_fine():
+    groups = group_map("grouped", 0, 9, 10)
+    assert groups[0, 0] == 0 and groups[4, 8] == 0 and groups[2, 2] == 1 and groups[0, 2] == 2
+    assert groups[1, 1] == 3 and groups[0, 1] == 4 and groups[1, 0] == 4
+    assert torch.equal(group_map("grouped", 1, 3, 3), torch.tensor([[0, 1, 0], [1, 0, 1], [0, 1, 0]]))
+    passes = list(pass_schedule("grouped", 3, 9, 10))
+    assert len(passes) == 5 + 2 + 2
+    for stage in range(3):
+        coded = torch.stack([c for s, _, c in passes if s == stage]).int()
+        assert torch.equal(coded.sum(0), torch.ones(9, 10, dtype=torch.int))  # each position exactly once
+        for s, known, c in passes:  # a pass knows exactly the positions coded before it
+            if s == stage:
+                assert not (known & c).any()
+    assert len(list(pass_schedule("raster", 2, 3, 4))) == 2 * 12
+
+
+@pytest.mark.parametrize("cfg", [SMALL, RASTER], ids=["grouped", "raster"])
+def test_integer_prior_computes_what_training_sees(cfg):
+    model = trained_like(cfg)
+    prior = IntegerPrior(cfg, model.to_integer())
+    grid = torch.randint(0, cfg.codebook_size, (cfg.num_stages, 5, 6))
+    schedule = list(pass_schedule(cfg.schedule, cfg.num_stages, 5, 6))
     table = frequency_table()
-    for index, (stage, _, freqs) in enumerate(passes):
-        half = index % 2
-        mask = checkerboard(9, 10) if half == 0 else ~checkerboard(9, 10)
+    for (stage, _, freqs), (_, known, coded) in zip(encode_passes(prior, grid), schedule, strict=True):
         with torch.no_grad():
-            logits = model(grid.unsqueeze(0), torch.tensor([stage]), half)[0]  # bits, on the 1/16 grid
-        steps = torch.round(logits[:, mask].t() * 16).long()
+            logits = model(grid.unsqueeze(0), torch.tensor([stage]), known.unsqueeze(0))[0]  # bits, 1/16 grid
+        steps = torch.round(logits[:, coded].t() * 16).long()
         distance = (steps.amax(1, keepdim=True) - steps).clamp(max=len(table) - 1)
         assert torch.equal(table[distance].float(), torch.from_numpy(freqs))
 
@@ -85,11 +106,11 @@ def test_passes_evaluated_together_or_alone_or_beside_another_image_agree(monkey
         assert s1 == s2 and np.array_equal(sym1, sym2) and np.array_equal(f1, f2)
     # the same pass inside a batch with another image's pass
     other = torch.randint(0, SMALL.codebook_size, (3, 10, 11))
-    x = prior.pass_inputs(torch.zeros(SMALL.channels, 10, 11), grid[0], 0, 1)
-    y = prior.pass_inputs(torch.zeros(SMALL.channels, 10, 11), other[0], 0, 1)
-    mask = ~checkerboard(10, 11)
-    (single,) = prior.frequencies(x.unsqueeze(0), [0], [mask])
-    batched = prior.frequencies(torch.stack([y, x]), [0, 0], [mask, mask])
+    known, coded = group_map("grouped", 0, 10, 11) < 3, group_map("grouped", 0, 10, 11) == 3
+    x = prior.pass_inputs(torch.zeros(SMALL.channels, 10, 11), grid[0], 0, known)
+    y = prior.pass_inputs(torch.zeros(SMALL.channels, 10, 11), other[0], 0, known)
+    (single,) = prior.frequencies(x.unsqueeze(0), [0], [coded], [(grid[0], known)])
+    batched = prior.frequencies(torch.stack([y, x]), [0, 0], [coded, coded], [(other[0], known), (grid[0], known)])
     assert torch.equal(single, batched[1])
 
 
@@ -138,6 +159,8 @@ def test_out_of_range_tensors_are_refused():
         IntegerPrior(SMALL, tensors)
     with pytest.raises(ValueError, match="too wide"):
         ContextPrior(PriorConfig(channels=64))
+    with pytest.raises(ValueError, match="schedule"):
+        ContextPrior(PriorConfig(schedule="spiral"))
 
 
 def test_corrupt_payload_never_returns_silently_wrong_shape():
@@ -149,7 +172,7 @@ def test_corrupt_payload_never_returns_silently_wrong_shape():
         junk = bytearray(payload)
         junk[rng.integers(len(junk))] ^= 1 << int(rng.integers(8))
         try:
-            out = decode_passes(prior, 3, 6, 6, entropy.RangeDecoder(bytes(junk)))
+            out = decode_passes(prior, 3, 6, 6, entropy.RangeDecoder(bytes(junk)))[0]
         except ValueError:
             continue
         assert out.shape == grid.shape and int(out.max()) < 16  # wrong indices are caught by the CRC

@@ -364,14 +364,17 @@ def _mean(values) -> float:
 
 
 def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = True,
-              qualities: dict | None = None) -> dict:
+              qualities: dict | None = None, coder: str | None = None,
+              rate_tradeoff: float | None = None) -> dict:
     """Benchmark `codecs` on the images in `paths` (files or folders, see images.find_images).
 
     codecs: names from CODECS ('vqz' is vqcodec at every quality level of `model`,
     the default model when None). qualities: optional {codec: levels} overriding
     DEFAULT_QUALITIES (and, for 'vqz', the model's levels). AVIF is skipped with a
-    warning when Pillow lacks it. Returns a JSON-ready dict; see the module docstring
-    for the conventions.
+    warning when Pillow lacks it. coder: the vqz entropy coder (None = the model's
+    default); the same indices are also zstd-coded, to report what the coder saves.
+    rate_tradeoff: the prior coder's rate-aware quantization (None = codec.RATE_TRADEOFF).
+    Returns a JSON-ready dict; see the module docstring for the conventions.
     """
     from tqdm import tqdm
 
@@ -396,7 +399,7 @@ def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = T
         model_info = {k: model_info[k] for k in ("name", "sha256", "quality_levels", "codebook_size", "stride")}
         K = model_info["codebook_size"]
         counts = {q: [np.zeros(K, dtype=np.int64) for _ in range(q)] for q in levels["vqz"]}
-        coded = {q: [0, 0, 0] for q in levels["vqz"]}  # index payload bytes, indices, file bytes
+        coded = {q: [0, 0, 0, 0] for q in levels["vqz"]}  # payload bytes, indices, file bytes, zstd bytes
 
     originals = []
     for f in files:
@@ -406,7 +409,8 @@ def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = T
     def run_one(rgb, name, quality):
         if name == "vqz":
             t0 = time.perf_counter()
-            result = vq.encode_image(Image.fromarray(rgb), quality=quality, model=entry.name)
+            result = vq.encode_image(Image.fromarray(rgb), quality=quality, model=entry.name, coder=coder,
+                                     rate_tradeoff=rate_tradeoff)
             t1 = time.perf_counter()
             decoded = np.asarray(vq.decode(result.data).convert("RGB"))
             t2 = time.perf_counter()
@@ -441,13 +445,14 @@ def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = T
         })
         if name == "vqz":
             parsed = container.unpack(data)
-            shapes = list(parsed.header.grid_shapes)
-            grids = entropy.zstd_decode(parsed.index_payload, shapes)
+            grids = vq.read_indices(data)
+            used_coder = parsed.header.coder
             for stage, grid in enumerate(grids):
                 counts[quality][stage] += np.bincount(grid.ravel(), minlength=K)[:K]
             coded[quality][0] += len(parsed.index_payload)
             coded[quality][1] += sum(g.size for g in grids)
             coded[quality][2] += len(data)
+            coded[quality][3] += len(entropy.zstd_encode(grids))
 
     results: dict = {
         "images": [str(f) for f in files],
@@ -460,6 +465,8 @@ def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = T
             "qualities": levels,
             "save_options": {c: SAVE_OPTIONS[c] for c in codecs if c in SAVE_OPTIONS},
             "bd_rate": {"metric": "psnr", "max_bpp": BD_MAX_BPP, "fit": "pchip log-rate over PSNR"},
+            "vqz_coder": coder,
+            "vqz_rate_tradeoff": rate_tradeoff if rate_tradeoff is not None else vq_tradeoff(),
         },
         "notes": [
             "images are benchmarked as 8-bit RGB: gray is replicated to 3 channels, alpha is dropped",
@@ -499,14 +506,23 @@ def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = T
                 used = int((c > 0).sum())
                 stages.append({"stage": stage, "codes_used": used, "fraction_used": used / K,
                                "entropy_bits": _entropy_bits(c)})
-            payload, n_indices, total = coded[quality]
+            payload, n_indices, total, zstd_bytes = coded[quality]
             results["usage"].append({
                 "quality": quality,
                 "stages": stages,
+                "coder": used_coder,
                 "coded_bits_per_index": payload * 8 / n_indices if n_indices else None,
+                "zstd_bits_per_index": zstd_bytes * 8 / n_indices if n_indices else None,
+                "saved_vs_zstd": 1 - payload / zstd_bytes if zstd_bytes else None,
                 "header_bytes_per_image": (total - payload) / len(files),
             })
     return results
+
+
+def vq_tradeoff() -> float:
+    from . import codec
+
+    return codec.RATE_TRADEOFF
 
 
 # --------------------------------------------------------------------------
@@ -603,14 +619,17 @@ def format_table(results: dict, markdown: bool = False) -> str:
             lines.append(f"{bullet}vs {LABELS.get(ref, ref)}: {_fmt_percent(entry['percent'])}")
     if results.get("usage"):
         K = model["codebook_size"] if model else "?"
-        title = f"Codebook usage per quality level (K = {K}; per stage: codes used %, entropy bits/index):"
+        title = (f"Codebook usage per quality level (K = {K}, log2 K = {math.log2(K) if K != '?' else '?'} bits; "
+                 "per stage: codes used %, entropy bits/index; then the coder's bits per index):")
         lines += ["", f"**{title}**" if markdown else title]
         if markdown:
             lines.append("")
         for level in results["usage"]:
             stages = ", ".join(f"{s['fraction_used'] * 100:.0f}% {s['entropy_bits']:.2f}" for s in level["stages"])
-            coded = level["coded_bits_per_index"]
-            coded_text = f"; coded {coded:.2f} bits/index" if coded is not None else ""
+            coded, zstd = level["coded_bits_per_index"], level.get("zstd_bits_per_index")
+            coded_text = f"; {level.get('coder', 'coded')} {coded:.2f} bits/index" if coded is not None else ""
+            if zstd is not None and level.get("coder") != "zstd":
+                coded_text += f" (zstd {zstd:.2f}, {level['saved_vs_zstd'] * 100:.1f}% saved)"
             lines.append(f"{bullet}q{level['quality']}: {stages}{coded_text}")
     for skip in results.get("skipped", []):
         lines += ["", f"{bullet}skipped {skip['codec']}: {skip['reason']}"]

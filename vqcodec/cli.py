@@ -587,9 +587,10 @@ def demo(input, model_name, qualities, output_dir):
 
 
 @main.command()
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=str),
-              help="Folder of training images (searched recursively; PNG, JPEG, WebP, ...). "
-                   "The last images by name are held out for the periodic check.")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=str),
+              help="Folder of training images (searched recursively; PNG, JPEG, WebP, ...), or a .npz "
+                   "file with an 'images' uint8 array (N,H,W[,3]) such as mnist5k.npz. The last images "
+                   "(by name, or in the array) are held out for the periodic check.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="Weights file to write, e.g. weights/NAME.safetensors. A resumable checkpoint "
                    "goes next to it as NAME.ckpt and a log as NAME.log.jsonl.")
@@ -633,6 +634,93 @@ def train(data_dir, out, config_file, steps, batch_size, device, resume, init_fr
         click.echo(f"wrote {out_path} (sha256 {entry.sha256})")
 
 
+def _parse_size(ctx, param, value: str | None):
+    if value is None:
+        return None
+    try:
+        height, width = (int(part) for part in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HEIGHTxWIDTH in pixels, such as 256x256; got {value!r}") from None
+    if height < 1 or width < 1:
+        raise click.BadParameter(f"height and width must be positive, got {value!r}")
+    return height, width
+
+
+@main.command()
+@click.option("-n", "--count", type=click.IntRange(min=1, max=1024), default=16, show_default=True,
+              help="Number of images to sample.")
+@click.option("--model", "model_name", default=None,
+              help="Bundled model to sample from (see `vqcodec models`), e.g. digits. Default: the default model.")
+@click.option("--size", metavar="HxW", callback=_parse_size, default=None,
+              help="Image size in pixels, height x width, rounded up to a multiple of the model's stride "
+                   "(8 for photo, 4 for digits). Default: the model's training image size (28x28 for "
+                   "digits), else 256x256.")
+@click.option("-t", "--temperature", type=click.FloatRange(min=0, max=100), default=None,
+              help="Sharpens (<1) or flattens (>1) the prior's distributions; 0 always takes the most "
+                   "likely index. Default: the model's own (see `vqcodec models --json`; 0.6 for digits).")
+@click.option("--top-k", type=click.IntRange(min=1), default=None,
+              help="Sample only among the K most likely indices at each position. Default: all.")
+@click.option("-q", "--quality", type=int, default=None,
+              help="Residual stages to sample (1..N). Default: all of them.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed: the same seed gives the same images.")
+@click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=str), default="samples",
+              show_default=True, help="Folder for sample_NN.png and grid.png (created if missing).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite sample files that already exist.")
+@reports_errors
+def generate(count, model_name, size, temperature, top_k, quality, seed, output_dir, force):
+    """Sample new images from a model's learned prior (one PNG each, plus grid.png)."""
+    from . import codec, images
+    from .fileio import atomic_write_bytes
+
+    folder = Path(output_dir)
+    names = [f"sample_{i:0{len(str(count - 1))}d}.png" for i in range(count)] + ["grid.png"]
+    existing = [name for name in names if (folder / name).exists()]
+    if existing and not force:
+        raise Failure(f"{folder / existing[0]} exists (use --force to overwrite)")
+    pictures = codec.generate(count, model=model_name, size=size, temperature=temperature, top_k=top_k,
+                              seed=seed, quality=quality)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, picture in zip(names, pictures + [images.tile(pictures)]):
+        atomic_write_bytes(folder / name, images.encode_image_bytes(picture, "PNG"), overwrite=True)
+    click.echo(f"wrote {count} samples of {pictures[0].width}x{pictures[0].height} and grid.png to {folder}")
+
+
+@main.command("train-prior")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Weights of the trained VQ-VAE whose index grids the prior learns (any earlier prior "
+                   "in the file is replaced).")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=str),
+              help="Training images, as for `vqcodec train` (use the VQ-VAE's data: the same images are "
+                   "held out).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Weights file to write: the VQ-VAE plus the prior, under one sha256. May equal --weights. "
+                   "A resumable checkpoint goes next to it as NAME.prior.ckpt, the index grids as NAME.grids.pt.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              default=None, help='JSON file {"prior": {...}, "train": {...}} overriding the defaults of '
+                                 "vqcodec.config.PriorConfig and PriorTrainConfig.")
+@click.option("--steps", type=int, default=None, help="Training steps (overrides the config).")
+@click.option("--register/--no-register", default=True, show_default=True,
+              help="Add the result to models.json in OUT's folder, so `vqcodec models` lists it.")
+@click.option("--default-model", is_flag=True, help="Mark the result as the default model in models.json.")
+@reports_errors
+def train_prior(weights, data_dir, out, config_file, steps, register, default_model):
+    """Train the learned prior (entropy model and sampler) of a trained VQ-VAE."""
+    from dataclasses import replace
+
+    from . import train_prior as training
+    from . import zoo
+
+    prior_fields, train_config = training.read_prior_config_file(config_file)
+    if steps is not None:
+        train_config = replace(train_config, steps=steps)
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    training.train_prior(weights, data_dir, out_path, prior_fields=prior_fields, train_config=train_config)
+    if register:
+        entry = zoo.register(out_path, default=default_model)
+        click.echo(f"wrote {out_path} (sha256 {entry.sha256})")
+
+
 @main.command()
 @click.argument("dirs", metavar="[DIR ...]", nargs=-1, type=click.Path(path_type=str))
 @click.option("--model", "model_name", default=None,
@@ -654,8 +742,15 @@ def train(data_dir, out, config_file, steps, batch_size, device, resume, init_fr
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch (vqcodec's timings depend on it; recorded in the JSON). "
                    "Default: torch's own choice.")
+@click.option("--coder", type=_CoderChoice(), default=None,
+              help="vqcodec's entropy coder: prior or zstd. Default: the model's (prior when it has one). "
+                   "The same indices are also zstd-coded to report the bits per index each coder spends.")
+@click.option("--rate-tradeoff", type=click.FloatRange(min=0), default=None,
+              help="With the prior coder: weight of bits against distortion when the encoder picks "
+                   "indices (0 = nearest codes). Default: the codec's tuned value.")
 @reports_errors
-def bench(dirs, model_name, codecs, json_out, plot_out, markdown, limit, progress, threads):
+def bench(dirs, model_name, codecs, json_out, plot_out, markdown, limit, progress, threads, coder,
+          rate_tradeoff):
     """Rate-distortion and speed of vqcodec side by side with JPEG, WebP and AVIF.
 
     DIR may be folders (searched recursively for images) or image files; default: the
@@ -685,7 +780,8 @@ def bench(dirs, model_name, codecs, json_out, plot_out, markdown, limit, progres
         import torch
 
         torch.set_num_threads(threads)
-    results = benchmark.run_bench(files, chosen, model=model_name, progress=progress)
+    results = benchmark.run_bench(files, chosen, model=model_name, progress=progress, coder=coder,
+                                  rate_tradeoff=rate_tradeoff)
     if json_out is not None:
         from .fileio import atomic_write_bytes
 

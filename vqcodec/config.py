@@ -59,6 +59,7 @@ class PriorConfig:
     codebook_size: int = 256  # = the model's K
     channels: int = 32  # width of the integer conv trunk
     layers: int = 2  # 3x3 conv layers in the trunk
+    schedule: str = "grouped"  # coding order: "grouped" (few passes) or "raster" (one per position)
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ class PriorTrainConfig:
     eval_every: int = 1000
     held_out_images: int = 3  # the same last images the VQ-VAE held out
     extra_scales: tuple[float, ...] = (0.6,)
+    mirror: bool = True  # also learn the grids of the mirrored images
     threads: int = 0
+    sample_temperature: float = 1.0  # the temperature `vqcodec generate` uses by default for this model
 
 
 def _tupleize(cls, data: dict):

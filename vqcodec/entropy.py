@@ -9,6 +9,7 @@ the container, so a decoder that derives other indices fails loudly.
 """
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
@@ -73,16 +74,41 @@ def _as_probabilities(frequencies: np.ndarray) -> np.ndarray:
     return probabilities
 
 
+class RangeEncoder:
+    """Range-codes passes as they come: add(symbols (n,), frequencies (n, K)), then payload()."""
+
+    def __init__(self):
+        import constriction
+
+        self._encoder = constriction.stream.queue.RangeEncoder()
+        self._model = _categorical()
+
+    def add(self, symbols: np.ndarray, frequencies: np.ndarray) -> None:
+        if len(symbols):
+            self._encoder.encode(np.asarray(symbols, dtype=np.int32), self._model, _as_probabilities(frequencies))
+
+    def payload(self) -> bytes:
+        """The payload bytes: the coder's 32-bit words, little-endian."""
+        return self._encoder.get_compressed().astype("<u4").tobytes()
+
+
 def range_encode(passes: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
     """[(symbols (n,), frequencies (n, K))] in order -> payload bytes (little-endian u32 words)."""
-    import constriction
-
-    encoder = constriction.stream.queue.RangeEncoder()
-    model = _categorical()
+    encoder = RangeEncoder()
     for symbols, frequencies in passes:
-        if len(symbols):
-            encoder.encode(np.asarray(symbols, dtype=np.int32), model, _as_probabilities(frequencies))
-    return encoder.get_compressed().astype("<u4").tobytes()
+        encoder.add(symbols, frequencies)
+    return encoder.payload()
+
+
+def check_range_payload(payload_bytes: int, symbols: int, alphabet: int) -> None:
+    """Refuse a payload too short to hold `symbols` range-coded symbols, before any work.
+
+    No frequency exceeds 2**15 and every one is at least 1, so no symbol is more likely than
+    2**15 / (2**15 + alphabet - 1) and each costs at least -log2 of that; a tiny file that
+    claims a huge grid fails here instead of after minutes of decoding."""
+    min_bits = -math.log2((1 << 15) / ((1 << 15) + alphabet - 1) + 2.0 ** -24)
+    if payload_bytes * 8 < symbols * min_bits - 256:
+        raise ValueError(f"{payload_bytes} bytes cannot hold {symbols} coded indices")
 
 
 class RangeDecoder:
@@ -98,4 +124,8 @@ class RangeDecoder:
         self._model = _categorical()
 
     def __call__(self, frequencies: np.ndarray) -> np.ndarray:
-        return self._decoder.decode(self._model, _as_probabilities(frequencies))
+        probabilities = _as_probabilities(frequencies)
+        try:
+            return self._decoder.decode(self._model, probabilities)
+        except Exception as error:  # constriction signals invalid data with AssertionError
+            raise ValueError(f"range-coded payload is corrupt ({error})") from None

@@ -50,6 +50,7 @@ adapt sizes to the network's stride, and :func:`compress_alpha` /
 from __future__ import annotations
 
 import io
+import math
 import os
 import pathlib
 from typing import BinaryIO, Union
@@ -488,3 +489,22 @@ def find_images(paths) -> list[pathlib.Path]:
 def sample_image_path() -> pathlib.Path:
     """Path of the small sample photo shipped with the package (256x256 PNG)."""
     return pathlib.Path(__file__).resolve().parent / "data" / "sample.png"
+
+
+def tile(pictures: list[Image.Image], columns: int | None = None, gap: int = 2,
+         min_tile: int = 64) -> Image.Image:
+    """A contact sheet of same-size pictures: `columns` per row (default about square),
+    `gap` pixels of black between them, each scaled up by an integer factor (nearest
+    neighbour) until it is at least `min_tile` pixels on its shorter side."""
+    if not pictures:
+        raise ValueError("no pictures to tile")
+    width, height = pictures[0].size
+    scale = max(1, -(-min_tile // min(width, height)))
+    width, height = width * scale, height * scale
+    columns = columns or math.ceil(math.sqrt(len(pictures)))
+    rows = math.ceil(len(pictures) / columns)
+    sheet = Image.new(pictures[0].mode, (columns * (width + gap) - gap, rows * (height + gap) - gap))
+    for i, picture in enumerate(pictures):
+        scaled = picture.resize((width, height), Image.NEAREST)
+        sheet.paste(scaled, ((i % columns) * (width + gap), (i // columns) * (height + gap)))
+    return sheet

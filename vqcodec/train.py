@@ -53,6 +53,34 @@ def load_pool(files: list[Path], scales: tuple[float, ...], min_side: int) -> li
     return pool
 
 
+def load_training_data(data: str | os.PathLike, held_out: int, scales: tuple[float, ...], min_side: int,
+                       held_min_side: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str]]:
+    """(training pool, held-out pool, held-out names) from a folder of images or from a .npz
+    file with an `images` array (N, H, W) or (N, H, W, 3) of uint8, such as mnist5k.npz.
+    The last `held_out` images (by name, or by position in the array) are held out."""
+    data = Path(data)
+    if data.is_file() and data.suffix == ".npz":
+        with np.load(data) as archive:
+            if "images" not in archive:
+                raise ValueError(f"{data} has no 'images' array")
+            array = archive["images"]
+        if array.dtype != np.uint8 or array.ndim not in (3, 4):
+            raise ValueError(f"{data}: 'images' must be uint8 (N, H, W) or (N, H, W, 3)")
+        if array.ndim == 3:
+            array = np.repeat(array[..., None], 3, axis=-1)
+        tensors = list(torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2))
+        if len(tensors) <= held_out:
+            raise ValueError(f"{data} has {len(tensors)} images; need more than {held_out} held out")
+        names = [f"{data.name}[{i}]" for i in range(len(tensors) - held_out, len(tensors))]
+        return tensors[: len(tensors) - held_out], tensors[len(tensors) - held_out:], names
+    files = find_images([data])
+    if len(files) <= held_out:
+        raise ValueError(f"{data} has {len(files)} images; need more than {held_out} held out")
+    train_files, held_files = files[: len(files) - held_out], files[len(files) - held_out:]
+    return (load_pool(train_files, scales, min_side), load_pool(held_files, (), held_min_side),
+            [p.name for p in held_files])
+
+
 def random_crops(pool: list[torch.Tensor], count: int, size: int, generator: torch.Generator) -> torch.Tensor:
     """count random size x size crops (random image, position, flips) as floats in [0,1]."""
     crops = []
@@ -234,12 +262,8 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
     out = Path(out)
     checkpoint_path = out.with_suffix(".ckpt")
     torch.manual_seed(cfg.seed)
-    files = find_images([data_dir])
-    if len(files) <= cfg.held_out_images:
-        raise ValueError(f"{data_dir} has {len(files)} images; need more than {cfg.held_out_images} held out")
-    train_files, held_files = files[: len(files) - cfg.held_out_images], files[len(files) - cfg.held_out_images:]
-    pool = load_pool(train_files, cfg.extra_scales, cfg.crop_size)
-    held_out = load_pool(held_files, (), model_config.stride)
+    pool, held_out, held_names = load_training_data(data_dir, cfg.held_out_images, cfg.extra_scales,
+                                                    cfg.crop_size, model_config.stride)
 
     model = VQVAE(model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
@@ -265,8 +289,8 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
 
     def record(extra: dict) -> dict:
         return {"steps": step, "wall_seconds": round(elapsed, 1), "world_size": world,
-                "device": device_name, "data": str(data_dir), "train_images": len(train_files),
-                "held_out_images": [p.name for p in held_files], "lr_scale": lr_scale,
+                "device": device_name, "data": str(data_dir), "train_pool": len(pool),
+                "held_out_images": held_names, "lr_scale": lr_scale,
                 "init_from": str(init_from) if init_from else None, "rollbacks": rollbacks, **extra}
 
     def snapshot() -> dict:

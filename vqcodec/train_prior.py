@@ -28,12 +28,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .config import PriorConfig, PriorTrainConfig
+from .config import PriorConfig, PriorTrainConfig, prior_config_from_dict, prior_train_config_from_dict
 from .fileio import atomic_write_bytes
-from .images import find_images
 from .nn.autoencoder import VQVAE
 from .nn.prior import ContextPrior, IntegerPrior, encode_passes
-from .train import load_pool
+from .train import load_training_data
 from .weights_io import load_vqvae, save_with_prior, sha256_of_file
 
 
@@ -80,6 +79,21 @@ def held_out_bits(prior: IntegerPrior, grids: list[torch.Tensor]) -> list[float]
     return [round(float(t / count), 4) for t in totals]
 
 
+def read_prior_config_file(path: str | os.PathLike | None) -> tuple[dict, PriorTrainConfig]:
+    """A JSON file {"prior": {...}, "train": {...}} -> (the prior fields it sets, train config).
+    Missing train keys keep their defaults; see train_prior for the prior's."""
+    if path is None:
+        return {}, PriorTrainConfig()
+    data = json.loads(Path(path).read_text())
+    unknown = set(data) - {"prior", "train"}
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {sorted(unknown)} (expected 'prior' and 'train')")
+    prior = dict(data.get("prior", {}))
+    prior_config_from_dict({**asdict(PriorConfig()), **prior})  # unknown fields fail here, early
+    train = prior_train_config_from_dict({**asdict(PriorTrainConfig()), **data.get("train", {})})
+    return prior, train
+
+
 def learning_rate(step: int, cfg: PriorTrainConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
@@ -89,9 +103,12 @@ def learning_rate(step: int, cfg: PriorTrainConfig) -> float:
 
 
 def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: str | os.PathLike, *,
-                prior_config: PriorConfig | None = None, train_config: PriorTrainConfig = PriorTrainConfig(),
+                prior_fields: dict | None = None, train_config: PriorTrainConfig = PriorTrainConfig(),
                 progress: bool = True) -> Path:
-    """Train a context prior for the VQ-VAE in `weights`; write VQ-VAE + prior to `out`."""
+    """Train a context prior for the VQ-VAE in `weights`; write VQ-VAE + prior to `out`.
+
+    prior_fields: PriorConfig fields to set; the rest keep their defaults, except
+    num_stages and codebook_size, which default to the model's."""
     cfg = train_config
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -100,24 +117,27 @@ def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: st
     checkpoint_path = out.with_suffix(".prior.ckpt")
     vqvae = load_vqvae(weights)
     model_cfg = vqvae.config
-    prior_config = prior_config or PriorConfig(num_stages=model_cfg.num_stages, codebook_size=model_cfg.codebook_size)
+    prior_config = prior_config_from_dict({**asdict(PriorConfig()), "num_stages": model_cfg.num_stages,
+                                           "codebook_size": model_cfg.codebook_size, **(prior_fields or {})})
     if (prior_config.num_stages, prior_config.codebook_size) != (model_cfg.num_stages, model_cfg.codebook_size):
         raise ValueError("the prior's stages and codebook size must match the model's")
-    files = find_images([data_dir])
-    if len(files) <= cfg.held_out_images:
-        raise ValueError(f"{data_dir} has {len(files)} images; need more than {cfg.held_out_images} held out")
-    train_files, held_files = files[: len(files) - cfg.held_out_images], files[len(files) - cfg.held_out_images:]
     cache_path = out.with_suffix(".grids.pt")
-    cache_key = [sha256_of_file(weights), [p.name for p in files], list(cfg.extra_scales), cfg.crop_size]
+    cache_key = [sha256_of_file(weights), str(Path(data_dir).resolve()), cfg.held_out_images,
+                 list(cfg.extra_scales), cfg.crop_size, cfg.mirror]
     cache = torch.load(cache_path, weights_only=True) if cache_path.exists() else {}
     if cache.get("key") == cache_key:
-        grids, held_grids = cache["grids"], cache["held_out"]
+        grids, held_grids, held_names = cache["grids"], cache["held_out"], cache["held_out_names"]
+        sample_size = cache["sample_size"]
     else:
-        min_side = cfg.crop_size * model_cfg.stride
-        grids = index_grids(vqvae, load_pool(train_files, cfg.extra_scales, min_side), True, progress)
-        held_grids = index_grids(vqvae, load_pool(held_files, (), model_cfg.stride), False, progress)
+        pool, held_pool, held_names = load_training_data(data_dir, cfg.held_out_images, cfg.extra_scales,
+                                                         cfg.crop_size * model_cfg.stride, model_cfg.stride)
+        sizes = {tuple(image.shape[1:]) for image in pool}  # one size up to 256 (digits): sample that
+        sample_size = list(min(sizes)) if len(sizes) == 1 and max(min(sizes)) <= 256 else [256, 256]
+        grids = index_grids(vqvae, pool, cfg.mirror, progress)
+        held_grids = index_grids(vqvae, held_pool, False, progress)
         buffer = io.BytesIO()
-        torch.save({"key": cache_key, "grids": grids, "held_out": held_grids}, buffer)
+        torch.save({"key": cache_key, "grids": grids, "held_out": held_grids, "held_out_names": held_names,
+                    "sample_size": sample_size}, buffer)
         atomic_write_bytes(cache_path, buffer.getvalue())
 
     prior = ContextPrior(prior_config)
@@ -141,18 +161,21 @@ def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: st
         atomic_write_bytes(checkpoint_path, buffer.getvalue())
         if final:
             record = {"steps": step, "wall_seconds": round(elapsed, 1), "data": str(data_dir),
-                      "train_grids": len(grids), "held_out_images": [p.name for p in held_files],
+                      "train_grids": len(grids), "held_out_images": held_names,
+                      "sample_size": sample_size, "sample_temperature": cfg.sample_temperature,
                       "train_config": asdict(cfg), "log": log}
             save_with_prior(weights, out, IntegerPrior(prior_config, prior.to_integer()), prior_config, record)
 
+    # Stage s is coded at quality levels s+1..S, so it weighs S - s in the mean over levels.
+    stage_weights = torch.arange(prior_config.num_stages, 0, -1, dtype=torch.float)
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, dynamic_ncols=True, desc="training prior")
     while step < cfg.steps:
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
         batch = grid_crops(grids, cfg.batch_size, cfg.crop_size, generator)
-        stage = torch.randint(prior_config.num_stages, (cfg.batch_size,), generator=generator)
-        loss = prior.loss_bits(batch, stage)
+        stage = torch.multinomial(stage_weights, cfg.batch_size, replacement=True, generator=generator)
+        loss = prior.loss_bits(batch, stage, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -50,6 +50,7 @@ class ModelEntry:
             "stride": 2 ** len(config["widths"]),
             "codebook_size": config["codebook_size"],
             "coders": ["prior", "zstd"] if "prior_config" in metadata else ["zstd"],
+            "sample_temperature": json.loads(metadata.get("prior_training", "{}")).get("sample_temperature"),
             "file": str(self.path),
         }
 

@@ -16,6 +16,7 @@ Balle et al. 2017, "End-to-end Optimized Image Compression".
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,6 +91,20 @@ class Decoder(nn.Module):
         return self.net(z) + 0.5
 
 
+TILE = 128  # latent positions per tile side (1024 pixels at stride 8): larger images go in tiles
+TILE_MARGIN = 8  # latent positions of context computed around each tile and then dropped
+
+
+def _tiles(rows: int, cols: int, tile: int, margin: int):
+    """(core slice, padded slice, core offset inside the padded one) per tile, in latent units."""
+    for top in range(0, rows, tile):
+        for left in range(0, cols, tile):
+            core = (slice(top, min(rows, top + tile)), slice(left, min(cols, left + tile)))
+            t0, l0 = max(0, top - margin), max(0, left - margin)
+            padded = (slice(t0, min(rows, top + tile + margin)), slice(l0, min(cols, left + tile + margin)))
+            yield core, padded, (top - t0, left - l0)
+
+
 class VQVAE(nn.Module):
     """Encoder + residual VQ + decoder. Quality level q uses the first q stages."""
 
@@ -111,6 +126,35 @@ class VQVAE(nn.Module):
     def encode_indices(self, images: torch.Tensor, num_stages: int) -> torch.Tensor:
         """images (B,3,H,W) with H, W multiples of the stride -> indices (B,n,H/s,W/s)."""
         return self.quantizer.quantize(self.encoder(images), num_stages)
+
+    @torch.no_grad()
+    def encode_latents(self, pixels: np.ndarray, tile: int = TILE, margin: int = TILE_MARGIN) -> torch.Tensor:
+        """uint8 pixels (H, W, 3), H and W multiples of the stride -> latents (1, D, H/s, W/s).
+
+        Images larger than `tile` latent positions are encoded in tiles, each with `margin`
+        positions of context, so memory stays bounded; smaller ones in one piece."""
+        s = self.config.stride
+        rows, cols = pixels.shape[0] // s, pixels.shape[1] // s
+        z = torch.empty(1, self.config.latent_dim, rows, cols)
+        for (cr, cc), (pr, pc), (dr, dc) in _tiles(rows, cols, tile, margin):
+            crop = pixels[pr.start * s:pr.stop * s, pc.start * s:pc.stop * s]
+            x = torch.from_numpy(np.array(crop)).permute(2, 0, 1).unsqueeze(0).float().div(255)
+            part = self.encoder(x)
+            z[:, :, cr, cc] = part[:, :, dr:dr + cr.stop - cr.start, dc:dc + cc.stop - cc.start]
+        return z
+
+    @torch.no_grad()
+    def decode_pixels(self, indices: torch.Tensor, tile: int = TILE, margin: int = TILE_MARGIN) -> np.ndarray:
+        """indices (1, n, h, w) -> uint8 pixels (h*s, w*s, 3), in tiles as encode_latents."""
+        s = self.config.stride
+        rows, cols = indices.shape[-2:]
+        out = np.empty((rows * s, cols * s, 3), dtype=np.uint8)
+        for (cr, cc), (pr, pc), (dr, dc) in _tiles(rows, cols, tile, margin):
+            y = self.decode_indices(indices[:, :, pr, pc])[0]
+            y = y[:, dr * s:(dr + cr.stop - cr.start) * s, dc * s:(dc + cc.stop - cc.start) * s]
+            out[cr.start * s:cr.stop * s, cc.start * s:cc.stop * s] = (
+                y.permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy())
+        return out
 
     @torch.no_grad()
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:

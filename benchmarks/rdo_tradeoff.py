@@ -1,0 +1,63 @@
+"""Choose the encoder's rate-distortion tradeoff (vqcodec.nn.rdoq) on held-out training photos.
+
+    python benchmarks/rdo_tradeoff.py WEIGHTS [IMAGE ...] [--tradeoffs 0,0.1,0.2,0.4]
+
+With no IMAGE it uses the photos the models hold out (../shared/data/photos, the last 3 by
+name): never Kodak, which stays a test set. For every tradeoff it prints the RD points per
+quality level (bits per pixel of the index payload, RGB PSNR) and the BD-rate against
+nearest-code quantization (tradeoff 0).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vqcodec import entropy, images
+from vqcodec.bench import bd_rate
+from vqcodec.nn.rdoq import rate_distortion_indices
+from vqcodec.weights_io import load_vqvae, prior_from_bytes
+
+HELD_OUT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "photos"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("weights")
+    parser.add_argument("images", nargs="*")
+    parser.add_argument("--tradeoffs", default="0,0.1,0.2,0.4,0.8")
+    args = parser.parse_args()
+    paths = [Path(p) for p in args.images] or images.find_images([HELD_OUT])[-3:]
+    vqvae = load_vqvae(args.weights)
+    prior = prior_from_bytes(Path(args.weights).read_bytes())
+    if prior is None:
+        sys.exit(f"{args.weights} has no prior")
+    cfg = vqvae.config
+    tradeoffs = [float(t) for t in args.tradeoffs.split(",")]
+    points = {t: {q: [] for q in range(1, cfg.num_stages + 1)} for t in tradeoffs}
+    for path in paths:
+        rgb = np.asarray(images.load_image(path).convert("RGB"))
+        h, w = rgb.shape[:2]
+        x = torch.tensor(images.pad_to_multiple(rgb, cfg.stride)).permute(2, 0, 1).unsqueeze(0).float() / 255
+        with torch.no_grad():
+            z = vqvae.encoder(x)
+        for t in tradeoffs:
+            for q in range(1, cfg.num_stages + 1):
+                indices, passes = rate_distortion_indices(vqvae.quantizer, prior, z, q, t)
+                payload = entropy.range_encode([(s, f) for _, s, f in passes])
+                out = vqvae.decode_indices(indices.unsqueeze(0))[0].permute(1, 2, 0).mul(255).round().byte().numpy()
+                points[t][q].append((len(payload) * 8 / (h * w), images.psnr(rgb, out[:h, :w])))
+        print(f"done {path.name}", file=sys.stderr)
+    curves = {t: [tuple(np.mean(v, axis=0)) for v in per_q.values()] for t, per_q in points.items()}
+    for t, curve in curves.items():
+        bd = bd_rate(curves[tradeoffs[0]], curve)
+        row = "  ".join(f"q{q + 1} {b:.3f}/{p:.2f}" for q, (b, p) in enumerate(curve))
+        print(f"tradeoff {t:<5} BD-rate vs {tradeoffs[0]}: {bd if bd is None else f'{bd:+.1f}%'}  |  {row}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

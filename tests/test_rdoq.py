@@ -1,0 +1,47 @@
+import numpy as np
+import torch
+
+from vqcodec import entropy
+from vqcodec.config import ModelConfig, PriorConfig
+from vqcodec.nn.autoencoder import VQVAE
+from vqcodec.nn.prior import ContextPrior, IntegerPrior, decode_passes, encode_passes
+from vqcodec.nn.rdoq import rate_distortion_indices
+
+
+def setup():
+    torch.manual_seed(0)
+    vqvae = VQVAE(ModelConfig(widths=(8,), res_blocks=1, latent_dim=4, codebook_size=16, num_stages=3))
+    for stage in vqvae.quantizer.stages:
+        stage.codebook.normal_()
+    model = ContextPrior(PriorConfig(num_stages=3, codebook_size=16, channels=8))
+    with torch.no_grad():
+        model.head_weight.mul_(4)
+    prior = IntegerPrior(model.config, model.to_integer())
+    return vqvae, prior, torch.randn(1, 4, 9, 11)
+
+
+def code_length(passes) -> float:
+    return sum(float(-np.log2(f[np.arange(len(s)), s] / f.sum(1)).sum()) for _, s, f in passes)
+
+
+def test_no_tradeoff_is_nearest_code_and_its_frequencies_are_the_decoders():
+    vqvae, prior, z = setup()
+    indices, passes = rate_distortion_indices(vqvae.quantizer, prior, z, 3, 0.0)
+    assert torch.equal(indices, vqvae.quantizer.quantize(z, 3)[0])
+    reference = encode_passes(prior, indices)
+    for (s1, sym1, f1), (s2, sym2, f2) in zip(passes, reference, strict=True):
+        assert s1 == s2 and np.array_equal(sym1, sym2) and np.array_equal(f1, f2)
+    payload = entropy.range_encode([(s, f) for _, s, f in passes])
+    assert torch.equal(decode_passes(prior, 3, 9, 11, entropy.RangeDecoder(payload))[0], indices)
+
+
+def test_a_rate_tradeoff_spends_fewer_bits_for_a_little_more_distortion():
+    vqvae, prior, z = setup()
+    def distortion(indices):
+        return float((vqvae.quantizer.dequantize(indices.unsqueeze(0)) - z).pow(2).mean())
+    near, near_passes = rate_distortion_indices(vqvae.quantizer, prior, z, 3, 0.0)
+    cheap, cheap_passes = rate_distortion_indices(vqvae.quantizer, prior, z, 3, 1.0)
+    assert code_length(cheap_passes) < code_length(near_passes)
+    assert distortion(cheap) > distortion(near)
+    payload = entropy.range_encode([(s, f) for _, s, f in cheap_passes])
+    assert torch.equal(decode_passes(prior, 3, 9, 11, entropy.RangeDecoder(payload))[0], cheap)
