@@ -139,7 +139,7 @@ class VQVAE(nn.Module):
         for (cr, cc), (pr, pc), (dr, dc) in _tiles(rows, cols, tile, margin):
             crop = pixels[pr.start * s:pr.stop * s, pc.start * s:pc.stop * s]
             x = torch.from_numpy(np.array(crop)).permute(2, 0, 1).unsqueeze(0).float().div(255)
-            part = self.encoder(x)
+            part = self.encoder(x.contiguous(memory_format=torch.channels_last))
             z[:, :, cr, cc] = part[:, :, dr:dr + cr.stop - cr.start, dc:dc + cc.stop - cc.start]
         return z
 
@@ -159,4 +159,5 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """indices (B,n,h,w) -> images (B,3,h*s,w*s), clamped to [0,1]."""
-        return self.decoder(self.quantizer.dequantize(indices)).clamp(0, 1)
+        z = self.quantizer.dequantize(indices).contiguous(memory_format=torch.channels_last)
+        return self.decoder(z).clamp(0, 1)

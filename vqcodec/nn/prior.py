@@ -330,7 +330,7 @@ class IntegerPrior:
         match = self._matches(stage, mask, indices, known)  # (G, n, K)
         logits += torch.floor(match * gate * (1.0 / GATE_STEPS))
         distance = (logits.amax(dim=2, keepdim=True) - logits).clamp_(max=TABLE_SIZE - 1)
-        return list(self.freq_table[distance.to(torch.int32)])
+        return list(torch.take(self.freq_table, distance.long()))
 
     def _matches(self, stage: int, mask: torch.Tensor, indices: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         """match[g, i, k] = sum of v[stage, offset] over the known neighbours of coded position
@@ -341,17 +341,21 @@ class IntegerPrior:
         n, k = len(positions), self.config.codebook_size
         match = torch.zeros(count * n, k)
         width = 2 * MATCH_RADIUS + 1
-        grid_offset = (torch.arange(count) * n).view(-1, 1)
-        for offset, v in enumerate(self.t["match_weight"][stage].tolist()):
-            dy, dx = offset // width - MATCH_RADIUS, offset % width - MATCH_RADIUS
-            r, c = positions[:, 0] + dy, positions[:, 1] + dx
-            inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
-            r, c = r.clamp(0, rows - 1), c.clamp(0, cols - 1)
-            hit = (inside & known[r, c]).nonzero()[:, 0]
-            if v and len(hit):
-                row = (grid_offset + hit.view(1, -1)).flatten()
-                symbol = indices[:, r[hit], c[hit]].flatten()
-                match.index_put_((row, symbol), torch.tensor(v, dtype=match.dtype), accumulate=True)
+        offsets = torch.arange(width * width)
+        v = self.t["match_weight"][stage]
+        used = offsets[v != 0]
+        r = positions[:, 0].view(1, -1) + (used // width - MATCH_RADIUS).view(-1, 1)  # (offsets, n)
+        c = positions[:, 1].view(1, -1) + (used % width - MATCH_RADIUS).view(-1, 1)
+        inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+        flat = (r.clamp(0, rows - 1) * cols + c.clamp(0, cols - 1))
+        hit = inside & known.flatten()[flat]
+        which, position = hit.nonzero(as_tuple=True)  # (offset number, coded position) pairs
+        if len(which):
+            cell = flat[which, position]
+            row = ((torch.arange(count) * n).view(-1, 1) + position.view(1, -1)).flatten()
+            symbol = indices.flatten(1)[:, cell].flatten()
+            value = v[used[which]].repeat(count)
+            match.index_put_((row, symbol), value, accumulate=True)
         return match.view(count, n, k)
 
 
