@@ -111,3 +111,36 @@ def test_data_parallel_training_with_gloo_in_two_processes(folder):
     training_record = json.loads(read_metadata(out)["training"])
     assert training_record["world_size"] == 2 and training_record["steps"] == 2
     assert json.loads((out.parent / "models.json").read_text())["models"][0]["name"] == "tiny"
+
+
+TINY_PRIOR = {"prior": {"channels": 8}, "train": {"steps": 4, "batch_size": 2, "crop_size": 4, "held_out_images": 1,
+                                                 "extra_scales": [], "eval_every": 2, "checkpoint_every": 2,
+                                                 "threads": 1}}
+
+
+def test_train_prior_adds_a_prior_that_codes_and_resumes(folder, monkeypatch):
+    import numpy as np
+    import vqcodec
+    assert train_cli(folder, 2).exit_code == 0
+    (folder / "prior.json").write_text(json.dumps(TINY_PRIOR))
+    weights = folder / "w" / "tiny.safetensors"
+
+    def train_prior(steps):
+        return CliRunner().invoke(main, ["train-prior", "--weights", str(weights), "--data", str(folder / "data"),
+                                         "--out", str(folder / "w" / "tinyp.safetensors"), "--config",
+                                         str(folder / "prior.json"), "--steps", str(steps)], catch_exceptions=False)
+    result = train_prior(2)
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(folder / "w" / "tinyp.safetensors")
+    assert json.loads(meta["prior_config"]) == {"channels": 8, "codebook_size": 16, "layers": 2, "num_stages": 2,
+                                                "schedule": "grouped"}
+    assert (folder / "w" / "tinyp.grids.pt").exists() and (folder / "w" / "tinyp.prior.ckpt").exists()
+    result = train_prior(4)  # resumes from the checkpoint, reuses the cached grids
+    assert result.exit_code == 0, result.output
+    record = json.loads(read_metadata(folder / "w" / "tinyp.safetensors")["prior_training"])
+    assert record["steps"] == 4 and [e["step"] for e in record["log"]] == [2, 4]
+    assert len(record["log"][-1]["held_out_bits_per_stage"]) == 2
+    monkeypatch.setenv("VQCODEC_WEIGHTS", str(folder / "w"))
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    data = vqcodec.encode(pixels, model="tiny", coder="prior", quality=2)
+    assert vqcodec.decode(data).size == (20, 12)

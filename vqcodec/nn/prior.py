@@ -56,6 +56,7 @@ MATCH_SCALE = 8.0  # training parameterization of the match weights (bits per un
 GATE_STEPS = 16  # the match gate g is an integer in [0, GATE_MAX]: the match term is scaled by g / 16
 GATE_MAX = 63
 BIAS_MAX = 1 << 22  # bound on integer conv and head biases: |sum + bias| < 2**24 stays exact
+SCHEDULES = ("grouped", "raster")  # coding orders, see group_map
 
 
 def check_config(cfg: PriorConfig) -> None:
@@ -72,9 +73,6 @@ def frequency_table() -> torch.Tensor:
     return torch.clamp(torch.round(2.0 ** FREQ_BITS * torch.exp2(-d / LOGIT_STEPS)), min=1).to(torch.int32)
 
 
-SCHEDULES = ("grouped", "raster")
-
-
 def group_map(schedule: str, stage: int, rows: int, cols: int) -> torch.Tensor:
     """(rows, cols) int64: the pass (group) in which each position of `stage` is coded."""
     r = torch.arange(rows).view(-1, 1)
@@ -85,10 +83,9 @@ def group_map(schedule: str, stage: int, rows: int, cols: int) -> torch.Tensor:
         raise ValueError(f"unknown prior schedule '{schedule}'")
     if stage > 0:
         return (r + c) % 2
-    groups = torch.full((rows, cols), 4, dtype=torch.long)
-    even = (r % 2 == 0) & (c % 2 == 0)
+    groups = torch.full((rows, cols), 4, dtype=torch.long)  # r + c odd: last
     groups[((r % 2 == 1) & (c % 2 == 1)).expand(rows, cols)] = 3
-    groups[even.expand(rows, cols)] = 2
+    groups[((r % 2 == 0) & (c % 2 == 0)).expand(rows, cols)] = 2
     groups[((r % 4 == 2) & (c % 4 == 2)).expand(rows, cols)] = 1
     groups[((r % 4 == 0) & (c % 4 == 0)).expand(rows, cols)] = 0
     return groups
