@@ -189,3 +189,15 @@ def test_full_disk_on_standard_output_is_a_clean_error(png):
         out = subprocess.run([sys.executable, "-m", "vqcodec", "encode", str(png), "-o", "-", "-q", "1"],
                              stdout=full, stderr=subprocess.PIPE, text=True)
     assert out.returncode == 1 and "Traceback" not in out.stderr and "No space left" in out.stderr
+
+
+def test_closed_pipe_is_quiet():
+    """`vqcodec models | head -1`: when the reader goes away, no error message and no traceback."""
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-m", "vqcodec", "models"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    child.stdout.close()  # before the child writes anything
+    stderr = child.stderr.read().decode()
+    child.wait(timeout=60)
+    assert "Traceback" not in stderr and "error" not in stderr, stderr

@@ -57,6 +57,9 @@ def reports_errors(command):
             return command(*args, **kwargs)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:  # the reader went away (`vqcodec models | head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(EXIT_FAILURE) from None
         except EXPECTED_ERRORS as error:
             raise Failure(_error_message(error)) from None
     return wrapper
@@ -537,7 +540,7 @@ def info(inputs, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 @reports_errors
 def models(as_json):
-    """List the bundled models: name, sha256, quality levels, default, description."""
+    """List the bundled models: name, sha256, quality levels, coders, default, description."""
     from . import zoo
 
     listed = zoo.list_models()
@@ -547,7 +550,8 @@ def models(as_json):
     for m in listed:
         mark = " (default)" if m["default"] else ""
         click.echo(f"{m['name']}{mark}: {m['description']}\n  quality levels {m['quality_levels'][0]}.."
-                   f"{m['quality_levels'][-1]} (default {m['default_quality']}), sha256 {m['sha256']}")
+                   f"{m['quality_levels'][-1]} (default {m['default_quality']}), coders {', '.join(m['coders'])}, "
+                   f"sha256 {m['sha256']}")
 
 
 @main.command()
