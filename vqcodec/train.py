@@ -102,8 +102,9 @@ def psnr_of(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to lr_final_fraction of the peak."""
+def learning_rate(step: int, cfg) -> float:
+    """Linear warm-up, then cosine decay to lr_final_fraction of the peak (for TrainConfig and
+    PriorTrainConfig alike: learning_rate, warmup_steps, steps, lr_final_fraction)."""
     if step < cfg.warmup_steps:
         return cfg.learning_rate * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import time
 from dataclasses import asdict
@@ -32,7 +31,7 @@ from .config import PriorConfig, PriorTrainConfig, prior_config_from_dict, prior
 from .fileio import atomic_write_bytes
 from .nn.autoencoder import VQVAE
 from .nn.prior import ContextPrior, IntegerPrior, encode_passes
-from .train import load_training_data
+from .train import learning_rate, load_training_data
 from .weights_io import load_vqvae, save_with_prior, sha256_of_file
 
 
@@ -92,14 +91,6 @@ def read_prior_config_file(path: str | os.PathLike | None) -> tuple[dict, PriorT
     prior_config_from_dict({**asdict(PriorConfig()), **prior})  # unknown fields fail here, early
     train = prior_train_config_from_dict({**asdict(PriorTrainConfig()), **data.get("train", {})})
     return prior, train
-
-
-def learning_rate(step: int, cfg: PriorTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    floor = cfg.lr_final_fraction
-    return cfg.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: str | os.PathLike, *,
