@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from vqcodec import images
@@ -16,3 +17,9 @@ def photo_crop(photo: Image.Image, width: int, height: int) -> np.ndarray:
     arr = np.asarray(photo)
     reps = (-(-height // arr.shape[0]), -(-width // arr.shape[1]), 1)
     return np.ascontiguousarray(np.tile(arr, reps)[:height, :width])
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    """A click test runner for the CLI tests."""
+    return CliRunner()

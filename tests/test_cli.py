@@ -11,11 +11,6 @@ from conftest import photo_crop
 
 
 @pytest.fixture
-def runner():
-    return CliRunner()
-
-
-@pytest.fixture
 def png(tmp_path, photo):
     path = tmp_path / "pic.png"
     Image.fromarray(photo_crop(photo, 40, 24)).save(path)

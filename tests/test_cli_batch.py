@@ -16,11 +16,6 @@ from conftest import photo_crop
 
 
 @pytest.fixture
-def runner():
-    return CliRunner()
-
-
-@pytest.fixture
 def png(tmp_path, photo):
     path = tmp_path / "pic.png"
     Image.fromarray(photo_crop(photo, 32, 24)).save(path)
