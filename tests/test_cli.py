@@ -1,7 +1,6 @@
 import json
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from vqcodec import __version__

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from vqcodec import __version__, container
