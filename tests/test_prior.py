@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -19,11 +21,18 @@ def trained_like(cfg: PriorConfig, seed: int = 0) -> ContextPrior:
         for p in model.parameters():
             p.mul_(3)
         model.match_weight.uniform_(-0.5, 0.5)  # an asymmetric copy kernel (x 8 bits)
+        if cfg.conditional_match:
+            model.diverged_match_weight.uniform_(-0.5, 0.5)
+        if cfg.coarse_groups:
+            model.far_match_weight.uniform_(-0.5, 0.5)
         model.gate_weight.normal_(0, 0.3)  # a gate that varies with the position
     return model
 
 
 RASTER = PriorConfig(num_stages=2, codebook_size=16, channels=8, layers=2, schedule="raster")
+CONDITIONAL = PriorConfig(num_stages=3, codebook_size=16, channels=8, layers=2, conditional_match=True,
+                          nested_stages=2, coarse_groups=True)
+CONFIGS = pytest.mark.parametrize("cfg", [SMALL, RASTER, CONDITIONAL], ids=["grouped", "raster", "conditional"])
 
 
 def round_trip(prior: IntegerPrior, grid: torch.Tensor) -> tuple[bytes, torch.Tensor]:
@@ -33,7 +42,7 @@ def round_trip(prior: IntegerPrior, grid: torch.Tensor) -> tuple[bytes, torch.Te
     return payload, decode_passes(prior, q, rows, cols, entropy.RangeDecoder(payload))[0]
 
 
-@pytest.mark.parametrize("cfg", [SMALL, RASTER], ids=["grouped", "raster"])
+@CONFIGS
 @pytest.mark.parametrize("shape", [(1, 1, 1), (2, 1, 1), (2, 1, 7), (2, 7, 3), (2, 12, 17)])
 def test_round_trip_any_grid(cfg, shape):
     prior = IntegerPrior(cfg, trained_like(cfg).to_integer())
@@ -43,31 +52,40 @@ def test_round_trip_any_grid(cfg, shape):
 
 
 def test_grouped_schedule_codes_every_position_once_coarse_to_fine():
-    groups = group_map("grouped", 0, 9, 10)
+    groups = group_map(SMALL, 0, 9, 10)
     assert groups[0, 0] == 0 and groups[4, 8] == 0 and groups[2, 2] == 1 and groups[0, 2] == 2
     assert groups[1, 1] == 3 and groups[0, 1] == 4 and groups[1, 0] == 4
-    assert torch.equal(group_map("grouped", 1, 3, 3), torch.tensor([[0, 1, 0], [1, 0, 1], [0, 1, 0]]))
-    passes = list(pass_schedule("grouped", 3, 9, 10))
+    assert torch.equal(group_map(SMALL, 1, 3, 3), torch.tensor([[0, 1, 0], [1, 0, 1], [0, 1, 0]]))
+    passes = list(pass_schedule(SMALL, 3, 9, 10))
     assert len(passes) == 5 + 2 + 2
     for stage in range(3):
-        coded = torch.stack([c for s, _, c in passes if s == stage]).int()
+        coded = torch.stack([c for s, _, c, _ in passes if s == stage]).int()
         assert torch.equal(coded.sum(0), torch.ones(9, 10, dtype=torch.int))  # each position exactly once
-        for s, known, c in passes:  # a pass knows exactly the positions coded before it
+        for s, known, c, _ in passes:  # a pass knows exactly the positions coded before it
             if s == stage:
                 assert not (known & c).any()
-    assert len(list(pass_schedule("raster", 2, 3, 4))) == 2 * 12
+    assert len(list(pass_schedule(RASTER, 2, 3, 4))) == 2 * 12
+    nested = list(pass_schedule(CONDITIONAL, 3, 17, 10))  # stage 0 in 7 groups (coarse), 1 in 5, 2 in 2
+    assert len(nested) == 7 + 5 + 2
+    assert torch.equal(group_map(CONDITIONAL, 1, 9, 10), group_map(SMALL, 0, 9, 10))
+    coarse = group_map(CONDITIONAL, 0, 17, 10)
+    assert coarse[0, 0] == coarse[8, 8] == coarse[16, 0] == 0 and coarse[4, 4] == 1 and coarse[0, 4] == coarse[4, 0] == 2
+    assert torch.equal(coarse[coarse >= 3] - 2, group_map(SMALL, 0, 17, 10)[coarse >= 3])  # then as before
+    assert [far for s, _, _, far in nested] == [False, True, True] + [False] * 11
 
 
-@pytest.mark.parametrize("cfg", [SMALL, RASTER], ids=["grouped", "raster"])
-def test_integer_prior_computes_what_training_sees(cfg):
+@CONFIGS
+@pytest.mark.parametrize("symbols", [16, 2], ids=["varied", "repetitive"])  # repetitive: many equal prefixes
+def test_integer_prior_computes_what_training_sees(cfg, symbols):
     model = trained_like(cfg)
     prior = IntegerPrior(cfg, model.to_integer())
-    grid = torch.randint(0, cfg.codebook_size, (cfg.num_stages, 5, 6))
-    schedule = list(pass_schedule(cfg.schedule, cfg.num_stages, 5, 6))
+    grid = torch.randint(0, symbols, (cfg.num_stages, 5, 6))
+    schedule = list(pass_schedule(cfg, cfg.num_stages, 5, 6))
     table = frequency_table()
-    for (stage, _, freqs), (_, known, coded) in zip(encode_passes(prior, grid), schedule, strict=True):
+    for (stage, _, freqs), (_, known, coded, far) in zip(encode_passes(prior, grid), schedule, strict=True):
         with torch.no_grad():
-            logits = model(grid.unsqueeze(0), torch.tensor([stage]), known.unsqueeze(0))[0]  # bits, 1/16 grid
+            logits = model(grid.unsqueeze(0), torch.tensor([stage]), known.unsqueeze(0),
+                           far=torch.tensor([far]))[0]  # bits, 1/16 grid
         steps = torch.round(logits[:, coded].t() * 16).long()
         distance = (steps.amax(1, keepdim=True) - steps).clamp(max=len(table) - 1)
         assert torch.equal(table[distance].float(), torch.from_numpy(freqs))
@@ -106,12 +124,53 @@ def test_passes_evaluated_together_or_alone_or_beside_another_image_agree(monkey
         assert s1 == s2 and np.array_equal(sym1, sym2) and np.array_equal(f1, f2)
     # the same pass inside a batch with another image's pass
     other = torch.randint(0, SMALL.codebook_size, (3, 10, 11))
-    known, coded = group_map("grouped", 0, 10, 11) < 3, group_map("grouped", 0, 10, 11) == 3
+    known, coded = group_map(SMALL, 0, 10, 11) < 3, group_map(SMALL, 0, 10, 11) == 3
     x = prior.pass_inputs(torch.zeros(SMALL.channels, 10, 11), grid[0], 0, known)
     y = prior.pass_inputs(torch.zeros(SMALL.channels, 10, 11), other[0], 0, known)
-    (single,) = prior.frequencies(x.unsqueeze(0), [0], [coded], [(grid[0], known)])
-    batched = prior.frequencies(torch.stack([y, x]), [0, 0], [coded, coded], [(other[0], known), (grid[0], known)])
+    (single,) = prior.frequencies(x.unsqueeze(0), [0], [coded], [(grid, known, False)])
+    batched = prior.frequencies(torch.stack([y, x]), [0, 0], [coded, coded],
+                                [(other, known, False), (grid, known, False)])
     assert torch.equal(single, batched[1])
+
+
+def test_conditional_match_copies_from_neighbours_with_the_same_earlier_indices():
+    """A known neighbour's index is likelier when its earlier-stage indices equal this
+    position's (the same partial reconstruction) than when they differ."""
+    model = ContextPrior(CONDITIONAL)
+    with torch.no_grad():
+        model.match_weight.fill_(1.0)  # 8 bits for a neighbour with the same earlier indices
+        model.diverged_match_weight.zero_()  # nothing for one whose earlier indices differ
+    prior = IntegerPrior(CONDITIONAL, model.to_integer())
+    known = torch.zeros(1, 3, dtype=torch.bool)
+    known[0, 0] = True  # the left neighbour is known, position (0, 1) is coded
+    coded = torch.zeros(1, 3, dtype=torch.bool)
+    coded[0, 1] = True
+
+    def probability_of_copy(first_stage: list[int]) -> float:
+        grid = torch.tensor([[first_stage], [[5, 0, 0]]])  # stage 1 of the neighbour holds 5
+        x = prior.pass_inputs(prior.stage_embedding(0, grid[0]), grid[1], 1, known)
+        (freqs,) = prior.frequencies(x.unsqueeze(0), [1], [coded], [(grid, known, False)])
+        return float(freqs[0, 5] / freqs[0].sum())
+
+    same, diverged = probability_of_copy([3, 3, 9]), probability_of_copy([3, 4, 9])
+    assert same > 0.5 and diverged < 0.1
+
+
+def test_coarse_groups_copy_from_the_lattice_four_positions_away():
+    """With coarse_groups, stage 0's second pass (positions (4, 4) mod 8) sees the x8 lattice
+    through the far match weights: an index held 4 positions away becomes likely."""
+    cfg = replace(CONDITIONAL, nested_stages=1)
+    model = ContextPrior(cfg)
+    with torch.no_grad():
+        model.far_match_weight.fill_(1.0)  # 8 bits per known position holding the index
+    prior = IntegerPrior(cfg, model.to_integer())
+    grid = torch.zeros(1, 9, 9, dtype=torch.long)
+    grid[0, ::8, ::8] = 7  # the four corners, coded in pass 0
+    (_, known, coded, far) = list(pass_schedule(cfg, 1, 9, 9))[1]
+    assert far and coded[4, 4] and int(coded.sum()) == 1 and int(known.sum()) == 4
+    x = prior.pass_inputs(torch.zeros(cfg.channels, 9, 9), grid[0], 0, known)
+    (freqs,) = prior.frequencies(x.unsqueeze(0), [0], [coded], [(grid, known, far)])
+    assert float(freqs[0, 7] / freqs[0].sum()) > 0.9
 
 
 def test_thread_count_does_not_change_frequencies():
@@ -131,10 +190,11 @@ def test_thread_count_does_not_change_frequencies():
 def test_exact_conv_and_its_fallback_match_float64():
     act = torch.randint(0, 256, (2, 8, 9, 7)).float()
     weight = torch.randint(-127, 128, (8, 72)).float()
-    fast = _exact_conv3x3(act, weight)
-    slow = _conv3x3_by_shifts(act, weight.view(8, 8, 3, 3))
+    bias = torch.randint(-(1 << 22), 1 << 22, (8,)).float()
+    fast = _exact_conv3x3(act, weight, bias)
+    slow = _conv3x3_by_shifts(act, weight.view(8, 8, 3, 3)) + bias.view(1, -1, 1, 1)
     padded = torch.nn.functional.pad(act, (1, 1, 1, 1))
-    reference = torch.zeros_like(fast, dtype=torch.float64)
+    reference = bias.double().view(1, -1, 1, 1).expand_as(fast).clone()
     kernel = weight.view(8, 8, 3, 3).double()
     for dy in range(3):
         for dx in range(3):

@@ -45,3 +45,14 @@ def test_a_rate_tradeoff_spends_fewer_bits_for_a_little_more_distortion():
     assert distortion(cheap) > distortion(near)
     payload = entropy.range_encode([(s, f) for _, s, f in cheap_passes])
     assert torch.equal(decode_passes(prior, 3, 9, 11, entropy.RangeDecoder(payload))[0], cheap)
+
+
+def test_chunked_distances_choose_the_same_indices(monkeypatch):
+    """Huge images compute distances chunk by chunk; the choice must not depend on it."""
+    from vqcodec.nn import rdoq
+    vqvae, prior, z = setup()
+    whole, whole_passes = rate_distortion_indices(vqvae.quantizer, prior, z, 3, 0.5)
+    monkeypatch.setattr(rdoq, "CHUNK", 7)
+    chunked, chunked_passes = rate_distortion_indices(vqvae.quantizer, prior, z, 3, 0.5)
+    assert torch.equal(whole, chunked)
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(whole_passes, chunked_passes, strict=True))

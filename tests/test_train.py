@@ -133,7 +133,8 @@ def test_train_prior_adds_a_prior_that_codes_and_resumes(folder, monkeypatch):
     assert result.exit_code == 0, result.output
     meta = read_metadata(folder / "w" / "tinyp.safetensors")
     assert json.loads(meta["prior_config"]) == {"channels": 8, "codebook_size": 16, "layers": 2, "num_stages": 2,
-                                                "schedule": "grouped"}
+                                                "schedule": "grouped", "conditional_match": False,
+                                                "nested_stages": 1, "coarse_groups": False}
     assert (folder / "w" / "tinyp.grids.pt").exists() and (folder / "w" / "tinyp.prior.ckpt").exists()
     result = train_prior(4)  # resumes from the checkpoint, reuses the cached grids
     assert result.exit_code == 0, result.output
@@ -143,4 +144,32 @@ def test_train_prior_adds_a_prior_that_codes_and_resumes(folder, monkeypatch):
     monkeypatch.setenv("VQCODEC_WEIGHTS", str(folder / "w"))
     pixels = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
     data = vqcodec.encode(pixels, model="tiny", coder="prior", quality=2)
+    assert vqcodec.decode(data).size == (20, 12)
+
+
+def test_train_prior_refines_a_prior_on_rate_aware_grids(folder, monkeypatch):
+    import vqcodec
+    assert train_cli(folder, 2).exit_code == 0
+    weights, refined = folder / "w" / "tiny.safetensors", folder / "w" / "tinyr.safetensors"
+
+    def train_prior(source, out, config):
+        (folder / "prior.json").write_text(json.dumps(config))
+        return CliRunner().invoke(main, ["train-prior", "--weights", str(source), "--data", str(folder / "data"),
+                                         "--out", str(out), "--config", str(folder / "prior.json")])
+    refine = {"prior": {"channels": 8, "conditional_match": True, "nested_stages": 2},
+              "train": {**TINY_PRIOR["train"], "rate_tradeoff": 0.2}}
+    result = train_prior(weights, refined, refine)  # the VQ-VAE alone has no prior to refine
+    assert result.exit_code != 0 and "has no prior to refine" in result.output and not refined.exists()
+    assert train_prior(weights, folder / "w" / "tinyp.safetensors", TINY_PRIOR).exit_code == 0
+    wider = {**refine, "prior": {**refine["prior"], "channels": 16}}
+    result = train_prior(folder / "w" / "tinyp.safetensors", refined, wider)
+    assert result.exit_code != 0 and "cannot be continued" in result.output and not refined.exists()
+    result = train_prior(folder / "w" / "tinyp.safetensors", refined, refine)
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(refined)
+    assert json.loads(meta["prior_config"])["nested_stages"] == 2
+    assert json.loads(meta["prior_training"])["train_config"]["rate_tradeoff"] == 0.2
+    monkeypatch.setenv("VQCODEC_WEIGHTS", str(folder / "w"))
+    pixels = np.random.default_rng(1).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    data = vqcodec.encode(pixels, model="tiny", coder="prior", quality=2)  # now the refined file
     assert vqcodec.decode(data).size == (20, 12)

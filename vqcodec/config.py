@@ -60,6 +60,11 @@ class PriorConfig:
     channels: int = 32  # width of the integer conv trunk
     layers: int = 2  # 3x3 conv layers in the trunk
     schedule: str = "grouped"  # coding order: "grouped" (few passes) or "raster" (one per position)
+    # copy term with a second set of weights for neighbours whose earlier-stage indices differ
+    conditional_match: bool = False
+    nested_stages: int = 1  # "grouped": the first stages coded in 5 nested groups, the rest in 2
+    # "grouped": stage 0's first group split in three on the x8 lattice, copying from 4 positions away
+    coarse_groups: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,9 @@ class PriorTrainConfig:
     mirror: bool = True  # also learn the grids of the mirrored images
     threads: int = 0
     sample_temperature: float = 1.0  # the temperature `vqcodec generate` uses by default for this model
+    # > 0: refine the prior already inside the weights on the grids that the rate-aware encoder
+    # (vqcodec.nn.rdoq, this tradeoff) produces with it: one round of entropy-constrained VQ design
+    rate_tradeoff: float = 0.0
 
 
 def _tupleize(cls, data: dict):

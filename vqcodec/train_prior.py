@@ -12,6 +12,11 @@
 Next to <out>: <out>.prior.ckpt (resumable state) and <out>.grids.pt (the index grids, reused
 while the VQ-VAE weights and data are unchanged).
 
+With rate_tradeoff > 0 the grids are those the rate-aware encoder (nn/rdoq.py) makes with the
+prior already in the weights, and training continues from that prior: one round of the
+entropy-constrained VQ design loop (Chou, Lookabaugh and Gray 1989), so that the prior learns
+the indices files will actually hold.
+
 The held-out images are the same as the VQ-VAE's (the last ones by name).
 """
 from __future__ import annotations
@@ -30,21 +35,29 @@ from tqdm import tqdm
 from .config import PriorConfig, PriorTrainConfig, prior_config_from_dict, prior_train_config_from_dict
 from .fileio import atomic_write_bytes
 from .nn.autoencoder import VQVAE
-from .nn.prior import ContextPrior, IntegerPrior, encode_passes
+from .nn.prior import ContextPrior, IntegerPrior, continues, encode_passes
+from .nn.rdoq import rate_distortion_indices
 from .train import learning_rate, load_training_data
-from .weights_io import load_vqvae, save_with_prior, sha256_of_file
+from .weights_io import load_vqvae, prior_from_bytes, save_with_prior, sha256_of_file
 
 
 @torch.no_grad()
-def index_grids(vqvae: VQVAE, pool: list[torch.Tensor], mirror: bool, progress: bool) -> list[torch.Tensor]:
-    """(S, H/s, W/s) int16 index grids of every image (and its mirror image)."""
+def index_grids(vqvae: VQVAE, pool: list[torch.Tensor], mirror: bool, progress: bool,
+                prior: IntegerPrior | None = None, rate_tradeoff: float = 0.0) -> list[torch.Tensor]:
+    """(S, H/s, W/s) int16 index grids of every image (and its mirror image): nearest codes,
+    or with a prior, the rate-aware encoder's choice at rate_tradeoff (what files will hold)."""
     cfg = vqvae.config
     grids = []
     for image in tqdm(pool, desc="index grids", disable=not progress, leave=False):
         x = image.unsqueeze(0).float().div(255)
         x = x[..., : x.shape[-2] // cfg.stride * cfg.stride, : x.shape[-1] // cfg.stride * cfg.stride]
         for version in ((x, x.flip(-1)) if mirror else (x,)):
-            grids.append(vqvae.encode_indices(version, cfg.num_stages)[0].to(torch.int16))
+            if prior is None:
+                grid = vqvae.encode_indices(version, cfg.num_stages)[0]
+            else:
+                z = vqvae.encoder(version)
+                grid = rate_distortion_indices(vqvae.quantizer, prior, z, cfg.num_stages, rate_tradeoff)[0]
+            grids.append(grid.to(torch.int16))
     return grids
 
 
@@ -112,9 +125,17 @@ def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: st
                                            "codebook_size": model_cfg.codebook_size, **(prior_fields or {})})
     if (prior_config.num_stages, prior_config.codebook_size) != (model_cfg.num_stages, model_cfg.codebook_size):
         raise ValueError("the prior's stages and codebook size must match the model's")
+    source_prior = None  # rate_tradeoff > 0: the prior to refine, which also quantizes the grids
+    if cfg.rate_tradeoff > 0:
+        source_prior = prior_from_bytes(Path(weights).read_bytes(), str(weights))
+        if source_prior is None:
+            raise ValueError(f"{weights} has no prior to refine (rate_tradeoff > 0 needs one)")
+        if not continues(source_prior.config, prior_config):
+            raise ValueError(f"the prior in {weights} cannot be continued as the one asked for "
+                             "(only nested_stages may change, and conditional_match be added)")
     cache_path = out.with_suffix(".grids.pt")
     cache_key = [sha256_of_file(weights), str(Path(data_dir).resolve()), cfg.held_out_images,
-                 list(cfg.extra_scales), cfg.crop_size, cfg.mirror]
+                 list(cfg.extra_scales), cfg.crop_size, cfg.mirror, cfg.rate_tradeoff]
     cache = torch.load(cache_path, weights_only=True) if cache_path.exists() else {}
     if cache.get("key") == cache_key:
         grids, held_grids, held_names = cache["grids"], cache["held_out"], cache["held_out_names"]
@@ -124,14 +145,15 @@ def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: st
                                                          cfg.crop_size * model_cfg.stride, model_cfg.stride)
         sizes = {tuple(image.shape[1:]) for image in pool}  # one size up to 256 (digits): sample that
         sample_size = list(min(sizes)) if len(sizes) == 1 and max(min(sizes)) <= 256 else [256, 256]
-        grids = index_grids(vqvae, pool, cfg.mirror, progress)
-        held_grids = index_grids(vqvae, held_pool, False, progress)
+        grids = index_grids(vqvae, pool, cfg.mirror, progress, source_prior, cfg.rate_tradeoff)
+        held_grids = index_grids(vqvae, held_pool, False, progress, source_prior, cfg.rate_tradeoff)
         buffer = io.BytesIO()
         torch.save({"key": cache_key, "grids": grids, "held_out": held_grids, "held_out_names": held_names,
                     "sample_size": sample_size}, buffer)
         atomic_write_bytes(cache_path, buffer.getvalue())
 
-    prior = ContextPrior(prior_config)
+    prior = (ContextPrior(prior_config) if source_prior is None
+             else ContextPrior.from_integer(source_prior, prior_config))
     optimizer = torch.optim.Adam(prior.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(cfg.seed)
     step, elapsed, log = 0, 0.0, []

@@ -1,6 +1,10 @@
 """Write the golden .vqz files and manifest.json for the bundled models (run once per release
 that changes a model; never to make a failing golden test pass). Files of models that are no
-longer installed are kept: they check the "model not installed" error.
+longer installed are kept: they check the "model not installed" error. Existing files of
+installed models are kept too, with their digests; only what is missing is added.
+
+Each file has the digest of its pixels decoded in float32 (VQCODEC_FLOAT32=1, every machine)
+and, made on a machine with native bfloat16, the digest of the faster bf16 decode.
 
     python tests/golden/make_golden.py
 """
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +20,7 @@ from PIL import Image
 
 import vqcodec
 from vqcodec import images
+from vqcodec.nn.autoencoder import fast_bfloat16
 
 HERE = Path(__file__).resolve().parent
 CASES = {  # model -> (size, [(quality, coder)])
@@ -29,10 +35,25 @@ def pixel_digest(picture: Image.Image) -> str:
     return hashlib.sha256(header + np.asarray(picture).tobytes()).hexdigest()
 
 
+def decoded_digests(data: bytes) -> dict:
+    """{"pixels_sha256": float32 decode, "pixels_sha256_bfloat16": bf16 decode (if native)}."""
+    saved = os.environ.get("VQCODEC_FLOAT32")
+    try:
+        os.environ["VQCODEC_FLOAT32"] = "1"
+        digests = {"pixels_sha256": pixel_digest(vqcodec.decode(data))}
+        os.environ["VQCODEC_FLOAT32"] = "0"
+        if fast_bfloat16():
+            digests["pixels_sha256_bfloat16"] = pixel_digest(vqcodec.decode(data))
+    finally:
+        os.environ.pop("VQCODEC_FLOAT32") if saved is None else os.environ.update(VQCODEC_FLOAT32=saved)
+    return digests
+
+
 def main() -> None:
     sample = images.load_image(images.sample_image_path())
     installed = {info["sha256"] for info in vqcodec.list_models()}
     old = json.loads((HERE / "manifest.json").read_text()) if (HERE / "manifest.json").exists() else []
+    kept = {case["file"]: case for case in old if case["model_sha256"] in installed}
     manifest = [case for case in old if case["model_sha256"] not in installed]  # files of replaced models stay
     for info in vqcodec.list_models():
         if info["name"] not in CASES:
@@ -43,11 +64,19 @@ def main() -> None:
             source = source.convert("L")
         for quality, coder in levels:
             name = f"{info['name']}_q{quality}_{coder}.vqz"
-            data = vqcodec.encode(source, quality=quality, model=info["name"], coder=coder)
-            (HERE / name).write_bytes(data)
-            manifest.append({"file": name, "model": info["name"], "model_sha256": info["sha256"],
-                             "quality": quality, "coder": coder,
-                             "pixels_sha256": pixel_digest(vqcodec.decode(data))})
+            if name in kept and kept[name]["model_sha256"] == info["sha256"]:
+                case = kept[name]
+                data = (HERE / name).read_bytes()
+            else:
+                if name in kept:  # a file name of a replaced model: it stays under a versioned name
+                    raise SystemExit(f"{name} belongs to another model; rename it first")
+                data = vqcodec.encode(source, quality=quality, model=info["name"], coder=coder)
+                (HERE / name).write_bytes(data)
+                case = {"file": name, "model": info["name"], "model_sha256": info["sha256"],
+                        "quality": quality, "coder": coder}
+            for key, digest in decoded_digests(data).items():  # never replaces a recorded digest
+                case.setdefault(key, digest)
+            manifest.append(case)
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {len(manifest)} golden files to {HERE}")
 

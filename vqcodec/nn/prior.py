@@ -3,12 +3,15 @@
 Indices are coded stage by stage, and within a stage in groups of positions: each group is
 one network pass that sees every group before it (He et al. 2021, "Checkerboard Context
 Model for Efficient Learned Image Compression"). The "grouped" schedule (photo models)
-codes stage 0 in five nested groups, coarse to fine: rows and columns both multiples of 4,
-then (2, 2) mod 4, then the rest of the even-even lattice, then odd-odd, then the rest
-(a checkerboard at two scales, so even the first stage has context for 15/16 of its
-positions), and every later stage in two checkerboard halves: 5 + 2 (S - 1) passes for
-the whole grid instead of one per position. The "raster" schedule (tiny grids such as
-the digits model) makes every position its own group. Predicting stage s at a position sees:
+codes the first `nested_stages` stages in five nested groups each, coarse to fine: rows and
+columns both multiples of 4, then (2, 2) mod 4, then the rest of the even-even lattice, then
+odd-odd, then the rest (a checkerboard at two scales, so 15/16 of the positions have
+context from their own stage), and every later stage in two checkerboard halves: with
+nested_stages n, 5 n + 2 (S - n) passes for the whole grid instead of one per position.
+With coarse_groups, stage 0's first group is split again on the x8 lattice (two more
+passes, whose copy term looks 4 positions away: "far" passes, with their own weights).
+The "raster" schedule (tiny grids such as the digits model) makes every position its own
+group. Predicting stage s at a position sees:
 
     every earlier stage t < s at every position ── sum of per-stage embeddings ─┐
     stage s at positions already known           ── embedding ──────────────────┤
@@ -24,7 +27,10 @@ the digits model) makes every position its own group. Predicting stage s at a po
 The match term is a learned copy model (what makes LZ coders like zstd strong on index grids:
 flat regions repeat the same index): it lets a symbol seen nearby become likely at once,
 without the trunk having to learn 256 copy rules. The gate lets the network decide where
-copying is safe (flat regions: strong) and where it is not (texture: weak).
+copying is safe (flat regions: strong) and where it is not (texture: weak). With
+conditional_match, a neighbour whose earlier-stage indices differ from the position's (another
+partial reconstruction) copies with its own, weaker weights: in a later stage a neighbour
+with the same earlier indices holds the same index about 10 times as often as one without.
 
 Every quantity in that path is an integer. The network is trained with fake quantization
 (ContextPrior) and shipped as integer tensors (IntegerPrior), which evaluates the same
@@ -34,6 +40,7 @@ count, batch size or hardware (Balle et al. 2019, "Integer Networks for Data Com
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -52,6 +59,7 @@ TABLE_SIZE = FREQ_BITS * LOGIT_STEPS + 1  # table[d] = round(2**15 * 2**(-d/16))
 MAX_EXPONENT = 12  # weight scales 2**0 .. 2**12
 EMBED_MAX = 1 << 12  # bound on integer embedding entries and pass biases
 MATCH_RADIUS = 2  # the match term looks at known positions up to 2 away (a 5x5 window)
+FAR_DILATION = 2  # ... or, in far passes (coarse_groups), at offsets twice as large
 MATCH_SCALE = 8.0  # training parameterization of the match weights (bits per unit)
 GATE_STEPS = 16  # the match gate g is an integer in [0, GATE_MAX]: the match term is scaled by g / 16
 GATE_MAX = 63
@@ -63,6 +71,8 @@ def check_config(cfg: PriorConfig) -> None:
     """A known schedule, and the largest partial sum of a 3x3 conv below 2**24 (exact float32)."""
     if cfg.schedule not in SCHEDULES:
         raise ValueError(f"unknown prior schedule '{cfg.schedule}'; known: {', '.join(SCHEDULES)}")
+    if cfg.nested_stages < 1:
+        raise ValueError(f"prior nested_stages must be at least 1, got {cfg.nested_stages}")
     if ACTIVATION_MAX * WEIGHT_MAX * 9 * cfg.channels + BIAS_MAX >= 1 << 24:
         raise ValueError(f"prior channels={cfg.channels} is too wide for exact float32 arithmetic")
 
@@ -73,22 +83,40 @@ def frequency_table() -> torch.Tensor:
     return torch.clamp(torch.round(2.0 ** FREQ_BITS * torch.exp2(-d / LOGIT_STEPS)), min=1).to(torch.int32)
 
 
-def group_map(schedule: str, stage: int, rows: int, cols: int) -> torch.Tensor:
+def group_map(cfg: PriorConfig, stage: int, rows: int, cols: int) -> torch.Tensor:
     """(rows, cols) int64: the pass (group) in which each position of `stage` is coded."""
     r = torch.arange(rows).view(-1, 1)
     c = torch.arange(cols).view(1, -1)
-    if schedule == "raster":
+    if cfg.schedule == "raster":
         return r * cols + c
-    if schedule != "grouped":
-        raise ValueError(f"unknown prior schedule '{schedule}'")
-    if stage > 0:
+    if cfg.schedule != "grouped":
+        raise ValueError(f"unknown prior schedule '{cfg.schedule}'")
+    if stage >= cfg.nested_stages:
         return (r + c) % 2
     groups = torch.full((rows, cols), 4, dtype=torch.long)  # r + c odd: last
     groups[((r % 2 == 1) & (c % 2 == 1)).expand(rows, cols)] = 3
     groups[((r % 2 == 0) & (c % 2 == 0)).expand(rows, cols)] = 2
     groups[((r % 4 == 2) & (c % 4 == 2)).expand(rows, cols)] = 1
     groups[((r % 4 == 0) & (c % 4 == 0)).expand(rows, cols)] = 0
+    if cfg.coarse_groups and stage == 0:  # the x4 lattice itself coarse to fine: x8, (4, 4) mod 8, rest
+        groups += 2
+        groups[((r % 8 == 4) & (c % 8 == 4)).expand(rows, cols)] = 1
+        groups[((r % 8 == 0) & (c % 8 == 0)).expand(rows, cols)] = 0
     return groups
+
+
+def far_pass(cfg: PriorConfig, stage: int, group: int) -> bool:
+    """Whether a pass copies from known positions FAR_DILATION times farther away (with its own
+    weights): the 2nd and 3rd coarse groups, whose known positions are 4 apart."""
+    return cfg.schedule == "grouped" and cfg.coarse_groups and stage == 0 and group in (1, 2)
+
+
+def continues(old: PriorConfig, new: PriorConfig) -> bool:
+    """Whether a prior trained with config `old` can be trained on as `new` (ContextPrior.from_integer)."""
+    same_weights = dataclasses.replace(old, conditional_match=new.conditional_match, nested_stages=new.nested_stages,
+                                       coarse_groups=new.coarse_groups)
+    return (same_weights == new and (new.conditional_match or not old.conditional_match)
+            and (new.coarse_groups or not old.coarse_groups))
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -125,6 +153,10 @@ class ContextPrior(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(s, k))
         # in units of MATCH_SCALE bits, so that Adam's steps (about lr each) move it quickly
         self.match_weight = nn.Parameter(torch.full((s, (2 * MATCH_RADIUS + 1) ** 2), 1.5 / MATCH_SCALE))
+        if cfg.conditional_match:  # for neighbours whose earlier stages differ from this position's
+            self.diverged_match_weight = nn.Parameter(self.match_weight.detach().clone())
+        if cfg.coarse_groups:  # stage 0's far passes
+            self.far_match_weight = nn.Parameter(self.match_weight.detach()[0].clone())
         self.gate_weight = nn.Parameter(torch.zeros(s, 1, c))
         self.gate_bias = nn.Parameter(torch.ones(s, 1))  # g = 16: the match term at face value
 
@@ -132,6 +164,11 @@ class ContextPrior(nn.Module):
     def _quantize_embedding(table: torch.Tensor) -> torch.Tensor:
         scale = 2.0 ** ACTIVATION_BITS
         return torch.clamp(_round_ste(table * scale), -EMBED_MAX, EMBED_MAX) / scale
+
+    @staticmethod
+    def _quantize_match(weight: torch.Tensor) -> torch.Tensor:
+        """Match weights on their grid of 1/16 bit, in bits."""
+        return torch.clamp(_round_ste(weight * MATCH_SCALE * LOGIT_STEPS), -WEIGHT_MAX, WEIGHT_MAX) / LOGIT_STEPS
 
     @staticmethod
     def _quantize_weight(weight: torch.Tensor, bias: torch.Tensor, bias_bits: int):
@@ -149,11 +186,12 @@ class ContextPrior(nn.Module):
         return cumulative[torch.arange(indices.shape[0]), stage]
 
     def forward(self, indices: torch.Tensor, stage: torch.Tensor, known: torch.Tensor,
-                earlier: torch.Tensor | None = None) -> torch.Tensor:
+                earlier: torch.Tensor | None = None, far: torch.Tensor | None = None) -> torch.Tensor:
         """Logits in bits (B, K, H, W) for stage[b] of each example.
 
         indices (B, S, H, W) are the true indices (teacher forcing); known (B, H, W) marks
-        the positions of stage[b] that the pass may see; earlier = earlier_stages(...)."""
+        the positions of stage[b] that the pass may see; earlier = earlier_stages(...);
+        far (B,) bool marks far passes (far_pass)."""
         b, s_total, h, w = indices.shape
         rows = torch.arange(b)
         a_max = ACTIVATION_MAX / 2.0 ** ACTIVATION_BITS
@@ -175,17 +213,38 @@ class ContextPrior(nn.Module):
         gate = torch.einsum("bkc,bchw->bkhw", g_w[stage], act) + g_b[stage].view(b, -1, 1, 1)
         gate = torch.clamp(_floor_ste(gate * GATE_STEPS), 0, GATE_MAX)  # (B, 1, H, W) integers
         # match term: for each offset, add v[stage, offset] on the logit of the index found there
-        width = 2 * MATCH_RADIUS + 1
-        v = torch.clamp(_round_ste(self.match_weight * MATCH_SCALE * LOGIT_STEPS), -WEIGHT_MAX, WEIGHT_MAX) / LOGIT_STEPS
-        current, r = indices[rows, stage], MATCH_RADIUS
-        padded_index = F.pad(current, (r, r, r, r))
-        padded_known = F.pad(known.float(), (r, r, r, r))
-        for offset in range(width * width):
-            dy, dx = offset // width, offset % width
-            neighbour = padded_index[:, dy:dy + h, dx:dx + w].unsqueeze(1)
-            weight = (padded_known[:, dy:dy + h, dx:dx + w] * v[stage, offset].view(b, 1, 1)).unsqueeze(1)
-            match = (match if offset else torch.zeros_like(logits)).scatter_add(1, neighbour, weight)
+        v = self._quantize_match(self.match_weight)[stage]
+        diverged = self._quantize_match(self.diverged_match_weight)[stage] if self.config.conditional_match else None
+        match = self._match_sum(indices, stage, known, v, diverged, 1)
+        if far is not None and bool(far.any()):
+            v_far = self._quantize_match(self.far_match_weight).expand(b, -1)
+            far_match = self._match_sum(indices, stage, known, v_far, None, FAR_DILATION)
+            match = torch.where(far.view(b, 1, 1, 1), far_match, match)
         return logits + _floor_ste(match * LOGIT_STEPS * gate / GATE_STEPS) / LOGIT_STEPS
+
+    def _match_sum(self, indices: torch.Tensor, stage: torch.Tensor, known: torch.Tensor, weights: torch.Tensor,
+                   diverged: torch.Tensor | None, dilation: int) -> torch.Tensor:
+        """(B, K, H, W): over the known positions at offsets (dy, dx) * dilation, dy, dx in
+        -2..2, the sum of weights[b, offset] (diverged[b, offset] where the neighbour's
+        earlier-stage indices differ from the position's) on the logit of the index there."""
+        b, s_total, h, w = indices.shape
+        width, r = 2 * MATCH_RADIUS + 1, MATCH_RADIUS * dilation
+        padded_index = F.pad(indices[torch.arange(b), stage], (r, r, r, r))
+        padded_known = F.pad(known.float(), (r, r, r, r))
+        if diverged is not None:
+            padded_all = F.pad(indices, (r, r, r, r))
+            later = (torch.arange(s_total).view(1, -1) >= stage.view(-1, 1)).view(b, s_total, 1, 1)
+        match = torch.zeros(b, self.config.codebook_size, h, w)
+        for offset in range(width * width):
+            dy, dx = offset // width * dilation, offset % width * dilation
+            neighbour = padded_index[:, dy:dy + h, dx:dx + w].unsqueeze(1)
+            v_offset = weights[:, offset].view(b, 1, 1)
+            if diverged is not None:  # does the neighbour hold this position's earlier indices?
+                same_prefix = ((padded_all[:, :, dy:dy + h, dx:dx + w] == indices) | later).all(1)
+                v_offset = torch.where(same_prefix, v_offset, diverged[:, offset].view(b, 1, 1))
+            weight = (padded_known[:, dy:dy + h, dx:dx + w] * v_offset).unsqueeze(1)
+            match = match.scatter_add(1, neighbour, weight)
+        return match
 
     def loss_bits(self, indices: torch.Tensor, stage: torch.Tensor, generator: torch.Generator | None = None
                   ) -> torch.Tensor:
@@ -196,7 +255,7 @@ class ContextPrior(nn.Module):
         the positions before it (a superset of the conditionals raster decoding uses)."""
         b, _, h, w = indices.shape
         target = indices[torch.arange(b), stage]  # (B, H, W)
-        groups = torch.stack([group_map(self.config.schedule, int(s), h, w) for s in stage])  # (B, H, W)
+        groups = torch.stack([group_map(self.config, int(s), h, w) for s in stage])  # (B, H, W)
         if self.config.schedule == "raster":
             cut = torch.randint(h * w, (b, 1, 1), generator=generator)
             passes = [(groups < cut, groups >= cut)]
@@ -204,12 +263,45 @@ class ContextPrior(nn.Module):
             passes = [(groups < g, groups == g) for g in range(int(groups.max()) + 1)]
         total, count = indices.new_zeros((), dtype=torch.float32), 0
         earlier = self.earlier_stages(indices, stage)
-        for known, scored in passes:
-            logits = self(indices, stage, known, earlier) * math.log(2)
+        for g, (known, scored) in enumerate(passes):
+            far = torch.tensor([far_pass(self.config, int(s), g) for s in stage])
+            logits = self(indices, stage, known, earlier, far) * math.log(2)
             nll = F.cross_entropy(logits, target, reduction="none") / math.log(2)
             total = total + (nll * scored).sum()
             count += int(scored.sum())
         return total / max(count, 1)
+
+    @classmethod
+    def from_integer(cls, prior: "IntegerPrior", cfg: PriorConfig | None = None) -> "ContextPrior":
+        """A trainable prior that computes exactly what `prior` does (to continue training it).
+
+        cfg may differ in nested_stages (the coding order; the weights carry over) and may add
+        conditional_match or coarse_groups: their new match weights start as copies of the
+        match weights (of stage 0 for the far ones)."""
+        cfg = cfg or prior.config
+        if not continues(prior.config, cfg):
+            raise ValueError("a prior can only be continued with its own config "
+                             "(nested_stages may change, conditional_match and coarse_groups be added)")
+        model = cls(cfg)
+        t = {name: value.double() for name, value in prior.tensors().items()}
+        scale = 2.0 ** ACTIVATION_BITS
+        with torch.no_grad():
+            for name in ("previous_embed", "current_embed", "stage_bias", "unknown_embed"):
+                getattr(model, name).copy_(t[name] / scale)
+            model.match_weight.copy_(t["match_weight"] / (MATCH_SCALE * LOGIT_STEPS))
+            if cfg.conditional_match:
+                model.diverged_match_weight.copy_(t.get("diverged_match_weight", t["match_weight"])
+                                                  / (MATCH_SCALE * LOGIT_STEPS))
+            if cfg.coarse_groups:
+                model.far_match_weight.copy_(t.get("far_match_weight", t["match_weight"][0])
+                                             / (MATCH_SCALE * LOGIT_STEPS))
+            layers = [(f"conv{i}", w, b) for i, (w, b) in enumerate(zip(model.conv_weight, model.conv_bias))]
+            for name, weight, bias in layers + [("head", model.head_weight, model.head_bias),
+                                                 ("gate", model.gate_weight, model.gate_bias)]:
+                e = t[f"{name}_exponent"]
+                weight.copy_(t[f"{name}_weight"] * 2.0 ** -e.unsqueeze(-1))
+                bias.copy_(t[f"{name}_bias"] * 2.0 ** -(e + ACTIVATION_BITS))
+        return model
 
     @torch.no_grad()
     def to_integer(self) -> dict[str, torch.Tensor]:
@@ -221,9 +313,12 @@ class ContextPrior(nn.Module):
             "stage_bias": torch.clamp(torch.round(self.stage_bias * scale), -EMBED_MAX, EMBED_MAX),
             "unknown_embed": torch.clamp(torch.round(self.unknown_embed * scale), -EMBED_MAX, EMBED_MAX),
             "freq_table": frequency_table(),
-            "match_weight": torch.clamp(torch.round(self.match_weight * MATCH_SCALE * LOGIT_STEPS),
-                                        -WEIGHT_MAX, WEIGHT_MAX),
+            "match_weight": torch.round(self._quantize_match(self.match_weight) * LOGIT_STEPS),
         }
+        if self.config.conditional_match:
+            out["diverged_match_weight"] = torch.round(self._quantize_match(self.diverged_match_weight) * LOGIT_STEPS)
+        if self.config.coarse_groups:
+            out["far_match_weight"] = torch.round(self._quantize_match(self.far_match_weight) * LOGIT_STEPS)
         layers = [(f"conv{i}", w, b) for i, (w, b) in enumerate(zip(self.conv_weight, self.conv_bias))]
         heads = [("head", self.head_weight, self.head_bias), ("gate", self.gate_weight, self.gate_bias)]
         for name, weight, bias in layers + heads:
@@ -247,6 +342,10 @@ class IntegerPrior:
                     "freq_table": (TABLE_SIZE,), "head_weight": (s, k, c), "head_bias": (s, k),
                     "head_exponent": (s, k), "match_weight": (s, (2 * MATCH_RADIUS + 1) ** 2),
                     "gate_weight": (s, 1, c), "gate_bias": (s, 1), "gate_exponent": (s, 1)}
+        if cfg.conditional_match:
+            expected["diverged_match_weight"] = expected["match_weight"]
+        if cfg.coarse_groups:
+            expected["far_match_weight"] = ((2 * MATCH_RADIUS + 1) ** 2,)
         for i in range(cfg.layers):
             expected.update({f"conv{i}_weight": (c, 9 * c), f"conv{i}_bias": (c,), f"conv{i}_exponent": (c,)})
         for name, shape in expected.items():
@@ -270,12 +369,11 @@ class IntegerPrior:
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
         """x (P, C, H, W) integer pre-activations -> (P, C, H, W) integer activations."""
-        act = x.clamp(0, ACTIVATION_MAX)
+        act = x.clamp(0, ACTIVATION_MAX).contiguous(memory_format=torch.channels_last)  # faster convolutions
         for i in range(self.config.layers):
             weight, bias = self.t[f"conv{i}_weight"], self.t[f"conv{i}_bias"]
             shift = _power_of_two(-self.t[f"conv{i}_exponent"]).view(1, -1, 1, 1)
-            acc = _exact_conv3x3(act, weight) + bias.view(1, -1, 1, 1)
-            act = torch.floor(acc * shift).clamp(0, ACTIVATION_MAX)
+            act = _exact_conv3x3(act, weight, bias).mul_(shift).floor_().clamp_(0, ACTIVATION_MAX)
         return act
 
     def pass_inputs(self, previous: torch.Tensor, indices_stage: torch.Tensor, stage: int,
@@ -293,13 +391,26 @@ class IntegerPrior:
         return self.t["previous_embed"][stage][indices_stage].movedim(-1, -3)
 
     def frequencies(self, inputs: torch.Tensor, stages: list[int], masks: list[torch.Tensor],
-                    contexts: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+                    contexts: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> list[torch.Tensor]:
         """For P passes at once: inputs (P, C, H, W), and per pass its stage, the positions
-        (H, W) bool it codes, and (indices of its stage (H, W), known positions (H, W)) for the
-        match term. Returns per pass an (n, K) array of integer frequencies in [1, 2**15]
-        (as float32), rows in row-major position order. Identical whether passes are
-        evaluated together or not (runs of passes that share stage, mask and known positions,
-        such as the grids of one generate call, share their head and match computations)."""
+        (H, W) bool it codes, and (its grid's indices (S', H, W) with S' > stage, of which
+        stages up to this one are read, known positions of this stage (H, W), whether it is a
+        far pass) for the match term. Returns per pass an (n, K) array of integer frequencies
+        in [1, 2**15] (as float32), rows in row-major position order. Identical whether passes
+        are evaluated together or not (runs of passes that share stage, mask and known
+        positions, such as the grids of one generate call, share their head and match
+        computations)."""
+        return [self.frequencies_of(d) for d in self.logit_distances(inputs, stages, masks, contexts)]
+
+    def frequencies_of(self, distances: torch.Tensor) -> torch.Tensor:
+        """Frequencies table[d] of logit distances d (see logit_distances)."""
+        return self.freq_table.index_select(0, distances.view(-1)).view(distances.shape)
+
+    def logit_distances(self, inputs: torch.Tensor, stages: list[int], masks: list[torch.Tensor],
+                        contexts: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> list[torch.Tensor]:
+        """As frequencies, but each code's distance d = min(max logit - logit, 240) in 1/16 bit
+        (int32): its code length is d / 16 bits more than the likeliest code's, up to the
+        rounding of the frequency table."""
         with _exact_float32():
             act = self._trunk(inputs)
             out: list[torch.Tensor] = []
@@ -309,55 +420,87 @@ class IntegerPrior:
                 while (end < len(stages) and stages[end] == stages[p] and masks[end] is masks[p]
                        and contexts[end][1] is contexts[p][1]):
                     end += 1
-                indices = torch.stack([contexts[i][0] for i in range(p, end)])
-                out.extend(self._head(act[p:end], stages[p], masks[p], indices, contexts[p][1]))
+                grids = torch.stack([contexts[i][0][:stages[p] + 1] for i in range(p, end)])
+                out.extend(self._head(act[p:end], stages[p], masks[p], grids, contexts[p][1], contexts[p][2]))
                 p = end
         return out
 
-    def _head(self, act: torch.Tensor, stage: int, mask: torch.Tensor, indices: torch.Tensor,
-              known: torch.Tensor) -> list[torch.Tensor]:
-        """Frequencies (n, K) for each of G passes: act (G, C, H, W), indices (G, H, W)."""
-        h = act[:, :, mask].transpose(1, 2)  # (G, n, C)
+    def _head(self, act: torch.Tensor, stage: int, mask: torch.Tensor, grids: torch.Tensor,
+              known: torch.Tensor, far: bool) -> list[torch.Tensor]:
+        """Logit distances (n, K) for each of G passes: act (G, C, H, W), grids (G, stage + 1, H, W)."""
+        count, k = act.shape[0], self.config.codebook_size
+        h = act[:, :, mask].transpose(1, 2).reshape(-1, act.shape[1])  # (G * n, C)
         steps = int(math.log2(LOGIT_STEPS)) - ACTIVATION_BITS
         shift = _power_of_two(steps - self.t["head_exponent"][stage])
-        logits = torch.floor((torch.matmul(h, self.t["head_weight"][stage].t()) + self.t["head_bias"][stage]) * shift)
+        logits = torch.addmm(self.t["head_bias"][stage], h, self.t["head_weight"][stage].t()).mul_(shift).floor_()
         g_shift = _power_of_two(int(math.log2(GATE_STEPS)) - ACTIVATION_BITS - self.t["gate_exponent"][stage])
-        gate = torch.floor((torch.matmul(h, self.t["gate_weight"][stage].t()) + self.t["gate_bias"][stage])
-                           * g_shift).clamp_(0, GATE_MAX)  # (G, n, 1)
-        match = self._matches(stage, mask, indices, known)  # (G, n, K)
-        logits += torch.floor(match * gate * (1.0 / GATE_STEPS))
-        distance = (logits.amax(dim=2, keepdim=True) - logits).clamp_(max=TABLE_SIZE - 1)
-        return list(torch.take(self.freq_table, distance.long()))
+        gate = torch.addmm(self.t["gate_bias"][stage], h, self.t["gate_weight"][stage].t()).mul_(g_shift)
+        gate = gate.floor_().clamp_(0, GATE_MAX).view(-1)  # (G * n,)
+        cells, match = self._matches(stage, mask, grids, known, far)  # flat (row * K + k) and its sum
+        if len(cells):  # only where a neighbour holds the index (repeated cells write equal values)
+            flat = logits.view(-1)
+            flat[cells] = flat[cells] + torch.floor(match * gate[cells // k] * (1.0 / GATE_STEPS))
+        peak = logits.amax(dim=1, keepdim=True)
+        distance = logits.neg_().add_(peak).clamp_(max=TABLE_SIZE - 1)
+        return list(distance.int().view(count, -1, k))
 
-    def _matches(self, stage: int, mask: torch.Tensor, indices: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-        """match[g, i, k] = sum of v[stage, offset] over the known neighbours of coded position
-        i (of grid g) that hold index k."""
+    def _matches(self, stage: int, mask: torch.Tensor, grids: torch.Tensor, known: torch.Tensor,
+                 far: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The match term M of the coded positions (rows g * n + i for position i of grid g),
+        sparse: (cells row * K + k, M there), where M[row, k] = sum over the known neighbours
+        of the position that hold index k of v[stage, offset], or with conditional_match, of
+        the diverged weight where the neighbour's earlier-stage indices differ from the
+        position's; in a far pass, of the far weights at offsets FAR_DILATION times larger.
+        Cells may repeat (each with the full sum); M is 0 everywhere else."""
+        count, k = grids.shape[0], self.config.codebook_size
+        v = self.t["far_match_weight"] if far else self.t["match_weight"][stage]
+        conditional = self.config.conditional_match and stage > 0 and not far
+        v_diverged = self.t["diverged_match_weight"][stage] if conditional else v
+        used = torch.arange(len(v))[(v != 0) | (v_diverged != 0)]
+        n, which, position, neighbour, here = _neighbour_pairs(mask, known, used, FAR_DILATION if far else 1)
+        if not len(which):
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+        flat_grids = grids.flatten(2)  # (G, stage + 1, H*W)
+        row = (torch.arange(count) * n).view(-1, 1) + position.view(1, -1)
+        cells = (row * k + flat_grids[:, stage, neighbour]).flatten()
+        value = v[used[which]].expand(count, -1)
+        if conditional:
+            earlier = flat_grids[:, :stage]
+            same_prefix = (earlier[:, :, neighbour] == earlier[:, :, here]).all(1)  # (G, pairs)
+            value = torch.where(same_prefix, value, v_diverged[used[which]])
+        total = torch.zeros(count * n * k).index_put_((cells,), value.flatten(), accumulate=True)
+        return cells, total[cells]
+
+
+_PAIRS_CACHE: dict = {}  # the same few (coded, known) masks recur in every stage and image
+
+
+def _neighbour_pairs(mask: torch.Tensor, known: torch.Tensor, used: torch.Tensor, dilation: int):
+    """For the coded positions (row-major) of `mask` and the match offsets `used` (times
+    dilation): (n coded positions, and per (offset, position) pair whose neighbour is inside
+    the grid and known: the offset number, the position number, the neighbour's and the
+    position's flat index)."""
+    key = (tuple(mask.shape), mask.numpy().tobytes(), known.numpy().tobytes(), tuple(used.tolist()), dilation)
+    pairs = _PAIRS_CACHE.get(key)
+    if pairs is None:
         rows, cols = mask.shape
-        count = indices.shape[0]
-        positions = mask.nonzero()  # (n, 2), row-major
-        n, k = len(positions), self.config.codebook_size
-        match = torch.zeros(count * n, k)
         width = 2 * MATCH_RADIUS + 1
-        offsets = torch.arange(width * width)
-        v = self.t["match_weight"][stage]
-        used = offsets[v != 0]
-        r = positions[:, 0].view(1, -1) + (used // width - MATCH_RADIUS).view(-1, 1)  # (offsets, n)
-        c = positions[:, 1].view(1, -1) + (used % width - MATCH_RADIUS).view(-1, 1)
+        positions = mask.nonzero()  # (n, 2), row-major
+        r = positions[:, 0].view(1, -1) + ((used // width - MATCH_RADIUS) * dilation).view(-1, 1)  # (offsets, n)
+        c = positions[:, 1].view(1, -1) + ((used % width - MATCH_RADIUS) * dilation).view(-1, 1)
         inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
-        flat = (r.clamp(0, rows - 1) * cols + c.clamp(0, cols - 1))
-        hit = inside & known.flatten()[flat]
-        which, position = hit.nonzero(as_tuple=True)  # (offset number, coded position) pairs
-        if len(which):
-            cell = flat[which, position]
-            row = ((torch.arange(count) * n).view(-1, 1) + position.view(1, -1)).flatten()
-            symbol = indices.flatten(1)[:, cell].flatten()
-            value = v[used[which]].repeat(count)
-            match.index_put_((row, symbol), value, accumulate=True)
-        return match.view(count, n, k)
+        flat = r.clamp(0, rows - 1) * cols + c.clamp(0, cols - 1)
+        which, position = (inside & known.flatten()[flat]).nonzero(as_tuple=True)
+        here = positions[position, 0] * cols + positions[position, 1]
+        pairs = (len(positions), which, position, flat[which, position], here)
+        if len(_PAIRS_CACHE) >= 64:
+            _PAIRS_CACHE.clear()
+        _PAIRS_CACHE[key] = pairs
+    return pairs
 
 
-def _exact_conv3x3(act: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """3x3 'same' convolution of integer-valued float32 tensors, exactly.
+def _exact_conv3x3(act: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """3x3 'same' convolution plus bias of integer-valued float32 tensors, exactly.
 
     The fast path is torch's CPU convolution with NNPACK (Winograd / FFT, inexact) switched
     off, which leaves direct or GEMM convolution: sums of exact products, exact in any
@@ -367,10 +510,10 @@ def _exact_conv3x3(act: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     kernel = weight.view(c_out, c_in, 3, 3)
     if act.device.type == "cpu":
         with torch.backends.nnpack.flags(enabled=False):
-            out = F.conv2d(act, kernel, padding=1)
+            out = F.conv2d(act, kernel, bias, padding=1)
         if bool(torch.equal(out, torch.round(out))):
             return out
-    return _conv3x3_by_shifts(act, kernel)
+    return _conv3x3_by_shifts(act, kernel).add_(bias.view(1, -1, 1, 1))
 
 
 def _conv3x3_by_shifts(act: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -405,12 +548,19 @@ class _exact_float32:
         torch.backends.cuda.matmul.allow_tf32 = self.saved[1]
 
 
-def pass_schedule(schedule: str, num_stages: int, rows: int, cols: int):
-    """The coding order: (stage, known (H, W), coded (H, W)) for every non-empty pass."""
+def pass_schedule(cfg: PriorConfig, num_stages: int, rows: int, cols: int):
+    """The coding order: (stage, known (H, W), coded (H, W), far) for every non-empty pass."""
     for stage in range(num_stages):
-        groups = group_map(schedule, stage, rows, cols)
+        groups = group_map(cfg, stage, rows, cols)
         for g in torch.unique(groups).tolist():
-            yield stage, groups < g, groups == g
+            yield stage, groups < g, groups == g, far_pass(cfg, stage, g)
+
+
+def empty_embedding(count: int | None, channels: int, rows: int, cols: int) -> torch.Tensor:
+    """Zeros (count, C, H, W) (or (C, H, W) for None) laid out channels-last in memory, the
+    layout the trunk's convolutions are fastest in; the embeddings added to it keep it."""
+    shape = (rows, cols, channels) if count is None else (count, rows, cols, channels)
+    return torch.zeros(shape).movedim(-1, -3)
 
 
 PASS_CHUNK_POSITIONS = 1 << 16  # encoder: passes evaluated together, bounded by rows*cols*passes
@@ -423,17 +573,17 @@ def encode_passes(prior: IntegerPrior, indices: torch.Tensor):
     that identical to the decoder's one pass at a time."""
     q, rows, cols = indices.shape
     indices = indices.long()
-    previous = torch.zeros(prior.config.channels, rows, cols)
+    previous = empty_embedding(None, prior.config.channels, rows, cols)
     inputs, stages, masks, contexts = [], [], [], []
     last_stage = 0
-    for stage, known, coded in pass_schedule(prior.config.schedule, q, rows, cols):
+    for stage, known, coded, far in pass_schedule(prior.config, q, rows, cols):
         if stage != last_stage:
             previous = previous + prior.stage_embedding(last_stage, indices[last_stage])
             last_stage = stage
         inputs.append(prior.pass_inputs(previous, indices[stage], stage, known))
         stages.append(stage)
         masks.append(coded)
-        contexts.append((indices[stage], known))
+        contexts.append((indices, known, far))
     chunk = max(1, PASS_CHUNK_POSITIONS // (rows * cols))
     out = []
     for start in range(0, len(inputs), chunk):
@@ -450,15 +600,16 @@ def decode_passes(prior: IntegerPrior, num_stages: int, rows: int, cols: int, ne
     -> (n,) ints is the range decoder, or a sampler, which turns this into generation
     (the count grids of a pass are then evaluated in one network call, rows grid-major)."""
     indices = torch.zeros(count, num_stages, rows, cols, dtype=torch.long)
-    previous = torch.zeros(count, prior.config.channels, rows, cols)
+    previous = empty_embedding(count, prior.config.channels, rows, cols)
     last_stage = 0
-    for stage, known, coded in pass_schedule(prior.config.schedule, num_stages, rows, cols):
+    for stage, known, coded, far in pass_schedule(prior.config, num_stages, rows, cols):
         if stage != last_stage:
             previous = previous + prior.stage_embedding(last_stage, indices[:, last_stage])
             last_stage = stage
         x = prior.pass_inputs(previous, indices[:, stage], stage, known)
-        contexts = [(indices[i, stage], known) for i in range(count)]
-        freqs = torch.cat(prior.frequencies(x, [stage] * count, [coded] * count, contexts))
+        contexts = [(indices[i], known, far) for i in range(count)]
+        parts = prior.frequencies(x, [stage] * count, [coded] * count, contexts)
+        freqs = parts[0] if count == 1 else torch.cat(parts)
         symbols = torch.as_tensor(np.asarray(next_symbols(freqs.numpy())), dtype=torch.long)
         n = int(coded.sum())
         if symbols.shape != (count * n,) or int(symbols.min()) < 0 or int(symbols.max()) >= prior.config.codebook_size:

@@ -20,15 +20,17 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .prior import IntegerPrior, group_map
+from .prior import LOGIT_STEPS, IntegerPrior, empty_embedding, pass_schedule
 from .quantize import ResidualVQ
 
 CHUNK = 1 << 16  # positions per distance computation: bounds memory on huge grids
+LAMBDA_SAMPLE = 4
 
 
 def _distances(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Squared distances (N, K) from each vector to each code."""
-    return (vectors.pow(2).sum(1, keepdim=True) - 2 * vectors @ codebook.t() + codebook.pow(2).sum(1)).clamp(min=0)
+    cross = torch.addmm(codebook.pow(2).sum(1), vectors, codebook.t(), alpha=-2)  # |c|^2 - 2 v.c
+    return cross.add_(vectors.pow(2).sum(1, keepdim=True)).clamp_(min=0)
 
 
 @torch.no_grad()
@@ -46,31 +48,35 @@ def rate_distortion_indices(quantizer: ResidualVQ, prior: IntegerPrior, z: torch
     _, d, rows, cols = z.shape
     residual = z[0].permute(1, 2, 0).reshape(-1, d)
     indices = torch.zeros(num_stages, rows, cols, dtype=torch.long)
-    previous = torch.zeros(prior.config.channels, rows, cols)
+    previous = empty_embedding(None, prior.config.channels, rows, cols)
     passes = []
-    for stage in range(num_stages):
-        if stage:
-            previous = previous + prior.stage_embedding(stage - 1, indices[stage - 1])
-        codebook = quantizer.stages[stage].codebook
-        nearest = torch.cat([_distances(residual[i:i + CHUNK], codebook).min(dim=1).values
-                             for i in range(0, len(residual), CHUNK)])
-        lam = tradeoff * float(nearest.mean())
-        groups = group_map(prior.config.schedule, stage, rows, cols)
-        for g in torch.unique(groups).tolist():
-            known, coded = groups < g, groups == g
-            x = prior.pass_inputs(previous, indices[stage], stage, known)
-            (freqs,) = prior.frequencies(x.unsqueeze(0), [stage], [coded], [(indices[stage], known)])
-            positions = coded.flatten().nonzero()[:, 0]
-            choice = torch.empty(len(positions), dtype=torch.long)
-            for i in range(0, len(positions), CHUNK):
-                part = slice(i, i + CHUNK)
-                f = freqs[part]
-                bits = torch.log2(f.sum(1, keepdim=True)) - torch.log2(f)
-                choice[part] = (_distances(residual[positions[part]], codebook) + lam * bits).argmin(dim=1)
-            indices[stage][coded] = choice
-            if sink is None:
-                passes.append((stage, choice.numpy(), freqs.numpy()))
-            else:
-                sink(stage, choice.numpy(), freqs.numpy())
-        residual = residual - codebook[indices[stage].flatten()]
+    last_stage = -1
+    for stage, known, coded, far in pass_schedule(prior.config, num_stages, rows, cols):
+        if stage != last_stage:  # a new stage: its codebook, distances and lambda
+            if last_stage >= 0:
+                residual = residual - codebook[indices[last_stage].flatten()]
+                previous = previous + prior.stage_embedding(last_stage, indices[last_stage])
+            last_stage = stage
+            codebook = quantizer.stages[stage].codebook
+            # distances of every position at once where that fits in memory, else chunk by chunk
+            every = _distances(residual, codebook) if len(residual) <= CHUNK else None
+            # lambda's unit, the mean nearest-code distance, estimated on every LAMBDA_SAMPLE-th position
+            sample = every[::LAMBDA_SAMPLE] if every is not None else _distances(residual[::LAMBDA_SAMPLE], codebook)
+            lam = tradeoff * float(sample.min(dim=1).values.mean())
+        x = prior.pass_inputs(previous, indices[stage], stage, known)
+        (logit_distance,) = prior.logit_distances(x.unsqueeze(0), [stage], [coded], [(indices, known, far)])
+        freqs = prior.frequencies_of(logit_distance)
+        positions = coded.flatten().nonzero()[:, 0]
+        choice = torch.empty(len(positions), dtype=torch.long)
+        for i in range(0, len(positions), CHUNK):
+            part = slice(i, i + CHUNK)
+            distance = every[positions[part]] if every is not None else _distances(residual[positions[part]], codebook)
+            if lam:  # bits(k) = the likeliest code's bits + logit distance / 16
+                distance.add_(logit_distance[part], alpha=lam / LOGIT_STEPS)
+            choice[part] = distance.argmin(dim=1)
+        indices[stage][coded] = choice
+        if sink is None:
+            passes.append((stage, choice.numpy(), freqs.numpy()))
+        else:
+            sink(stage, choice.numpy(), freqs.numpy())
     return indices, passes
