@@ -132,7 +132,7 @@ def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: st
             raise ValueError(f"{weights} has no prior to refine (rate_tradeoff > 0 needs one)")
         if not continues(source_prior.config, prior_config):
             raise ValueError(f"the prior in {weights} cannot be continued as the one asked for "
-                             "(only nested_stages may change, and conditional_match be added)")
+                             "(only nested_stages may change; conditional_match and coarse_groups be added)")
     cache_path = out.with_suffix(".grids.pt")
     cache_key = [sha256_of_file(weights), str(Path(data_dir).resolve()), cfg.held_out_images,
                  list(cfg.extra_scales), cfg.crop_size, cfg.mirror, cfg.rate_tradeoff]

@@ -134,8 +134,8 @@ def fast_bfloat16() -> bool:
     """Whether encoding and decoding run the autoencoder in bfloat16: only on CPUs with bf16
     dot-product instructions (AVX512-BF16 or AMX), where that halves its time at no measured
     cost in PSNR (docs/EXPERIMENTS.md); elsewhere bf16 is emulated and slower than float32.
-    VQCODEC_FLOAT32=1 turns it off. The indices a file holds, and so every decoded index, do
-    not depend on it; decoded pixels can differ in the last bit of a channel."""
+    VQCODEC_FLOAT32=1 turns it off. Decoding derives the same indices either way; decoded
+    pixels differ from the float32 path by a level or two (the encoder may pick other indices)."""
     if os.environ.get("VQCODEC_FLOAT32", "") not in ("", "0"):
         return False
     return _cpu_has_bf16()

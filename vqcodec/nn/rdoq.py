@@ -24,7 +24,7 @@ from .prior import LOGIT_STEPS, IntegerPrior, empty_embedding, pass_schedule
 from .quantize import ResidualVQ
 
 CHUNK = 1 << 16  # positions per distance computation: bounds memory on huge grids
-LAMBDA_SAMPLE = 4
+LAMBDA_SAMPLE = 4  # lambda's unit, the mean nearest-code distance, is estimated on every 4th position
 
 
 def _distances(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -60,9 +60,13 @@ def rate_distortion_indices(quantizer: ResidualVQ, prior: IntegerPrior, z: torch
             codebook = quantizer.stages[stage].codebook
             # distances of every position at once where that fits in memory, else chunk by chunk
             every = _distances(residual, codebook) if len(residual) <= CHUNK else None
-            # lambda's unit, the mean nearest-code distance, estimated on every LAMBDA_SAMPLE-th position
-            sample = every[::LAMBDA_SAMPLE] if every is not None else _distances(residual[::LAMBDA_SAMPLE], codebook)
-            lam = tradeoff * float(sample.min(dim=1).values.mean())
+            if every is not None:
+                nearest = every[::LAMBDA_SAMPLE].min(dim=1).values
+            else:
+                sample = residual[::LAMBDA_SAMPLE]
+                nearest = torch.cat([_distances(sample[i:i + CHUNK], codebook).min(dim=1).values
+                                     for i in range(0, len(sample), CHUNK)])
+            lam = tradeoff * float(nearest.mean())
         x = prior.pass_inputs(previous, indices[stage], stage, known)
         (logit_distance,) = prior.logit_distances(x.unsqueeze(0), [stage], [coded], [(indices, known, far)])
         freqs = prior.frequencies_of(logit_distance)
