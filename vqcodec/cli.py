@@ -691,8 +691,9 @@ def generate(count, model_name, size, temperature, top_k, quality, seed, output_
 
 @main.command("train-prior")
 @click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=str),
-              help="Weights of the trained VQ-VAE whose index grids the prior learns (any earlier prior "
-                   "in the file is replaced).")
+              help="Weights of the trained VQ-VAE whose index grids the prior learns. A prior already in "
+                   "the file is replaced, or, with rate_tradeoff > 0 in the config's train section, refined: "
+                   "training continues from it on the indices the rate-aware encoder makes with it.")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=str),
               help="Training images, as for `vqcodec train` (use the VQ-VAE's data: the same images are "
                    "held out).")
