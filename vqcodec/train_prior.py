@@ -35,7 +35,7 @@ from tqdm import tqdm
 from .config import PriorConfig, PriorTrainConfig, prior_config_from_dict, prior_train_config_from_dict
 from .fileio import atomic_write_bytes
 from .nn.autoencoder import VQVAE
-from .nn.prior import ContextPrior, IntegerPrior, continues, encode_passes
+from .nn.prior import CONTINUE_RULE, ContextPrior, IntegerPrior, continues, encode_passes
 from .nn.rdoq import rate_distortion_indices
 from .train import learning_rate, load_training_data
 from .weights_io import load_vqvae, prior_from_bytes, save_with_prior, sha256_of_file
@@ -131,8 +131,7 @@ def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: st
         if source_prior is None:
             raise ValueError(f"{weights} has no prior to refine (rate_tradeoff > 0 needs one)")
         if not continues(source_prior.config, prior_config):
-            raise ValueError(f"the prior in {weights} cannot be continued as the one asked for "
-                             "(only nested_stages may change; conditional_match and coarse_groups be added)")
+            raise ValueError(f"the prior in {weights} cannot be continued as the one asked for ({CONTINUE_RULE})")
     cache_path = out.with_suffix(".grids.pt")
     cache_key = [sha256_of_file(weights), str(Path(data_dir).resolve()), cfg.held_out_images,
                  list(cfg.extra_scales), cfg.crop_size, cfg.mirror, cfg.rate_tradeoff]

@@ -111,6 +111,9 @@ def far_pass(cfg: PriorConfig, stage: int, group: int) -> bool:
     return cfg.schedule == "grouped" and cfg.coarse_groups and stage == 0 and group in (1, 2)
 
 
+CONTINUE_RULE = "only nested_stages may change; conditional_match and coarse_groups may be added"
+
+
 def continues(old: PriorConfig, new: PriorConfig) -> bool:
     """Whether a prior trained with config `old` can be trained on as `new` (ContextPrior.from_integer)."""
     same_weights = dataclasses.replace(old, conditional_match=new.conditional_match, nested_stages=new.nested_stages,
@@ -280,8 +283,7 @@ class ContextPrior(nn.Module):
         match weights (of stage 0 for the far ones)."""
         cfg = cfg or prior.config
         if not continues(prior.config, cfg):
-            raise ValueError("a prior can only be continued with its own config "
-                             "(nested_stages may change, conditional_match and coarse_groups be added)")
+            raise ValueError(f"a prior can only be continued with its own config ({CONTINUE_RULE})")
         model = cls(cfg)
         t = {name: value.double() for name, value in prior.tensors().items()}
         scale = 2.0 ** ACTIVATION_BITS
