@@ -173,3 +173,61 @@ def test_train_prior_refines_a_prior_on_rate_aware_grids(folder, monkeypatch):
     pixels = np.random.default_rng(1).integers(0, 256, (12, 20, 3), dtype=np.uint8)
     data = vqcodec.encode(pixels, model="tiny", coder="prior", quality=2)  # now the refined file
     assert vqcodec.decode(data).size == (20, 12)
+
+
+TINY_ENHANCE = {"enhance": {"widths": [8], "res_blocks": 1, "latent_dim": 4, "codebook_size": 16, "num_stages": 2},
+                "train": TINY["train"]}
+
+
+def test_train_enhance_adds_levels_that_code_and_resume(folder, monkeypatch):
+    import vqcodec
+    from vqcodec import codec, container
+    assert train_cli(folder, 2).exit_code == 0
+    (folder / "prior.json").write_text(json.dumps(TINY_PRIOR))
+    (folder / "enhance.json").write_text(json.dumps(TINY_ENHANCE))
+    base, out = folder / "w" / "tinyp.safetensors", folder / "w" / "tinye.safetensors"
+    assert CliRunner().invoke(main, ["train-prior", "--weights", str(folder / "w" / "tiny.safetensors"),
+                                     "--data", str(folder / "data"), "--out", str(base),
+                                     "--config", str(folder / "prior.json")]).exit_code == 0
+    monkeypatch.setenv("VQCODEC_WEIGHTS", str(folder / "w"))
+    pixels = np.random.default_rng(0).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    made_by_base = vqcodec.encode(pixels, model="tiny", quality=2)
+    decoded_by_base = np.asarray(vqcodec.decode(made_by_base))
+
+    def train_enhance(steps):
+        return CliRunner().invoke(main, ["train-enhance", "--weights", str(base), "--data", str(folder / "data"),
+                                         "--out", str(out), "--config", str(folder / "enhance.json"),
+                                         "--steps", str(steps)], catch_exceptions=False)
+    result = train_enhance(2)
+    assert result.exit_code == 0, result.output
+    assert (folder / "w" / "tinye.pairs.pt").exists() and (folder / "w" / "tinye.enhance.ckpt").exists()
+    result = train_enhance(4)  # resumes from the checkpoint, reuses the cached base reconstructions
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(out)
+    record = json.loads(meta["enhance_training"])
+    assert record["steps"] == 4 and [e["step"] for e in record["log"]] == [2, 4]
+    assert len(record["log"][-1]["psnr"]) == 3  # the base, then each enhancement level
+    assert "prior_config" in meta  # the base model's prior travels along
+
+    info = next(m for m in vqcodec.list_models() if m["name"] == "tiny")
+    assert info["quality_levels"] == [1, 2, 3, 4] and info["enhancement_levels"] == [3, 4]
+    assert info["default_quality"] == 1  # the default stays a base level
+    # "tiny" is now the file with the layer; files made before it still decode, to the same pixels
+    assert np.array_equal(np.asarray(vqcodec.decode(made_by_base)), decoded_by_base)
+    # without a prior for the layer, its levels default to zstd and refuse the prior coder
+    assert container.unpack(vqcodec.encode(pixels, model="tiny", quality=3)).header.coder == "zstd"
+    with pytest.raises(ValueError, match="enhancement levels have no prior"):
+        vqcodec.encode(pixels, model="tiny", quality=3, coder="prior")
+    result = CliRunner().invoke(main, ["train-prior", "--layer", "enhance", "--weights", str(out), "--data",
+                                       str(folder / "data"), "--out", str(out), "--config", str(folder / "prior.json")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(read_metadata(out)["enhance_prior_config"])["num_stages"] == 2
+    for coder in ("prior", "zstd"):
+        data = vqcodec.encode(pixels, model="tiny", coder=coder, quality=4)
+        assert container.unpack(data).header.coder == coder
+        grids = codec.read_indices(data)
+        assert [g.shape for g in grids] == [(3, 5), (3, 5), (6, 10), (6, 10)]  # stride 4, then stride 2
+        assert vqcodec.decode(data).size == (20, 12)
+    with pytest.raises(ValueError, match="from 1 to 4"):
+        vqcodec.encode(pixels, model="tiny", quality=5)

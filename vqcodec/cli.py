@@ -590,6 +590,21 @@ def demo(input, model_name, qualities, output_dir):
             decoded.save(Path(output_dir) / f"{source.stem}_q{level}.png")
 
 
+def _registration_options(command):
+    """--register/--no-register and --default-model, for the training commands."""
+    command = click.option("--default-model", is_flag=True,
+                           help="Mark the result as the default model in models.json.")(command)
+    return click.option("--register/--no-register", default=True, show_default=True,
+                        help="Add the result to models.json in OUT's folder, so `vqcodec models` lists it.")(command)
+
+
+def _register(out_path: Path, default: bool) -> None:
+    from . import zoo
+
+    entry = zoo.register(out_path, default=default)
+    click.echo(f"wrote {out_path} (sha256 {entry.sha256})")
+
+
 @main.command()
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=str),
               help="Folder of training images (searched recursively; PNG, JPEG, WebP, ...), or a .npz "
@@ -613,9 +628,7 @@ def demo(input, model_name, qualities, output_dir):
 @click.option("--name", default=None, help="Model name stored in the weights. Default: OUT's file stem.")
 @click.option("--description", default="VQ-VAE image codec", show_default=True,
               help="One-line description stored in the weights.")
-@click.option("--register/--no-register", default=True, show_default=True,
-              help="Add the result to models.json in OUT's folder, so `vqcodec models` lists it.")
-@click.option("--default-model", is_flag=True, help="Mark the result as the default model in models.json.")
+@_registration_options
 @reports_errors
 def train(data_dir, out, config_file, steps, batch_size, device, resume, init_from, name, description,
           register, default_model):
@@ -623,7 +636,6 @@ def train(data_dir, out, config_file, steps, batch_size, device, resume, init_fr
     from dataclasses import replace
 
     from . import train as training
-    from . import zoo
 
     model_config, train_config = training.read_config_file(config_file)
     overrides = {k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None}
@@ -634,8 +646,7 @@ def train(data_dir, out, config_file, steps, batch_size, device, resume, init_fr
                    name=name or out_path.stem, description=description, device_name=device,
                    resume=resume, init_from=init_from)
     if register and training.is_main_process():
-        entry = zoo.register(out_path, default=default_model)
-        click.echo(f"wrote {out_path} (sha256 {entry.sha256})")
+        _register(out_path, default_model)
 
 
 def _parse_size(ctx, param, value: str | None):
@@ -704,26 +715,64 @@ def generate(count, model_name, size, temperature, top_k, quality, seed, output_
               default=None, help='JSON file {"prior": {...}, "train": {...}} overriding the defaults of '
                                  "vqcodec.config.PriorConfig and PriorTrainConfig.")
 @click.option("--steps", type=int, default=None, help="Training steps (overrides the config).")
-@click.option("--register/--no-register", default=True, show_default=True,
-              help="Add the result to models.json in OUT's folder, so `vqcodec models` lists it.")
-@click.option("--default-model", is_flag=True, help="Mark the result as the default model in models.json.")
+@click.option("--layer", type=click.Choice(["base", "enhance"]), default="base", show_default=True,
+              help="Whose index grids the prior learns: the base model's, or those of the enhancement "
+                   "layer in --weights (see train-enhance), which code the quality levels above the base's.")
+@_registration_options
 @reports_errors
-def train_prior(weights, data_dir, out, config_file, steps, register, default_model):
-    """Train the learned prior (entropy model and sampler) of a trained VQ-VAE."""
+def train_prior(weights, data_dir, out, config_file, steps, layer, register, default_model):
+    """Train the learned prior (entropy model and sampler) of a trained VQ-VAE, or of its
+    enhancement layer."""
     from dataclasses import replace
 
     from . import train_prior as training
-    from . import zoo
 
     prior_fields, train_config = training.read_prior_config_file(config_file)
     if steps is not None:
         train_config = replace(train_config, steps=steps)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    training.train_prior(weights, data_dir, out_path, prior_fields=prior_fields, train_config=train_config)
+    if layer == "enhance":
+        from .train_enhance import train_enhance_prior as train
+    else:
+        train = training.train_prior
+    train(weights, data_dir, out_path, prior_fields=prior_fields, train_config=train_config)
     if register:
-        entry = zoo.register(out_path, default=default_model)
-        click.echo(f"wrote {out_path} (sha256 {entry.sha256})")
+        _register(out_path, default_model)
+
+
+@main.command("train-enhance")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Weights of the trained base model (with its prior, if any). The layer learns what the "
+                   "base model's top level, encoded as the codec encodes it, leaves out. An enhancement "
+                   "layer already in the file is replaced.")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=str),
+              help="Training images, as for `vqcodec train` (use the base model's data: the same images are "
+                   "held out).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Weights file to write: base model, prior and enhancement layer, under one sha256. May equal "
+                   "--weights. A resumable checkpoint goes next to it as NAME.enhance.ckpt, the base "
+                   "reconstructions as NAME.pairs.pt.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              default=None, help='JSON file {"enhance": {...}, "train": {...}} overriding the defaults of '
+                                 "vqcodec.config.EnhanceConfig and TrainConfig.")
+@click.option("--steps", type=int, default=None, help="Training steps (overrides the config).")
+@_registration_options
+@reports_errors
+def train_enhance(weights, data_dir, out, config_file, steps, register, default_model):
+    """Train the enhancement layer: the quality levels above the base model's top level."""
+    from dataclasses import replace
+
+    from . import train_enhance as training
+
+    enhance_config, train_config = training.read_enhance_config_file(config_file)
+    if steps is not None:
+        train_config = replace(train_config, steps=steps)
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    training.train_enhance(weights, data_dir, out_path, enhance_config=enhance_config, train_config=train_config)
+    if register:
+        _register(out_path, default_model)
 
 
 @main.command()

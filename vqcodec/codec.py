@@ -24,7 +24,7 @@ from PIL import Image
 
 from . import container, entropy, images, zoo
 from .container import Header, VqzError
-from .nn.prior import Sampler, decode_passes
+from .nn.prior import Sampler, decode_passes, encode_passes
 from .nn.rdoq import rate_distortion_indices
 
 CODERS = ("prior", "zstd")
@@ -49,50 +49,73 @@ def _model_for(model: str | None):
     return entry, zoo.load(entry)
 
 
-def _check_quality(quality: int | None, entry: zoo.ModelEntry, num_stages: int) -> int:
+def _check_quality(quality: int | None, entry: zoo.ModelEntry, levels: int, base_stages: int) -> int:
     if quality is None:
-        return zoo.default_quality(num_stages)
-    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= num_stages:
-        raise ValueError(f"quality must be an integer from 1 to {num_stages} for model '{entry.name}', "
+        return zoo.default_quality(base_stages)
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= levels:
+        raise ValueError(f"quality must be an integer from 1 to {levels} for model '{entry.name}', "
                          f"got {quality!r}")
     return int(quality)
 
 
-def _choose_coder(coder: str | None, entry: zoo.ModelEntry):
-    """(coder name, prior or None); the default is the prior when the model has one."""
+def _choose_coder(coder: str | None, entry: zoo.ModelEntry, enhanced: bool):
+    """(coder name, prior or None, enhancement prior or None) for a file whose quality does
+    (enhanced) or does not use the enhancement layer; the default is the prior when the model
+    has the priors that quality needs."""
     if coder is not None and coder not in CODERS:
         raise ValueError(f"unknown coder '{coder}'; available: {', '.join(CODERS)}")
-    prior = zoo.load_prior(entry)
-    if coder == "prior" and prior is None:
-        raise ValueError(f"model '{entry.name}' has no prior; use coder 'zstd'")
+    prior, enhance_prior = zoo.load_prior(entry), zoo.load_enhance_prior(entry)
+    has_priors = prior is not None and (enhance_prior is not None or not enhanced)
+    if coder == "prior" and not has_priors:
+        what = "enhancement levels have" if prior is not None else "has"
+        raise ValueError(f"model '{entry.name}' {what} no prior; use coder 'zstd'")
     if coder is None:
-        coder = "prior" if prior is not None else "zstd"
-    return coder, prior
+        coder = "prior" if has_priors else "zstd"
+    return coder, prior, enhance_prior
 
 
-def _index_payload(vqvae, prior, z: torch.Tensor, quality: int, coder: str,
+def _index_payload(vqvae, priors, enhance, padded: np.ndarray, quality: int, coder: str,
                    tradeoff: float) -> tuple[list[np.ndarray], bytes]:
-    """The q index grids of latents z and their coded payload."""
-    if coder == "zstd":
-        grids = list(vqvae.quantizer.quantize(z, quality)[0].numpy())
-        return grids, entropy.zstd_encode(grids)
+    """The index grids of padded pixels at `quality` and their coded payload: the base model's
+    grids (up to its stages), then, above them, the enhancement layer's over the base's top level."""
+    prior, enhance_prior = priors
+    z = vqvae.encode_latents(padded)
+    base_stages = min(quality, vqvae.config.num_stages)
     encoder = entropy.RangeEncoder()
-    indices, _ = rate_distortion_indices(vqvae.quantizer, prior, z, quality, tradeoff,
-                                         sink=lambda stage, symbols, freqs: encoder.add(symbols, freqs))
-    return list(indices.numpy()), encoder.payload()
+    if coder == "zstd":
+        base = vqvae.quantizer.quantize(z, base_stages)
+    else:
+        base = rate_distortion_indices(vqvae.quantizer, prior, z, base_stages, tradeoff,
+                                       sink=lambda stage, symbols, freqs: encoder.add(symbols, freqs))[0][None]
+    grids = list(base[0].numpy())
+    if quality > base_stages:
+        detail = enhance.encode_pixels(padded, vqvae.decode_pixels(base), quality - base_stages)[0]
+        grids += list(detail.numpy())
+        if coder == "prior":  # the same range coder goes on with the enhancement layer's prior
+            for _, symbols, freqs in encode_passes(enhance_prior, detail):
+                encoder.add(symbols, freqs)
+    return grids, entropy.zstd_encode(grids) if coder == "zstd" else encoder.payload()
 
 
-def _decode_grids(payload: bytes, shapes: list[tuple[int, int]], coder: str, prior) -> list[np.ndarray]:
+def _decode_grids(payload: bytes, shapes: list[tuple[int, int]], coder: str, priors,
+                  base_stages: int) -> list[np.ndarray]:
     """Inverse of _index_payload. Raises ValueError on a payload that cannot be decoded."""
     if coder == "zstd":
         return entropy.zstd_decode(payload, shapes)
-    rows, cols = shapes[0]
-    entropy.check_range_payload(len(payload), len(shapes) * rows * cols, prior.config.codebook_size)
+    prior, enhance_prior = priors
+    base_shapes, detail_shapes = shapes[:base_stages], shapes[base_stages:]
+    rows, cols = base_shapes[0]
+    symbols = len(base_shapes) * rows * cols + sum(r * c for r, c in detail_shapes)
+    entropy.check_range_payload(len(payload), symbols, prior.config.codebook_size)
     try:
-        indices = decode_passes(prior, len(shapes), rows, cols, entropy.RangeDecoder(payload))
+        decoder = entropy.RangeDecoder(payload)
+        grids = list(decode_passes(prior, len(base_shapes), rows, cols, decoder)[0].numpy())
+        if detail_shapes:
+            (r, c), stages = detail_shapes[0], len(detail_shapes)
+            grids += list(decode_passes(enhance_prior, stages, r, c, decoder)[0].numpy())
     except Exception as error:  # including the range decoder's own errors on garbage input
         raise ValueError(str(error)) from None
-    return list(indices[0].numpy())
+    return grids
 
 
 def encode_image(image, quality: int | None = None, model: str | None = None,
@@ -105,13 +128,14 @@ def encode_image(image, quality: int | None = None, model: str | None = None,
         raise ValueError(f"rate_tradeoff must be >= 0, got {rate_tradeoff}")
     picture = images.load_image(image)
     entry, vqvae = _model_for(model)
-    coder, prior = _choose_coder(coder, entry)
+    enhance = zoo.load_enhance(entry)
     cfg = vqvae.config
-    quality = _check_quality(quality, entry, cfg.num_stages)
+    quality = _check_quality(quality, entry, zoo.levels_of(vqvae, enhance), cfg.num_stages)
+    coder, *priors = _choose_coder(coder, entry, enhanced=quality > cfg.num_stages)
     rgb, alpha = images.split_alpha(picture)
-    padded = images.pad_to_multiple(rgb, cfg.stride)
+    padded = images.pad_to_multiple(rgb, _padding(vqvae, enhance))
     tradeoff = RATE_TRADEOFF if rate_tradeoff is None else float(rate_tradeoff)
-    grids, payload = _index_payload(vqvae, prior, vqvae.encode_latents(padded), quality, coder, tradeoff)
+    grids, payload = _index_payload(vqvae, priors, enhance, padded, quality, coder, tradeoff)
     header = Header(
         model_name=entry.name, model_sha256=entry.sha256, width=picture.width, height=picture.height,
         mode=picture.mode, quality=quality, coder=coder,
@@ -131,12 +155,23 @@ def encode(image, quality: int | None = None, model: str | None = None, coder: s
     return encode_image(image, quality, model, coder).data
 
 
-def _check_grids(header: Header, stride: int, num_stages: int) -> None:
-    rows, cols = math.ceil(header.height / stride), math.ceil(header.width / stride)
-    if len(header.grid_shapes) != header.quality or header.quality > num_stages:
+def _padding(vqvae, enhance) -> int:
+    """Images are padded to a multiple of this: the larger stride (both are powers of 2)."""
+    return max(vqvae.config.stride, enhance.config.stride if enhance is not None else 1)
+
+
+def _check_grids(header: Header, vqvae, enhance) -> None:
+    """The grid count must be the quality and each grid's shape what the image size implies:
+    the base model's grids, then the enhancement layer's finer ones."""
+    levels, base_stages = zoo.levels_of(vqvae, enhance), vqvae.config.num_stages
+    if len(header.grid_shapes) != header.quality or header.quality > levels:
         raise VqzError(f"file claims quality {header.quality} with {len(header.grid_shapes)} index grids; "
-                       f"model '{header.model_name}' has {num_stages} levels")
-    for shape in header.grid_shapes:
+                       f"model '{header.model_name}' has {levels} levels")
+    padding = _padding(vqvae, enhance)
+    height, width = (math.ceil(n / padding) * padding for n in (header.height, header.width))
+    for level, shape in enumerate(header.grid_shapes, start=1):
+        stride = vqvae.config.stride if level <= base_stages else enhance.config.stride
+        rows, cols = height // stride, width // stride
         if tuple(shape) != (rows, cols):
             raise VqzError(f"index grid of {shape[0]}x{shape[1]} does not fit a "
                            f"{header.width}x{header.height} image (expected {rows}x{cols})")
@@ -145,11 +180,11 @@ def _check_grids(header: Header, stride: int, num_stages: int) -> None:
 def read_indices(data: bytes, *, max_pixels: int | None = None) -> list[np.ndarray]:
     """The index grids of a .vqz file (checked against its index CRC), without decoding pixels."""
     parsed = container.unpack(bytes(data), max_pixels=max_pixels)
-    return _indices_of(parsed)[2]
+    return _indices_of(parsed)[3]
 
 
 def _indices_of(parsed: container.Container):
-    """(model entry, VQVAE, checked index grids) of an unpacked file."""
+    """(model entry, VQVAE, enhancement layer or None, checked index grids) of an unpacked file."""
     header = parsed.header
     entry = zoo.find_by_hash(header.model_sha256)
     if entry is None:
@@ -157,21 +192,27 @@ def _indices_of(parsed: container.Container):
                        "which is not installed")
     if header.coder not in CODERS:
         raise VqzError(f"file uses entropy coder '{header.coder}', which this version cannot decode")
-    vqvae = zoo.load(entry)
+    vqvae, enhance = zoo.load(entry), zoo.load_enhance(entry)
     cfg = vqvae.config
-    _check_grids(header, cfg.stride, cfg.num_stages)
-    prior = zoo.load_prior(entry)
-    if header.coder == "prior" and prior is None:
-        raise VqzError(f"file uses the prior coder, but model '{entry.name}' has no prior")
+    if entry.sha256 != header.model_sha256 and header.quality > cfg.num_stages:
+        raise VqzError(f"file was made by an earlier enhancement layer of model '{header.model_name}' "
+                       f"(sha256 {header.model_sha256}), which is not installed")
+    _check_grids(header, vqvae, enhance)
+    priors = zoo.load_prior(entry), zoo.load_enhance_prior(entry)
+    if header.coder == "prior" and (priors[0] is None or (header.quality > cfg.num_stages and priors[1] is None)):
+        raise VqzError(f"file uses the prior coder, but model '{entry.name}' has no prior for its levels")
     try:
-        grids = _decode_grids(parsed.index_payload, list(header.grid_shapes), header.coder, prior)
+        grids = _decode_grids(parsed.index_payload, list(header.grid_shapes), header.coder, priors,
+                              cfg.num_stages)
     except ValueError as error:
         raise VqzError(f"corrupt index payload: {error}") from None
     if entropy.index_checksum(grids) != header.index_crc32:
         raise VqzError("decoded indices do not match the stored index checksum")
-    if any(int(g.max()) >= cfg.codebook_size for g in grids):
-        raise VqzError(f"index out of range for a codebook of {cfg.codebook_size} entries")
-    return entry, vqvae, grids
+    for level, grid in enumerate(grids, start=1):
+        size = cfg.codebook_size if level <= cfg.num_stages else enhance.config.codebook_size
+        if int(grid.max()) >= size:
+            raise VqzError(f"index out of range for a codebook of {size} entries")
+    return entry, vqvae, enhance, grids
 
 
 def decode(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
@@ -181,15 +222,19 @@ def decode(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
     by a model that is not installed. max_pixels overrides the pixel limit."""
     parsed = container.unpack(bytes(data), max_pixels=max_pixels)
     header = parsed.header
-    entry, vqvae, grids = _indices_of(parsed)
+    entry, vqvae, enhance, grids = _indices_of(parsed)
     alpha = None
     if header.has_alpha:
         try:
             alpha = images.decompress_alpha(parsed.alpha_payload, header.height, header.width)
         except ValueError as error:
             raise VqzError(f"corrupt alpha payload: {error}") from None
-    indices = torch.from_numpy(np.stack(grids)).long().unsqueeze(0)
-    rgb = images.crop(vqvae.decode_pixels(indices), header.height, header.width)
+    base_stages = vqvae.config.num_stages
+    pixels = vqvae.decode_pixels(torch.from_numpy(np.stack(grids[:base_stages])).long().unsqueeze(0))
+    if len(grids) > base_stages:
+        detail = torch.from_numpy(np.stack(grids[base_stages:])).long().unsqueeze(0)
+        pixels = enhance.decode_pixels(detail, pixels)
+    rgb = images.crop(pixels, header.height, header.width)
     return images.merge_planes(rgb, alpha, header.mode)
 
 
@@ -226,7 +271,7 @@ def generate(count: int, *, model: str | None = None, size: tuple[int, int] | No
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a positive integer, got {count!r}")
     cfg = vqvae.config
-    stages = cfg.num_stages if quality is None else _check_quality(quality, entry, cfg.num_stages)
+    stages = cfg.num_stages if quality is None else _check_quality(quality, entry, cfg.num_stages, cfg.num_stages)
     training = json.loads(zoo.read_metadata(entry.path).get("prior_training", "{}"))
     height, width = size or tuple(training.get("sample_size", (256, 256)))
     if temperature is None:

@@ -90,6 +90,27 @@ class PriorTrainConfig:
     rate_tradeoff: float = 0.0
 
 
+@dataclass(frozen=True)
+class EnhanceConfig:
+    """Shape of the enhancement layer (vqcodec.nn.enhance): a second, finer VQ autoencoder
+    that codes what the base model's top level leaves out, for the quality levels above it."""
+
+    # channels per stride-2 stage (the first at half resolution, where the base image joins
+    # the detail in the decoder): stride 2 ** len(widths)
+    widths: tuple[int, ...] = (64, 96)
+    res_blocks: int = 1
+    latent_dim: int = 16
+    codebook_size: int = 256
+    num_stages: int = 4  # residual VQ stages; level base_levels + n decodes the first n
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 1.0
+    commitment_weight: float = 0.25
+
+    @property
+    def stride(self) -> int:
+        return 2 ** len(self.widths)
+
+
 def _tupleize(cls, data: dict):
     """Build dataclass `cls` from a JSON dict, turning lists back into tuples."""
     names = {f.name for f in dataclasses.fields(cls)}
@@ -109,6 +130,10 @@ def train_config_from_dict(data: dict) -> TrainConfig:
 
 def to_json(config) -> str:
     return json.dumps(dataclasses.asdict(config), sort_keys=True)
+
+
+def enhance_config_from_dict(data: dict) -> EnhanceConfig:
+    return _tupleize(EnhanceConfig, data)
 
 
 def prior_config_from_dict(data: dict) -> PriorConfig:

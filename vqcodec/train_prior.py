@@ -153,6 +153,18 @@ def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: st
 
     prior = (ContextPrior(prior_config) if source_prior is None
              else ContextPrior.from_integer(source_prior, prior_config))
+    record = fit_prior(prior, grids, held_grids, cfg, checkpoint_path, progress)
+    record.update({"data": str(data_dir), "train_grids": len(grids), "held_out_images": held_names,
+                   "sample_size": sample_size, "sample_temperature": cfg.sample_temperature})
+    save_with_prior(weights, out, IntegerPrior(prior_config, prior.to_integer()), prior_config, record)
+    return out
+
+
+def fit_prior(prior: ContextPrior, grids: list[torch.Tensor], held_grids: list[torch.Tensor],
+              cfg: PriorTrainConfig, checkpoint_path: Path, progress: bool = True) -> dict:
+    """Train `prior` on random crops of `grids` (resuming from checkpoint_path if it exists, and
+    checkpointing there); returns the record of the run for the weights' metadata."""
+    prior_config = prior.config
     optimizer = torch.optim.Adam(prior.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(cfg.seed)
     step, elapsed, log = 0, 0.0, []
@@ -165,18 +177,12 @@ def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: st
         generator.set_state(state["generator"])
         step, elapsed, log = state["step"], state["elapsed"], json.loads(state["log"])
 
-    def save(final: bool) -> None:
+    def save_checkpoint() -> None:
         buffer = io.BytesIO()
         torch.save({"prior": prior.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                     "elapsed": elapsed, "generator": generator.get_state(), "log": json.dumps(log),
                     "prior_config": asdict(prior_config)}, buffer)
         atomic_write_bytes(checkpoint_path, buffer.getvalue())
-        if final:
-            record = {"steps": step, "wall_seconds": round(elapsed, 1), "data": str(data_dir),
-                      "train_grids": len(grids), "held_out_images": held_names,
-                      "sample_size": sample_size, "sample_temperature": cfg.sample_temperature,
-                      "train_config": asdict(cfg), "log": log}
-            save_with_prior(weights, out, IntegerPrior(prior_config, prior.to_integer()), prior_config, record)
 
     # Stage s is coded at quality levels s+1..S, so it weighs S - s in the mean over levels.
     stage_weights = torch.arange(prior_config.num_stages, 0, -1, dtype=torch.float)
@@ -201,8 +207,6 @@ def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: st
                         "held_out_bits_mean": round(sum(bits) / len(bits), 4)})
             bar.write(json.dumps(log[-1]))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save(final=step == cfg.steps)
+            save_checkpoint()
     bar.close()
-    if not out.exists():
-        save(final=True)
-    return out
+    return {"steps": step, "wall_seconds": round(elapsed, 1), "train_config": asdict(cfg), "log": log}

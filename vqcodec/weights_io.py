@@ -11,6 +11,12 @@ and, once a prior is trained for the model (vqcodec train-prior):
     metadata["prior_config"]   PriorConfig as JSON
     metadata["prior_training"] JSON facts about the prior's run
     tensors "prior.*"          the integer prior (IntegerPrior.tensors()), int32
+and, once an enhancement layer is trained over it (vqcodec train-enhance):
+    metadata["enhance_config"]   EnhanceConfig as JSON
+    metadata["enhance_training"] JSON facts about the layer's run
+    tensors "enhance.*"          the layer (nn.enhance.EnhanceLayer), float32
+and its own prior over the layer's index grids (vqcodec train-prior --layer enhance):
+    metadata["enhance_prior_config"], metadata["enhance_prior_training"], tensors "enhance_prior.*"
 """
 from __future__ import annotations
 
@@ -23,11 +29,16 @@ from safetensors.torch import load as load_tensors_from_bytes
 from safetensors.torch import save as save_tensors_to_bytes
 
 from .fileio import atomic_write_bytes
-from .config import ModelConfig, PriorConfig, model_config_from_dict, prior_config_from_dict, to_json
+from .config import (EnhanceConfig, ModelConfig, PriorConfig, enhance_config_from_dict, model_config_from_dict,
+                     prior_config_from_dict, to_json)
 from .nn.autoencoder import VQVAE
+from .nn.enhance import EnhanceLayer
 from .nn.prior import IntegerPrior
 
-PRIOR_PREFIX = "prior."
+ENHANCE_PREFIX = "enhance."
+# layer -> (tensor prefix, metadata key prefix) of the prior over that layer's indices
+PRIOR_KEYS = {"base": ("prior.", "prior_"), "enhance": ("enhance_prior.", "enhance_prior_")}
+NOT_VQVAE = tuple(prefix for prefix, _ in PRIOR_KEYS.values()) + (ENHANCE_PREFIX,)
 
 WEIGHTS_FORMAT = "vqcodec-weights-1"
 MAX_HEADER_BYTES = 1 << 24
@@ -38,11 +49,16 @@ def sha256_of_file(path: str | os.PathLike) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def _trained_tensors(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors a weights file keeps (not the codebooks' EMA training state)."""
+    return {prefix + k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()
+            if not k.endswith((".ema_sum", ".initialized"))}
+
+
 def save_weights(model: VQVAE, path: str | os.PathLike, *, name: str, description: str,
                  train_config=None, training: dict | None = None) -> str:
     """Write the model as safetensors (atomically); return the file's sha256."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-               if not k.endswith((".ema_sum", ".initialized"))}
+    tensors = _trained_tensors(model)
     metadata = {
         "format": WEIGHTS_FORMAT,
         "name": name,
@@ -56,16 +72,34 @@ def save_weights(model: VQVAE, path: str | os.PathLike, *, name: str, descriptio
 
 
 def save_with_prior(source: str | os.PathLike, path: str | os.PathLike, prior: IntegerPrior,
-                    prior_config: PriorConfig, prior_training: dict) -> str:
-    """Copy the VQ-VAE weights in `source` to `path` with `prior` added (replacing any
-    earlier prior), atomically; return the new file's sha256."""
+                    prior_config: PriorConfig, prior_training: dict, layer: str = "base") -> str:
+    """Copy the weights in `source` to `path` with `prior` added as the prior over `layer`'s
+    indices ("base" or "enhance"), replacing any earlier one, atomically; return the sha256."""
+    tensor_prefix, key_prefix = PRIOR_KEYS[layer]
     with open(source, "rb") as f:
         data = f.read()
     metadata = _metadata_from_bytes(data, str(source))
-    tensors = {k: v for k, v in load_tensors_from_bytes(data).items() if not k.startswith(PRIOR_PREFIX)}
-    tensors.update({PRIOR_PREFIX + k: v.contiguous() for k, v in prior.tensors().items()})
-    metadata = {**metadata, "prior_config": to_json(prior_config),
-                "prior_training": json.dumps(prior_training, sort_keys=True)}
+    tensors = {k: v for k, v in load_tensors_from_bytes(data).items() if not k.startswith(tensor_prefix)}
+    tensors.update({tensor_prefix + k: v.contiguous() for k, v in prior.tensors().items()})
+    metadata = {**metadata, key_prefix + "config": to_json(prior_config),
+                key_prefix + "training": json.dumps(prior_training, sort_keys=True)}
+    atomic_write_bytes(path, save_tensors_to_bytes(tensors, metadata=metadata), overwrite=True)
+    return sha256_of_file(path)
+
+
+def save_with_enhance(source: str | os.PathLike, path: str | os.PathLike, layer: EnhanceLayer,
+                      training: dict) -> str:
+    """Copy the model (and prior) in `source` to `path` with enhancement `layer` added
+    (replacing any earlier one, and the prior over its indices), atomically; return the sha256."""
+    tensor_prefix, key_prefix = PRIOR_KEYS["enhance"]
+    with open(source, "rb") as f:
+        data = f.read()
+    metadata = {k: v for k, v in _metadata_from_bytes(data, str(source)).items() if not k.startswith(key_prefix)}
+    tensors = {k: v for k, v in load_tensors_from_bytes(data).items()
+               if not k.startswith((ENHANCE_PREFIX, tensor_prefix))}
+    tensors.update(_trained_tensors(layer, ENHANCE_PREFIX))
+    metadata = {**metadata, "enhance_config": to_json(layer.config),
+                "enhance_training": json.dumps(training, sort_keys=True)}
     atomic_write_bytes(path, save_tensors_to_bytes(tensors, metadata=metadata), overwrite=True)
     return sha256_of_file(path)
 
@@ -102,7 +136,12 @@ def vqvae_from_bytes(data: bytes, origin: str = "weights") -> VQVAE:
     metadata = _metadata_from_bytes(data, origin)
     config: ModelConfig = model_config_from_dict(json.loads(metadata["model_config"]))
     model = VQVAE(config)
-    tensors = {k: v for k, v in load_tensors_from_bytes(data).items() if not k.startswith(PRIOR_PREFIX)}
+    tensors = {k: v for k, v in load_tensors_from_bytes(data).items() if not k.startswith(NOT_VQVAE)}
+    return _load_trained(model, tensors, origin)
+
+
+def _load_trained(model: VQVAE | EnhanceLayer, tensors: dict, origin: str):
+    """`model` with `tensors` loaded (all of them, and no others), ready for inference."""
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     allowed_missing = {k for k in missing if k.endswith((".ema_sum", ".initialized"))}
     if set(missing) - allowed_missing or unexpected:
@@ -114,14 +153,27 @@ def vqvae_from_bytes(data: bytes, origin: str = "weights") -> VQVAE:
     return model.to(memory_format=torch.channels_last)  # about 20 % faster convolutions on CPU
 
 
-def prior_from_bytes(data: bytes, origin: str = "weights") -> IntegerPrior | None:
-    """The integer prior stored with a model, or None if the file has none."""
+def enhance_from_bytes(data: bytes, origin: str = "weights") -> EnhanceLayer | None:
+    """The enhancement layer stored with a model, or None if the file has none."""
     metadata = _metadata_from_bytes(data, origin)
-    if "prior_config" not in metadata:
+    if "enhance_config" not in metadata:
         return None
-    config = prior_config_from_dict(json.loads(metadata["prior_config"]))
-    tensors = {k[len(PRIOR_PREFIX):]: v for k, v in load_tensors_from_bytes(data).items()
-               if k.startswith(PRIOR_PREFIX)}
+    config: EnhanceConfig = enhance_config_from_dict(json.loads(metadata["enhance_config"]))
+    tensors = {k[len(ENHANCE_PREFIX):]: v for k, v in load_tensors_from_bytes(data).items()
+               if k.startswith(ENHANCE_PREFIX)}
+    return _load_trained(EnhanceLayer(config), tensors, origin)
+
+
+def prior_from_bytes(data: bytes, origin: str = "weights", layer: str = "base") -> IntegerPrior | None:
+    """The integer prior over `layer`'s indices ("base" or "enhance") stored with a model, or
+    None if the file has none."""
+    tensor_prefix, key_prefix = PRIOR_KEYS[layer]
+    metadata = _metadata_from_bytes(data, origin)
+    if key_prefix + "config" not in metadata:
+        return None
+    config = prior_config_from_dict(json.loads(metadata[key_prefix + "config"]))
+    tensors = {k[len(tensor_prefix):]: v for k, v in load_tensors_from_bytes(data).items()
+               if k.startswith(tensor_prefix)}
     if any(t.dtype != torch.int32 for t in tensors.values()):
         raise ValueError(f"{origin}: prior tensors must be int32")
     return IntegerPrior(config, tensors)

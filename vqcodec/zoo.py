@@ -3,6 +3,8 @@
 Each weights folder holds `models.json`:
     {"models": [{"name": "photo", "file": "photo.safetensors", "sha256": "...",
                  "description": "...", "default": true}, ...]}
+An entry may list "decodes_base_of": the sha256 of the file its enhancement layer was trained
+over, whose base model and prior it carries unchanged, so files that file made still decode.
 Folders searched, first match wins: $VQCODEC_WEIGHTS (os.pathsep-separated),
 the source checkout's weights/, and <sys.prefix>/share/vqcodec/weights (wheel installs).
 A file's sha256 must equal the manifest's before a byte of it is parsed, and
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .fileio import atomic_write_bytes
-from .weights_io import read_metadata, sha256_of_file, prior_from_bytes, vqvae_from_bytes
+from .weights_io import enhance_from_bytes, prior_from_bytes, read_metadata, sha256_of_file, vqvae_from_bytes
 
 MANIFEST = "models.json"
 
@@ -35,15 +37,22 @@ class ModelEntry:
     sha256: str
     description: str
     default: bool
+    # files made by this earlier weights file decode with this one at its base levels (its base
+    # model and prior are carried here unchanged; an enhancement layer was added)
+    decodes_base_of: str | None = None
 
     def info(self) -> dict:
         """The public description (same fields as `vqcodec models --json`)."""
         metadata = read_metadata(self.path)
         config = json.loads(metadata["model_config"])
+        enhance = json.loads(metadata.get("enhance_config", "null"))
+        levels = config["num_stages"] + (enhance["num_stages"] if enhance else 0)
         return {
             "name": self.name,
             "sha256": self.sha256,
-            "quality_levels": list(range(1, config["num_stages"] + 1)),
+            "quality_levels": list(range(1, levels + 1)),
+            # levels above the base model's stages add the enhancement layer (nn/enhance.py)
+            "enhancement_levels": list(range(config["num_stages"] + 1, levels + 1)),
             "default_quality": default_quality(config["num_stages"]),
             "default": self.default,
             "description": self.description,
@@ -74,7 +83,7 @@ def read_manifest(folder: Path) -> list[ModelEntry]:
     try:
         data = json.loads(path.read_text())
         return [ModelEntry(m["name"], folder / m["file"], m["sha256"], m.get("description", ""),
-                           bool(m.get("default", False))) for m in data["models"]]
+                           bool(m.get("default", False)), m.get("decodes_base_of")) for m in data["models"]]
     except (ValueError, KeyError, TypeError) as error:
         raise ModelError(f"{path} is not a valid model manifest ({error})") from None
 
@@ -104,7 +113,11 @@ def find(name: str | None = None) -> ModelEntry:
 
 
 def find_by_hash(sha256: str) -> ModelEntry | None:
-    return next((e for e in entries() if e.sha256 == sha256), None)
+    """The model whose file has this sha256, else the one that carries that file's base model
+    and prior unchanged (entry.decodes_base_of), else None."""
+    available = entries()
+    return (next((e for e in available if e.sha256 == sha256), None)
+            or next((e for e in available if e.decodes_base_of == sha256), None))
 
 
 def list_models() -> list[dict]:
@@ -122,7 +135,8 @@ def _load_checked(path: Path, sha256: str):
         raise ModelError(f"weights file {path} has sha256 {actual}, but the manifest says {sha256}: "
                          "the file is damaged or was replaced; refusing to load it")
     try:
-        return vqvae_from_bytes(data, str(path)), prior_from_bytes(data, str(path))
+        return (vqvae_from_bytes(data, str(path)), prior_from_bytes(data, str(path)),
+                enhance_from_bytes(data, str(path)), prior_from_bytes(data, str(path), layer="enhance"))
     except Exception as error:  # a malformed file must not surface as a raw traceback
         raise ModelError(f"cannot load weights {path}: {error}") from None
 
@@ -137,12 +151,28 @@ def load_prior(entry: ModelEntry):
     return _load_checked(entry.path, entry.sha256)[1]
 
 
+def load_enhance(entry: ModelEntry):
+    """The enhancement layer stored with `entry` (same sha256-checked file), or None."""
+    return _load_checked(entry.path, entry.sha256)[2]
+
+
+def load_enhance_prior(entry: ModelEntry):
+    """The IntegerPrior over the enhancement layer's indices stored with `entry`, or None."""
+    return _load_checked(entry.path, entry.sha256)[3]
+
+
+def levels_of(vqvae, enhance) -> int:
+    """Quality levels of a model: its base stages, then its enhancement layer's."""
+    return vqvae.config.num_stages + (enhance.config.num_stages if enhance is not None else 0)
+
+
 def register(weights_path: str | os.PathLike, *, default: bool = False) -> ModelEntry:
     """Add (or update) a weights file in the manifest of its folder."""
     weights_path = Path(weights_path)
     metadata = read_metadata(weights_path)
+    base = json.loads(metadata.get("enhance_training", "{}")).get("base_weights_sha256")
     entry = ModelEntry(metadata["name"], weights_path, sha256_of_file(weights_path),
-                       metadata["description"], default)
+                       metadata["description"], default, base)
     manifest = weights_path.parent / MANIFEST
     models = json.loads(manifest.read_text())["models"] if manifest.is_file() else []
     models = [m for m in models if m["name"] != entry.name]
@@ -150,7 +180,8 @@ def register(weights_path: str | os.PathLike, *, default: bool = False) -> Model
         for m in models:
             m["default"] = False
     models.append({"name": entry.name, "file": weights_path.name, "sha256": entry.sha256,
-                   "description": entry.description, "default": default})
+                   "description": entry.description, "default": default,
+                   **({"decodes_base_of": base} if base else {})})
     models.sort(key=lambda m: m["name"])
     atomic_write_bytes(manifest, (json.dumps({"models": models}, indent=2) + "\n").encode())
     return entry

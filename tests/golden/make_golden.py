@@ -1,7 +1,8 @@
 """Write the golden .vqz files and manifest.json for the bundled models (run once per release
 that changes a model; never to make a failing golden test pass). Files of models that are no
-longer installed are kept: they check the "model not installed" error. Existing files of
-installed models are kept too, with their digests; only what is missing is added.
+longer installed are kept: they check the "model not installed" error. Existing files that an
+installed model decodes (its own, or those of the file it added an enhancement layer to) are
+kept too, with their digests; only what is missing is added.
 
 Each file has the digest of its pixels decoded in float32 (VQCODEC_FLOAT32=1, every machine)
 and, made on a machine with native bfloat16, the digest of the faster bf16 decode.
@@ -19,12 +20,13 @@ import numpy as np
 from PIL import Image
 
 import vqcodec
-from vqcodec import images
+from vqcodec import images, zoo
 from vqcodec.nn.autoencoder import fast_bfloat16
 
 HERE = Path(__file__).resolve().parent
 CASES = {  # model -> (size, [(quality, coder)])
-    "photo": ((64, 48), [(1, "prior"), (4, "prior"), (8, "prior"), (4, "zstd")]),
+    "photo": ((64, 48), [(1, "prior"), (4, "prior"), (8, "prior"), (4, "zstd"), (9, "prior"), (10, "prior"),
+                         (9, "zstd")]),
     "digits": ((28, 28), [(1, "prior"), (2, "prior"), (2, "zstd")]),
 }
 
@@ -51,10 +53,9 @@ def decoded_digests(data: bytes) -> dict:
 
 def main() -> None:
     sample = images.load_image(images.sample_image_path())
-    installed = {info["sha256"] for info in vqcodec.list_models()}
     old = json.loads((HERE / "manifest.json").read_text()) if (HERE / "manifest.json").exists() else []
-    kept = {case["file"]: case for case in old if case["model_sha256"] in installed}
-    manifest = [case for case in old if case["model_sha256"] not in installed]  # files of replaced models stay
+    decodable = {case["file"]: case for case in old if zoo.find_by_hash(case["model_sha256"]) is not None}
+    manifest = [case for case in old if case["file"] not in decodable]  # files of replaced models stay
     for info in vqcodec.list_models():
         if info["name"] not in CASES:
             continue
@@ -63,13 +64,13 @@ def main() -> None:
         if info["name"] == "digits":
             source = source.convert("L")
         for quality, coder in levels:
+            if quality > max(info["quality_levels"]):
+                continue
             name = f"{info['name']}_q{quality}_{coder}.vqz"
-            if name in kept and kept[name]["model_sha256"] == info["sha256"]:
-                case = kept[name]
+            if name in decodable:  # made by this model, or by the file its enhancement layer was added to
+                case = decodable[name]
                 data = (HERE / name).read_bytes()
             else:
-                if name in kept:  # a file name of a replaced model: it stays under a versioned name
-                    raise SystemExit(f"{name} belongs to another model; rename it first")
                 data = vqcodec.encode(source, quality=quality, model=info["name"], coder=coder)
                 (HERE / name).write_bytes(data)
                 case = {"file": name, "model": info["name"], "model_sha256": info["sha256"],

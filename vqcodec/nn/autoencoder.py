@@ -150,7 +150,7 @@ def _cpu_has_bf16() -> bool:
     return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
-def _tiles(rows: int, cols: int, tile: int, margin: int):
+def tiles(rows: int, cols: int, tile: int, margin: int):
     """(core slice, padded slice, core offset inside the padded one) per tile, in latent units."""
     for top in range(0, rows, tile):
         for left in range(0, cols, tile):
@@ -191,7 +191,7 @@ class VQVAE(nn.Module):
         s = self.config.stride
         rows, cols = pixels.shape[0] // s, pixels.shape[1] // s
         z = torch.empty(1, self.config.latent_dim, rows, cols)
-        for (cr, cc), (pr, pc), (dr, dc) in _tiles(rows, cols, tile, margin):
+        for (cr, cc), (pr, pc), (dr, dc) in tiles(rows, cols, tile, margin):
             crop = pixels[pr.start * s:pr.stop * s, pc.start * s:pc.stop * s]
             x = torch.from_numpy(np.array(crop)).permute(2, 0, 1).unsqueeze(0).float().div(255)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bfloat16()):
@@ -205,7 +205,7 @@ class VQVAE(nn.Module):
         s = self.config.stride
         rows, cols = indices.shape[-2:]
         out = np.empty((rows * s, cols * s, 3), dtype=np.uint8)
-        for (cr, cc), (pr, pc), (dr, dc) in _tiles(rows, cols, tile, margin):
+        for (cr, cc), (pr, pc), (dr, dc) in tiles(rows, cols, tile, margin):
             y = self.decode_indices(indices[:, :, pr, pc])[0]
             y = y[:, dr * s:(dr + cr.stop - cr.start) * s, dc * s:(dc + cc.stop - cc.start) * s]
             out[cr.start * s:cr.stop * s, cc.start * s:cc.stop * s] = (

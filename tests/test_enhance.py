@@ -1,0 +1,87 @@
+"""The enhancement layer: quality levels above the base model's stages (vqcodec/nn/enhance.py)."""
+import numpy as np
+import pytest
+import torch
+
+import vqcodec
+from vqcodec import codec, container, images, zoo
+from vqcodec.config import EnhanceConfig
+from vqcodec.container import VqzError
+from vqcodec.nn.enhance import EnhanceLayer
+
+from conftest import photo_crop
+
+ENTRY = zoo.find("photo")
+LAYER = zoo.load_enhance(ENTRY)
+BASE_STAGES = zoo.load(ENTRY).config.num_stages
+pytestmark = pytest.mark.skipif(LAYER is None, reason="the photo model has no enhancement layer")
+
+
+def test_an_untrained_layer_returns_the_base_image():
+    layer = EnhanceLayer(EnhanceConfig(widths=(8, 8), latent_dim=4, codebook_size=16, num_stages=2))
+    x, base = torch.rand(2, 3, 16, 24), torch.rand(2, 3, 16, 24)
+    reconstruction, indices, _ = layer(x, base)
+    assert torch.equal(reconstruction, base) and indices.shape == (2, 2, 4, 6)
+
+
+def test_each_level_above_the_base_adds_bytes_and_detail(photo):
+    pixels = np.asarray(photo)
+    results = []
+    for quality in range(BASE_STAGES, BASE_STAGES + LAYER.config.num_stages + 1):
+        data = vqcodec.encode(pixels, quality=quality)
+        results.append((len(data), images.psnr(pixels, np.asarray(vqcodec.decode(data)))))
+    sizes, psnrs = zip(*results)
+    assert list(sizes) == sorted(sizes) and len(set(sizes)) == len(sizes)
+    assert psnrs[1] > psnrs[0] + 0.5  # the first enhancement level is a real step up
+    assert all(b > a for a, b in zip(psnrs, psnrs[1:]))
+
+
+@pytest.mark.parametrize("coder", ["prior", "zstd"])
+def test_enhancement_grids_are_finer_and_survive_the_container(photo, coder):
+    pixels = photo_crop(photo, 100, 60)  # padded to 104 x 64
+    data = vqcodec.encode(pixels, quality=BASE_STAGES + 2, coder=coder)
+    shapes = [g.shape for g in codec.read_indices(data)]
+    s, e = zoo.load(ENTRY).config.stride, LAYER.config.stride
+    assert shapes == [(64 // s, 104 // s)] * BASE_STAGES + [(64 // e, 104 // e)] * 2
+    assert vqcodec.decode(data).size == (100, 60)
+
+
+def test_the_enhancement_coder_decodes_the_same_indices_as_zstd(photo):
+    pixels = photo_crop(photo, 96, 64)
+    by_prior = codec.read_indices(vqcodec.encode(pixels, quality=BASE_STAGES + 1, coder="prior"))
+    by_zstd = codec.read_indices(vqcodec.encode(pixels, quality=BASE_STAGES + 1, coder="zstd"))
+    assert np.array_equal(by_prior[-1], by_zstd[-1])  # nearest codes either way in this layer
+
+
+def test_an_enhancement_grid_of_the_wrong_shape_is_refused(photo):
+    data = vqcodec.encode(photo_crop(photo, 64, 64), quality=BASE_STAGES + 1, coder="zstd")
+    parsed = container.unpack(data)
+    shapes = list(parsed.header.grid_shapes)
+    shapes[-1] = shapes[0]  # an enhancement grid as coarse as the base grids
+    header = container.Header(**{**parsed.header.to_dict(), "grid_shapes": tuple(shapes)})
+    with pytest.raises(VqzError, match="does not fit"):
+        vqcodec.decode(container.pack(header, parsed.index_payload))
+
+
+def test_enhancement_tiles_have_no_visible_seams(photo):
+    vqvae = zoo.load(ENTRY)
+    pixels = photo_crop(photo, 320, 256)
+    base = vqvae.decode_pixels(vqvae.quantizer.quantize(vqvae.encode_latents(pixels), BASE_STAGES))
+    whole = LAYER.decode_pixels(LAYER.encode_pixels(pixels, base, 2), base)
+    tiled = LAYER.decode_pixels(LAYER.encode_pixels(pixels, base, 2, tile=16), base, tile=16)
+    assert abs(images.psnr(pixels, whole) - images.psnr(pixels, tiled)) < 0.1
+    assert images.psnr(whole, tiled) > 40
+
+
+def test_files_of_the_model_before_the_layer_decode_at_base_levels_only(photo):
+    if ENTRY.decodes_base_of is None:
+        pytest.skip("the photo model was not made by adding a layer to an earlier file")
+    data = vqcodec.encode(photo_crop(photo, 64, 64), quality=BASE_STAGES + 1)
+    parsed = container.unpack(data)
+    header = container.Header(**{**parsed.header.to_dict(), "model_sha256": ENTRY.decodes_base_of})
+    with pytest.raises(VqzError, match="earlier enhancement layer.*not installed"):
+        vqcodec.decode(container.pack(header, parsed.index_payload))
+    base_file = vqcodec.encode(photo_crop(photo, 64, 64), quality=BASE_STAGES)
+    parsed = container.unpack(base_file)
+    header = container.Header(**{**parsed.header.to_dict(), "model_sha256": ENTRY.decodes_base_of})
+    assert vqcodec.decode(container.pack(header, parsed.index_payload)) == vqcodec.decode(base_file)
