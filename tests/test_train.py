@@ -194,16 +194,17 @@ def test_train_enhance_adds_levels_that_code_and_resume(folder, monkeypatch):
     made_by_base = vqcodec.encode(pixels, model="tiny", quality=2)
     decoded_by_base = np.asarray(vqcodec.decode(made_by_base))
 
-    def train_enhance(steps):
+    def train_enhance(steps, *extra):
         return CliRunner().invoke(main, ["train-enhance", "--weights", str(base), "--data", str(folder / "data"),
                                          "--out", str(out), "--config", str(folder / "enhance.json"),
-                                         "--steps", str(steps)], catch_exceptions=False)
+                                         "--steps", str(steps), *extra], catch_exceptions=False)
     result = train_enhance(2)
     assert result.exit_code == 0, result.output
     assert (folder / "w" / "tinye.pairs.pt").exists() and (folder / "w" / "tinye.enhance.ckpt").exists()
-    result = train_enhance(4)  # resumes from the checkpoint, reuses the cached base reconstructions
+    result = train_enhance(4, "--description", "tiny with detail")  # resumes; reuses the base reconstructions
     assert result.exit_code == 0, result.output
     meta = read_metadata(out)
+    assert meta["description"] == "tiny with detail"
     record = json.loads(meta["enhance_training"])
     assert record["steps"] == 4 and [e["step"] for e in record["log"]] == [2, 4]
     assert len(record["log"][-1]["psnr"]) == 3  # the base, then each enhancement level

@@ -550,8 +550,10 @@ def models(as_json):
     for m in listed:
         mark = " (default)" if m["default"] else ""
         click.echo(f"{m['name']}{mark}: {m['description']}\n  quality levels {m['quality_levels'][0]}.."
-                   f"{m['quality_levels'][-1]} (default {m['default_quality']}), coders {', '.join(m['coders'])}, "
-                   f"sha256 {m['sha256']}")
+                   f"{m['quality_levels'][-1]} (default {m['default_quality']}"
+                   + (f"; {m['enhancement_levels'][0]}..{m['enhancement_levels'][-1]} add the enhancement layer"
+                      if m["enhancement_levels"] else "")
+                   + f"), coders {', '.join(m['coders'])}, sha256 {m['sha256']}")
 
 
 @main.command()
@@ -757,9 +759,11 @@ def train_prior(weights, data_dir, out, config_file, steps, layer, register, def
               default=None, help='JSON file {"enhance": {...}, "train": {...}} overriding the defaults of '
                                  "vqcodec.config.EnhanceConfig and TrainConfig.")
 @click.option("--steps", type=int, default=None, help="Training steps (overrides the config).")
+@click.option("--description", default=None,
+              help="One-line description stored in the weights (for `vqcodec models`). Default: the base model's.")
 @_registration_options
 @reports_errors
-def train_enhance(weights, data_dir, out, config_file, steps, register, default_model):
+def train_enhance(weights, data_dir, out, config_file, steps, description, register, default_model):
     """Train the enhancement layer: the quality levels above the base model's top level."""
     from dataclasses import replace
 
@@ -770,7 +774,8 @@ def train_enhance(weights, data_dir, out, config_file, steps, register, default_
         train_config = replace(train_config, steps=steps)
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    training.train_enhance(weights, data_dir, out_path, enhance_config=enhance_config, train_config=train_config)
+    training.train_enhance(weights, data_dir, out_path, enhance_config=enhance_config, train_config=train_config,
+                           description=description)
     if register:
         _register(out_path, default_model)
 

@@ -2,15 +2,19 @@
 
     encode: image ─images.load_image─> RGB (+ alpha) ─pad to stride─> VQVAE.encode_latents (tiled)
             ─> residual VQ: q index grids (rate-aware under the prior: nn.rdoq)
+            │  above the enhancement layer's base level b: b base grids, decoded to the base
+            │  image, then EnhanceLayer.encode_pixels(image, base) ─> q - b finer grids
             ─> entropy coder ─> payload ─container.pack─> .vqz bytes
                                     alpha ─zstd (lossless)─┘
     decode: .vqz ─container.unpack─> header, payloads ─find model by sha256─> entropy decoder
-            ─> grids (checked against the index CRC) ─VQVAE.decode_pixels (tiled)─> crop ─> PIL image
+            ─> grids (checked against the index CRC) ─VQVAE.decode_pixels (tiled)─> base image
+            (─EnhanceLayer.decode_pixels with the finer grids, if any─>) ─> crop ─> PIL image
     generate: prior ─nn.prior.decode_passes with a Sampler─> grids ─VQVAE.decode_pixels─> images
 
 Entropy coders: "prior" (default when the model has one) range-codes the grids with the
 model's integer context prior, pass by pass (the frequencies of nn.rdoq / nn.prior.decode_passes
-feed entropy.range_encode / RangeDecoder); "zstd" is the memoryless baseline.
+feed entropy.range_encode / RangeDecoder), then the enhancement grids with the layer's own
+prior in the same range coder; "zstd" is the memoryless baseline.
 """
 from __future__ import annotations
 
@@ -74,13 +78,12 @@ def _choose_coder(coder: str | None, entry: zoo.ModelEntry, enhanced: bool):
     return coder, prior, enhance_prior
 
 
-def _index_payload(vqvae, priors, enhance, padded: np.ndarray, quality: int, coder: str,
-                   tradeoff: float) -> tuple[list[np.ndarray], bytes]:
-    """The index grids of padded pixels at `quality` and their coded payload: the base model's
-    grids (up to its stages), then, above them, the enhancement layer's over the base's top level."""
+def _index_payload(vqvae, priors, enhance, padded: np.ndarray, base_stages: int, detail_stages: int,
+                   coder: str, tradeoff: float) -> tuple[list[np.ndarray], bytes]:
+    """The index grids of padded pixels and their coded payload: base_stages grids of the base
+    model, then detail_stages grids of the enhancement layer over that base level."""
     prior, enhance_prior = priors
     z = vqvae.encode_latents(padded)
-    base_stages = min(quality, vqvae.config.num_stages)
     encoder = entropy.RangeEncoder()
     if coder == "zstd":
         base = vqvae.quantizer.quantize(z, base_stages)
@@ -88,8 +91,8 @@ def _index_payload(vqvae, priors, enhance, padded: np.ndarray, quality: int, cod
         base = rate_distortion_indices(vqvae.quantizer, prior, z, base_stages, tradeoff,
                                        sink=lambda stage, symbols, freqs: encoder.add(symbols, freqs))[0][None]
     grids = list(base[0].numpy())
-    if quality > base_stages:
-        detail = enhance.encode_pixels(padded, vqvae.decode_pixels(base), quality - base_stages)[0]
+    if detail_stages:
+        detail = enhance.encode_pixels(padded, vqvae.decode_pixels(base), detail_stages)[0]
         grids += list(detail.numpy())
         if coder == "prior":  # the same range coder goes on with the enhancement layer's prior
             for _, symbols, freqs in encode_passes(enhance_prior, detail):
@@ -98,12 +101,12 @@ def _index_payload(vqvae, priors, enhance, padded: np.ndarray, quality: int, cod
 
 
 def _decode_grids(payload: bytes, shapes: list[tuple[int, int]], coder: str, priors,
-                  base_stages: int) -> list[np.ndarray]:
+                  base_grids: int) -> list[np.ndarray]:
     """Inverse of _index_payload. Raises ValueError on a payload that cannot be decoded."""
     if coder == "zstd":
         return entropy.zstd_decode(payload, shapes)
     prior, enhance_prior = priors
-    base_shapes, detail_shapes = shapes[:base_stages], shapes[base_stages:]
+    base_shapes, detail_shapes = shapes[:base_grids], shapes[base_grids:]
     rows, cols = base_shapes[0]
     symbols = len(base_shapes) * rows * cols + sum(r * c for r, c in detail_shapes)
     entropy.check_range_payload(len(payload), symbols, prior.config.codebook_size)
@@ -129,13 +132,15 @@ def encode_image(image, quality: int | None = None, model: str | None = None,
     picture = images.load_image(image)
     entry, vqvae = _model_for(model)
     enhance = zoo.load_enhance(entry)
-    cfg = vqvae.config
-    quality = _check_quality(quality, entry, zoo.levels_of(vqvae, enhance), cfg.num_stages)
-    coder, *priors = _choose_coder(coder, entry, enhanced=quality > cfg.num_stages)
+    levels, base_level = zoo.levels_of(vqvae, enhance)
+    quality = _check_quality(quality, entry, levels, vqvae.config.num_stages)
+    coder, *priors = _choose_coder(coder, entry, enhanced=quality > base_level)
     rgb, alpha = images.split_alpha(picture)
     padded = images.pad_to_multiple(rgb, _padding(vqvae, enhance))
     tradeoff = RATE_TRADEOFF if rate_tradeoff is None else float(rate_tradeoff)
-    grids, payload = _index_payload(vqvae, priors, enhance, padded, quality, coder, tradeoff)
+    base_stages = min(quality, base_level)
+    grids, payload = _index_payload(vqvae, priors, enhance, padded, base_stages, quality - base_stages, coder,
+                                    tradeoff)
     header = Header(
         model_name=entry.name, model_sha256=entry.sha256, width=picture.width, height=picture.height,
         mode=picture.mode, quality=quality, coder=coder,
@@ -160,21 +165,33 @@ def _padding(vqvae, enhance) -> int:
     return max(vqvae.config.stride, enhance.config.stride if enhance is not None else 1)
 
 
-def _check_grids(header: Header, vqvae, enhance) -> None:
+def _check_grids(header: Header, vqvae, enhance) -> int:
     """The grid count must be the quality and each grid's shape what the image size implies:
-    the base model's grids, then the enhancement layer's finer ones."""
-    levels, base_stages = zoo.levels_of(vqvae, enhance), vqvae.config.num_stages
-    if len(header.grid_shapes) != header.quality or header.quality > levels:
-        raise VqzError(f"file claims quality {header.quality} with {len(header.grid_shapes)} index grids; "
+    1..S base grids, or the enhancement layer's base level of them followed by 1..E finer
+    enhancement grids. Returns the number of base grids."""
+    levels, base_level = zoo.levels_of(vqvae, enhance)
+    shapes = [tuple(shape) for shape in header.grid_shapes]
+    if len(shapes) != header.quality or header.quality > max(levels, vqvae.config.num_stages):
+        raise VqzError(f"file claims quality {header.quality} with {len(shapes)} index grids; "
                        f"model '{header.model_name}' has {levels} levels")
     padding = _padding(vqvae, enhance)
     height, width = (math.ceil(n / padding) * padding for n in (header.height, header.width))
-    for level, shape in enumerate(header.grid_shapes, start=1):
-        stride = vqvae.config.stride if level <= base_stages else enhance.config.stride
-        rows, cols = height // stride, width // stride
-        if tuple(shape) != (rows, cols):
+    base_shape = (height // vqvae.config.stride, width // vqvae.config.stride)
+    base_grids = next((i for i, shape in enumerate(shapes) if shape != base_shape), len(shapes))
+    if base_grids == len(shapes):
+        return base_grids
+    expected = [base_shape] * len(shapes)
+    if enhance is not None and base_grids == base_level:
+        detail_shape = (height // enhance.config.stride, width // enhance.config.stride)
+        expected = [base_shape] * base_level + [detail_shape] * (len(shapes) - base_level)
+    for shape, (rows, cols) in zip(shapes, expected):
+        if shape != (rows, cols):
             raise VqzError(f"index grid of {shape[0]}x{shape[1]} does not fit a "
                            f"{header.width}x{header.height} image (expected {rows}x{cols})")
+    if len(shapes) > levels:
+        raise VqzError(f"file claims quality {header.quality} with {len(shapes)} index grids; "
+                       f"model '{header.model_name}' has {levels} levels")
+    return base_grids
 
 
 def read_indices(data: bytes, *, max_pixels: int | None = None) -> list[np.ndarray]:
@@ -184,7 +201,8 @@ def read_indices(data: bytes, *, max_pixels: int | None = None) -> list[np.ndarr
 
 
 def _indices_of(parsed: container.Container):
-    """(model entry, VQVAE, enhancement layer or None, checked index grids) of an unpacked file."""
+    """(model entry, VQVAE, enhancement layer or None, checked index grids, how many of them are
+    base grids) of an unpacked file."""
     header = parsed.header
     entry = zoo.find_by_hash(header.model_sha256)
     if entry is None:
@@ -194,25 +212,25 @@ def _indices_of(parsed: container.Container):
         raise VqzError(f"file uses entropy coder '{header.coder}', which this version cannot decode")
     vqvae, enhance = zoo.load(entry), zoo.load_enhance(entry)
     cfg = vqvae.config
-    if entry.sha256 != header.model_sha256 and header.quality > cfg.num_stages:
+    base_grids = _check_grids(header, vqvae, enhance)
+    enhanced = base_grids < header.quality
+    if entry.sha256 != header.model_sha256 and enhanced:
         raise VqzError(f"file was made by an earlier enhancement layer of model '{header.model_name}' "
                        f"(sha256 {header.model_sha256}), which is not installed")
-    _check_grids(header, vqvae, enhance)
     priors = zoo.load_prior(entry), zoo.load_enhance_prior(entry)
-    if header.coder == "prior" and (priors[0] is None or (header.quality > cfg.num_stages and priors[1] is None)):
+    if header.coder == "prior" and (priors[0] is None or (enhanced and priors[1] is None)):
         raise VqzError(f"file uses the prior coder, but model '{entry.name}' has no prior for its levels")
     try:
-        grids = _decode_grids(parsed.index_payload, list(header.grid_shapes), header.coder, priors,
-                              cfg.num_stages)
+        grids = _decode_grids(parsed.index_payload, list(header.grid_shapes), header.coder, priors, base_grids)
     except ValueError as error:
         raise VqzError(f"corrupt index payload: {error}") from None
     if entropy.index_checksum(grids) != header.index_crc32:
         raise VqzError("decoded indices do not match the stored index checksum")
     for level, grid in enumerate(grids, start=1):
-        size = cfg.codebook_size if level <= cfg.num_stages else enhance.config.codebook_size
+        size = cfg.codebook_size if level <= base_grids else enhance.config.codebook_size
         if int(grid.max()) >= size:
             raise VqzError(f"index out of range for a codebook of {size} entries")
-    return entry, vqvae, enhance, grids
+    return entry, vqvae, enhance, grids, base_grids
 
 
 def decode(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
@@ -222,17 +240,16 @@ def decode(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
     by a model that is not installed. max_pixels overrides the pixel limit."""
     parsed = container.unpack(bytes(data), max_pixels=max_pixels)
     header = parsed.header
-    entry, vqvae, enhance, grids = _indices_of(parsed)
+    entry, vqvae, enhance, grids, base_grids = _indices_of(parsed)
     alpha = None
     if header.has_alpha:
         try:
             alpha = images.decompress_alpha(parsed.alpha_payload, header.height, header.width)
         except ValueError as error:
             raise VqzError(f"corrupt alpha payload: {error}") from None
-    base_stages = vqvae.config.num_stages
-    pixels = vqvae.decode_pixels(torch.from_numpy(np.stack(grids[:base_stages])).long().unsqueeze(0))
-    if len(grids) > base_stages:
-        detail = torch.from_numpy(np.stack(grids[base_stages:])).long().unsqueeze(0)
+    pixels = vqvae.decode_pixels(torch.from_numpy(np.stack(grids[:base_grids])).long().unsqueeze(0))
+    if len(grids) > base_grids:
+        detail = torch.from_numpy(np.stack(grids[base_grids:])).long().unsqueeze(0)
         pixels = enhance.decode_pixels(detail, pixels)
     rgb = images.crop(pixels, header.height, header.width)
     return images.merge_planes(rgb, alpha, header.mode)

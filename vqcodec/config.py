@@ -101,7 +101,10 @@ class EnhanceConfig:
     res_blocks: int = 1
     latent_dim: int = 16
     codebook_size: int = 256
-    num_stages: int = 4  # residual VQ stages; level base_levels + n decodes the first n
+    # The base level the layer builds on: quality 1..base_stages are the base model's own levels,
+    # base_stages + n is that base level plus the layer's first n stages. 0 = the base's top level.
+    base_stages: int = 0
+    num_stages: int = 4  # residual VQ stages of the layer
     ema_decay: float = 0.99
     dead_code_threshold: float = 1.0
     commitment_weight: float = 0.25

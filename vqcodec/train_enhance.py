@@ -34,7 +34,7 @@ from .config import (EnhanceConfig, PriorConfig, PriorTrainConfig, TrainConfig, 
                      prior_config_from_dict, train_config_from_dict)
 from .fileio import atomic_write_bytes
 from .images import pad_to_multiple
-from .nn.enhance import EnhanceLayer
+from .nn.enhance import EnhanceLayer, base_level
 from .nn.prior import ContextPrior, IntegerPrior
 from .nn.rdoq import rate_distortion_indices
 from .train import SpikeGuard, learning_rate, load_training_data, psnr_of, random_crops
@@ -45,12 +45,11 @@ from .weights_io import (enhance_from_bytes, load_vqvae, prior_from_bytes, save_
 
 
 @torch.no_grad()
-def base_reconstruction(vqvae, prior, pixels: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
-    """(padded pixels, base reconstruction) of uint8 (H, W, 3) pixels at the base's top level,
+def base_reconstruction(vqvae, prior, pixels: np.ndarray, multiple: int, stages: int) -> tuple[np.ndarray, np.ndarray]:
+    """(padded pixels, base reconstruction) of uint8 (H, W, 3) pixels at base level `stages`,
     both padded to `multiple`, with the indices the codec picks (rate-aware under the prior)."""
     padded = pad_to_multiple(pixels, multiple)
     z = vqvae.encode_latents(padded)
-    stages = vqvae.config.num_stages
     if prior is None:
         indices = vqvae.quantizer.quantize(z, stages)
     else:
@@ -58,11 +57,12 @@ def base_reconstruction(vqvae, prior, pixels: np.ndarray, multiple: int) -> tupl
     return padded, vqvae.decode_pixels(indices)
 
 
-def image_pairs(vqvae, prior, pool: list[torch.Tensor], multiple: int, progress: bool) -> list[torch.Tensor]:
-    """(6, H, W) uint8: each image stacked on its base reconstruction."""
+def image_pairs(vqvae, prior, pool: list[torch.Tensor], multiple: int, stages: int,
+                progress: bool) -> list[torch.Tensor]:
+    """(6, H, W) uint8: each image stacked on its base reconstruction at level `stages`."""
     pairs = []
     for image in tqdm(pool, desc="base reconstructions", disable=not progress, leave=False):
-        padded, base = base_reconstruction(vqvae, prior, image.permute(1, 2, 0).numpy(), multiple)
+        padded, base = base_reconstruction(vqvae, prior, image.permute(1, 2, 0).numpy(), multiple, stages)
         pairs.append(torch.from_numpy(np.concatenate([padded, base], axis=2)).permute(2, 0, 1).contiguous())
     return pairs
 
@@ -143,9 +143,11 @@ def train_enhance_prior(weights: str | os.PathLike, data_dir: str | os.PathLike,
     else:
         pool, held_pool, held_names = load_training_data(data_dir, cfg.held_out_images, cfg.extra_scales,
                                                          cfg.crop_size * layer_cfg.stride, multiple)
-        grids = enhancement_grids(layer, image_pairs(vqvae, prior, pool, multiple, progress), cfg.mirror, progress)
-        held_grids = enhancement_grids(layer, image_pairs(vqvae, prior, held_pool, multiple, progress), False,
-                                       progress)
+        stages = base_level(vqvae.config, layer_cfg)
+        grids = enhancement_grids(layer, image_pairs(vqvae, prior, pool, multiple, stages, progress), cfg.mirror,
+                                  progress)
+        held_grids = enhancement_grids(layer, image_pairs(vqvae, prior, held_pool, multiple, stages, progress),
+                                       False, progress)
         buffer = io.BytesIO()
         torch.save({"key": cache_key, "grids": grids, "held_out": held_grids, "held_out_names": held_names}, buffer)
         atomic_write_bytes(cache_path, buffer.getvalue())
@@ -171,8 +173,10 @@ def read_enhance_config_file(path: str | os.PathLike | None) -> tuple[EnhanceCon
 
 
 def train_enhance(weights: str | os.PathLike, data_dir: str | os.PathLike, out: str | os.PathLike, *,
-                  enhance_config: EnhanceConfig, train_config: TrainConfig, progress: bool = True) -> Path:
-    """Train an enhancement layer over the base model in `weights`; write both to `out`."""
+                  enhance_config: EnhanceConfig, train_config: TrainConfig, description: str | None = None,
+                  progress: bool = True) -> Path:
+    """Train an enhancement layer over the base model in `weights`; write both to `out`
+    (with a new one-line `description`, if given)."""
     cfg = train_config
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -186,17 +190,18 @@ def train_enhance(weights: str | os.PathLike, data_dir: str | os.PathLike, out: 
     if multiple % min(vqvae.config.stride, enhance_config.stride):
         raise ValueError("the enhancement stride and the base model's must divide one another")
 
+    stages = base_level(vqvae.config, enhance_config)
     cache_path = out.with_suffix(".pairs.pt")
     cache_key = [sha256_of_file(weights), str(Path(data_dir).resolve()), cfg.held_out_images,
-                 list(cfg.extra_scales), cfg.crop_size, multiple, RATE_TRADEOFF]
+                 list(cfg.extra_scales), cfg.crop_size, multiple, RATE_TRADEOFF, stages]
     cache = torch.load(cache_path, weights_only=True) if cache_path.exists() else {}
     if cache.get("key") == cache_key:
         pairs, held_pairs, held_names = cache["pairs"], cache["held_out"], cache["held_out_names"]
     else:
         pool, held_pool, held_names = load_training_data(data_dir, cfg.held_out_images, cfg.extra_scales,
                                                          cfg.crop_size, multiple)
-        pairs = image_pairs(vqvae, prior, pool, multiple, progress)
-        held_pairs = image_pairs(vqvae, prior, held_pool, multiple, progress)
+        pairs = image_pairs(vqvae, prior, pool, multiple, stages, progress)
+        held_pairs = image_pairs(vqvae, prior, held_pool, multiple, stages, progress)
         buffer = io.BytesIO()
         torch.save({"key": cache_key, "pairs": pairs, "held_out": held_pairs, "held_out_names": held_names},
                    buffer)
@@ -275,6 +280,6 @@ def train_enhance(weights: str | os.PathLike, data_dir: str | os.PathLike, out: 
             last_good = snapshot()
             atomic_write_bytes(checkpoint_path, last_good)
     bar.close()
-    save_with_enhance(weights, out, layer.eval(), record())
+    save_with_enhance(weights, out, layer.eval(), record(), description)
     return out
 

@@ -88,9 +88,10 @@ def save_with_prior(source: str | os.PathLike, path: str | os.PathLike, prior: I
 
 
 def save_with_enhance(source: str | os.PathLike, path: str | os.PathLike, layer: EnhanceLayer,
-                      training: dict) -> str:
+                      training: dict, description: str | None = None) -> str:
     """Copy the model (and prior) in `source` to `path` with enhancement `layer` added
-    (replacing any earlier one, and the prior over its indices), atomically; return the sha256."""
+    (replacing any earlier one, and the prior over its indices), and `description` if given,
+    atomically; return the sha256."""
     tensor_prefix, key_prefix = PRIOR_KEYS["enhance"]
     with open(source, "rb") as f:
         data = f.read()
@@ -98,6 +99,8 @@ def save_with_enhance(source: str | os.PathLike, path: str | os.PathLike, layer:
     tensors = {k: v for k, v in load_tensors_from_bytes(data).items()
                if not k.startswith((ENHANCE_PREFIX, tensor_prefix))}
     tensors.update(_trained_tensors(layer, ENHANCE_PREFIX))
+    if description is not None:
+        metadata["description"] = description
     metadata = {**metadata, "enhance_config": to_json(layer.config),
                 "enhance_training": json.dumps(training, sort_keys=True)}
     atomic_write_bytes(path, save_tensors_to_bytes(tensors, metadata=metadata), overwrite=True)

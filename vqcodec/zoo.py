@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .fileio import atomic_write_bytes
+from .nn.enhance import base_level
 from .weights_io import enhance_from_bytes, prior_from_bytes, read_metadata, sha256_of_file, vqvae_from_bytes
 
 MANIFEST = "models.json"
@@ -46,13 +47,14 @@ class ModelEntry:
         metadata = read_metadata(self.path)
         config = json.loads(metadata["model_config"])
         enhance = json.loads(metadata.get("enhance_config", "null"))
-        levels = config["num_stages"] + (enhance["num_stages"] if enhance else 0)
+        base = (enhance.get("base_stages") or config["num_stages"]) if enhance else config["num_stages"]
+        levels = base + (enhance["num_stages"] if enhance else 0)
         return {
             "name": self.name,
             "sha256": self.sha256,
             "quality_levels": list(range(1, levels + 1)),
-            # levels above the base model's stages add the enhancement layer (nn/enhance.py)
-            "enhancement_levels": list(range(config["num_stages"] + 1, levels + 1)),
+            # levels above `base` add the enhancement layer (nn/enhance.py) to base level `base`
+            "enhancement_levels": list(range(base + 1, levels + 1)),
             "default_quality": default_quality(config["num_stages"]),
             "default": self.default,
             "description": self.description,
@@ -161,9 +163,13 @@ def load_enhance_prior(entry: ModelEntry):
     return _load_checked(entry.path, entry.sha256)[3]
 
 
-def levels_of(vqvae, enhance) -> int:
-    """Quality levels of a model: its base stages, then its enhancement layer's."""
-    return vqvae.config.num_stages + (enhance.config.num_stages if enhance is not None else 0)
+def levels_of(vqvae, enhance) -> tuple[int, int]:
+    """(quality levels, base level): quality 1..base are the base model's own levels, and the
+    levels above it add the enhancement layer's stages to that base level."""
+    if enhance is None:
+        return vqvae.config.num_stages, vqvae.config.num_stages
+    base = base_level(vqvae.config, enhance.config)
+    return base + enhance.config.num_stages, base
 
 
 def register(weights_path: str | os.PathLike, *, default: bool = False) -> ModelEntry:

@@ -24,13 +24,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import EnhanceConfig
+from ..config import EnhanceConfig, ModelConfig
 from .autoencoder import ResidualBlock, tiles, fast_bfloat16
 from .quantize import ResidualVQ
 
 
 TILE = 256  # latent positions per tile side (1024 pixels at stride 4), as the base model's tiles
 TILE_MARGIN = 8  # latent positions of context around each tile (32 pixels, beyond the receptive field)
+
+
+def base_level(model_config: ModelConfig, enhance_config: EnhanceConfig) -> int:
+    """The base level an enhancement layer builds on (its base_stages; 0 = the base's top)."""
+    stages = enhance_config.base_stages or model_config.num_stages
+    if not 1 <= stages <= model_config.num_stages:
+        raise ValueError(f"base_stages must be from 1 to the base model's {model_config.num_stages} stages")
+    return stages
 
 
 class EnhanceEncoder(nn.Module):
