@@ -1,13 +1,13 @@
 """Training loop of the enhancement layer (vqcodec.nn.enhance) over a trained base model.
 
-    folder of images ──base model at its top level, as the codec encodes and decodes──> pairs
+    folder of images ──base model at the layer's base level, as the codec codes it──> pairs
         │ (image, base reconstruction) as 6-channel uint8 tensors, cached in <out>.pairs.pt
         │ random crops + flips, every step
         v
     EnhanceLayer(crops, base crops, keep_stages ~ U{1..S})  ──>  MSE + beta * commitment  ──> Adam
-        │ every checkpoint_every steps: resumable checkpoint (<out>.enhance.ckpt) + weights
+        │ every checkpoint_every steps: resumable checkpoint (<out>.enhance.ckpt)
         │ every eval_every steps: held-out PSNR per level, bits per index, codebook usage
-        v
+        v  (at the end)
     <out>.safetensors = the base model's tensors (and prior) + the layer ("enhance.*")
 
 train_enhance_prior (`vqcodec train-prior --layer enhance`) then fits a context prior
@@ -225,7 +225,7 @@ def train_enhance(weights: str | os.PathLike, data_dir: str | os.PathLike, out: 
                 "train_pool": len(pairs), "held_out_images": held_names, "base_weights_sha256": cache_key[0],
                 "train_config": asdict(cfg), "lr_scale": lr_scale, "log": log}
 
-    def snapshot() -> dict:
+    def snapshot() -> bytes:
         buffer = io.BytesIO()
         torch.save({"layer": layer.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                     "elapsed": elapsed, "generator": generator.get_state(), "lr_scale": lr_scale,

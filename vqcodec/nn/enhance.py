@@ -1,6 +1,6 @@
-"""Enhancement layer: a finer VQ autoencoder for the quality levels above the base model's top.
+"""Enhancement layer: a finer VQ autoencoder for the quality levels above a base level.
 
-    image x, base reconstruction b (the base model's top level, as decoded)
+    image x, base reconstruction b (the base model at the layer's base level, as decoded)
       │ EnhanceEncoder: concat(x, b) -> unshuffle /2 -> conv3x3 -> [conv5x5/2] x (n-1) -> res blocks -> 1x1
       v
     e (B,D,H/s,W/s) ──ResidualVQ──> indices (B,S,H/s,W/s), e_q
@@ -9,8 +9,8 @@
       v
     reconstruction = b + detail (B,3,H,W)
 
-The base model's 16 numbers per 8x8 block cap its quality (more stages add little: the
-autoencoder, not the quantizer, is the limit, docs/EXPERIMENTS.md). The enhancement layer
+The base model's 16 numbers per 8x8 block cap its quality, and its later stages buy little
+(the autoencoder, not the quantizer, is the limit, docs/EXPERIMENTS.md). The enhancement layer
 sees both the image and what the base made of it, and spends its indices on the detail the
 base lost, on a finer grid. This is the layered idea of scalable coding (an enhancement layer
 coding the base layer's residual, as in SVC and JPEG's hierarchical mode) with a VQ-VAE in
