@@ -28,7 +28,7 @@ from PIL import Image
 
 from . import container, entropy, images, zoo
 from .container import Header, VqzError
-from .nn.prior import Sampler, decode_passes, encode_passes
+from .nn.prior import Sampler, decode_passes, iter_passes
 from .nn.rdoq import rate_distortion_indices
 
 CODERS = ("prior", "zstd")
@@ -95,7 +95,7 @@ def _index_payload(vqvae, priors, enhance, padded: np.ndarray, base_stages: int,
         detail = enhance.encode_pixels(padded, vqvae.decode_pixels(base), detail_stages)[0]
         grids += list(detail.numpy())
         if coder == "prior":  # the same range coder goes on with the enhancement layer's prior
-            for _, symbols, freqs in encode_passes(enhance_prior, detail):
+            for _, symbols, freqs in iter_passes(enhance_prior, detail):
                 encoder.add(symbols, freqs)
     return grids, entropy.zstd_encode(grids) if coder == "zstd" else encoder.payload()
 

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from .config import PriorConfig, PriorTrainConfig, prior_config_from_dict, prior_train_config_from_dict
 from .fileio import atomic_write_bytes
 from .nn.autoencoder import VQVAE
-from .nn.prior import CONTINUE_RULE, ContextPrior, IntegerPrior, continues, encode_passes
+from .nn.prior import CONTINUE_RULE, ContextPrior, IntegerPrior, continues, iter_passes
 from .nn.rdoq import rate_distortion_indices
 from .train import learning_rate, load_training_data
 from .weights_io import load_vqvae, prior_from_bytes, save_with_prior, sha256_of_file
@@ -75,7 +75,7 @@ def grid_crops(grids: list[torch.Tensor], count: int, size: int, generator: torc
 def code_length_bits(prior: IntegerPrior, grid: torch.Tensor) -> list[float]:
     """Ideal code length in bits per stage of one grid (S, H, W) under the integer prior."""
     bits = [0.0] * grid.shape[0]
-    for stage, symbols, freqs in encode_passes(prior, grid):
+    for stage, symbols, freqs in iter_passes(prior, grid):
         chosen = freqs[np.arange(len(symbols)), symbols]
         bits[stage] += float(-np.log2(chosen / freqs.sum(axis=1)).sum())
     return bits

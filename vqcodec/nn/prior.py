@@ -568,32 +568,40 @@ def empty_embedding(count: int | None, channels: int, rows: int, cols: int) -> t
 PASS_CHUNK_POSITIONS = 1 << 16  # encoder: passes evaluated together, bounded by rows*cols*passes
 
 
-def encode_passes(prior: IntegerPrior, indices: torch.Tensor):
-    """Known indices (q, H, W) -> [(stage, symbols (n,), frequencies (n, K))] in coding order.
+def encode_passes(prior: IntegerPrior, indices: torch.Tensor) -> list:
+    """Known indices (q, H, W) -> [(stage, symbols (n,), frequencies (n, K))] in coding order."""
+    return list(iter_passes(prior, indices))
 
-    All passes are evaluated in a few batched network calls; the integer arithmetic makes
+
+def iter_passes(prior: IntegerPrior, indices: torch.Tensor):
+    """encode_passes one pass at a time, so that a caller streaming them to the range coder holds
+    only a few passes' inputs and frequency tables at once, whatever the image size.
+
+    Passes are evaluated a few at a time in batched network calls; the integer arithmetic makes
     that identical to the decoder's one pass at a time."""
     q, rows, cols = indices.shape
     indices = indices.long()
+    chunk = max(1, PASS_CHUNK_POSITIONS // (rows * cols))
     previous = empty_embedding(None, prior.config.channels, rows, cols)
-    inputs, stages, masks, contexts = [], [], [], []
+    pending = []  # (inputs, stage, coded mask, context) of passes not yet evaluated
+
+    def evaluate() -> list:
+        inputs, stages, masks, contexts = zip(*pending)
+        freqs = prior.frequencies(torch.stack(inputs), list(stages), list(masks), list(contexts))
+        done = [(stage, indices[stage][mask].numpy(), f.numpy()) for f, stage, mask in zip(freqs, stages, masks)]
+        pending.clear()
+        return done
+
     last_stage = 0
     for stage, known, coded, far in pass_schedule(prior.config, q, rows, cols):
         if stage != last_stage:
             previous = previous + prior.stage_embedding(last_stage, indices[last_stage])
             last_stage = stage
-        inputs.append(prior.pass_inputs(previous, indices[stage], stage, known))
-        stages.append(stage)
-        masks.append(coded)
-        contexts.append((indices, known, far))
-    chunk = max(1, PASS_CHUNK_POSITIONS // (rows * cols))
-    out = []
-    for start in range(0, len(inputs), chunk):
-        part = slice(start, start + chunk)
-        freqs = prior.frequencies(torch.stack(inputs[part]), stages[part], masks[part], contexts[part])
-        for f, stage, mask in zip(freqs, stages[part], masks[part]):
-            out.append((stage, indices[stage][mask].numpy(), f.numpy()))
-    return out
+        pending.append((prior.pass_inputs(previous, indices[stage], stage, known), stage, coded, (indices, known, far)))
+        if len(pending) == chunk:
+            yield from evaluate()
+    if pending:
+        yield from evaluate()
 
 
 def decode_passes(prior: IntegerPrior, num_stages: int, rows: int, cols: int, next_symbols,
