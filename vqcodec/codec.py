@@ -171,9 +171,10 @@ def _check_grids(header: Header, vqvae, enhance) -> int:
     enhancement grids. Returns the number of base grids."""
     levels, base_level = zoo.levels_of(vqvae, enhance)
     shapes = [tuple(shape) for shape in header.grid_shapes]
+    too_many = VqzError(f"file claims quality {header.quality} with {len(shapes)} index grids; "
+                        f"model '{header.model_name}' has {levels} levels")
     if len(shapes) != header.quality or header.quality > max(levels, vqvae.config.num_stages):
-        raise VqzError(f"file claims quality {header.quality} with {len(shapes)} index grids; "
-                       f"model '{header.model_name}' has {levels} levels")
+        raise too_many
     padding = _padding(vqvae, enhance)
     height, width = (math.ceil(n / padding) * padding for n in (header.height, header.width))
     base_shape = (height // vqvae.config.stride, width // vqvae.config.stride)
@@ -189,8 +190,7 @@ def _check_grids(header: Header, vqvae, enhance) -> int:
             raise VqzError(f"index grid of {shape[0]}x{shape[1]} does not fit a "
                            f"{header.width}x{header.height} image (expected {rows}x{cols})")
     if len(shapes) > levels:
-        raise VqzError(f"file claims quality {header.quality} with {len(shapes)} index grids; "
-                       f"model '{header.model_name}' has {levels} levels")
+        raise too_many
     return base_grids
 
 
