@@ -3,7 +3,28 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from vqcodec import images
+from vqcodec import images, zoo
+
+
+def installed_model(name: str | None = None) -> zoo.ModelEntry:
+    """The zoo entry of a bundled model (default: the default model); the test is skipped when the
+    model is not installed (not in any manifest, or its weights file absent). A manifest that
+    cannot be read still fails."""
+    if not zoo.entries():
+        pytest.skip("no models are installed")
+    try:
+        entry = zoo.find(name)
+    except zoo.ModelError as error:
+        pytest.skip(str(error))
+    if not entry.path.is_file():
+        pytest.skip(f"the weights of model '{entry.name}' are not installed ({entry.path})")
+    return entry
+
+
+@pytest.fixture(scope="session")
+def default_model() -> zoo.ModelEntry:
+    """The default model's zoo entry (skips when it is not installed)."""
+    return installed_model()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ def restore_torch_threads():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_bench_cli_end_to_end(two_images, tmp_path, restore_torch_threads):
     out_json, out_png = tmp_path / "r.json", tmp_path / "rd.png"
     # One torch thread: tiny images gain nothing from more, and it stays fast on a busy machine.
@@ -72,7 +74,7 @@ def test_bench_markdown_on_one_file(two_images):
 
 @pytest.mark.parametrize("args, words", [
     (["--codecs", "vqz,gif"], ["unknown codec", "gif"]),
-    (["--limit", "1"], None),
+    ([], ["no images found"]),
 ])
 def test_bench_cli_errors(tmp_path, args, words):
     empty = tmp_path / "empty"
@@ -80,8 +82,18 @@ def test_bench_cli_errors(tmp_path, args, words):
     result = CliRunner().invoke(main, ["bench", str(empty), *args], catch_exceptions=False)
     assert result.exit_code == 1
     assert result.output.startswith("error: ") and "Traceback" not in result.output
-    for word in words or ["no images found"]:
+    for word in words:
         assert word in result.output
+
+
+def test_bench_limit_takes_the_first_images(two_images, tmp_path):
+    out_json = tmp_path / "r.json"
+    result = CliRunner().invoke(main, ["bench", str(two_images), "--codecs", "jpeg", "--limit", "1",
+                                       "--json", str(out_json), "--no-progress"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out_json.read_text())
+    assert data["num_images"] == 1 and [Path(p).name for p in data["images"]] == ["a.png"]
+    assert all(len(point["per_image"]) == 1 for point in data["codecs"]["jpeg"])
 
 
 def test_bench_missing_path_fails_cleanly(tmp_path):

@@ -141,6 +141,7 @@ def test_demo_prints_bpp_and_psnr(runner):
     assert "bpp" in result.output and "PSNR" in result.output
 
 
+@pytest.mark.slow
 def test_python_dash_m(tmp_path, png):
     import subprocess
     import sys
@@ -173,6 +174,7 @@ def test_full_disk_is_a_clean_error_and_leaves_no_file(runner, png, tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pic.png"]  # no output, no temp file
 
 
+@pytest.mark.slow
 def test_full_disk_on_standard_output_is_a_clean_error(png):
     import subprocess
     import sys
@@ -185,6 +187,7 @@ def test_full_disk_on_standard_output_is_a_clean_error(png):
     assert out.returncode == 1 and "Traceback" not in out.stderr and "No space left" in out.stderr
 
 
+@pytest.mark.slow
 def test_closed_pipe_is_quiet():
     """`vqcodec models | head -1`: when the reader goes away, no error message and no traceback."""
     import subprocess

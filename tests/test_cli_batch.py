@@ -90,6 +90,7 @@ def test_pipe_and_option_misuse_is_a_usage_error(runner, tmp_path, monkeypatch, 
     assert runner.invoke(main, args).exit_code == 2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 def test_binary_output_to_a_terminal_is_refused(png):
     leader, follower = os.openpty()
@@ -191,6 +192,7 @@ def test_folder_without_matching_files(runner, tmp_path):
     assert run(runner, "info", tmp_path).exit_code == 1
 
 
+@pytest.mark.slow
 def test_jobs_run_in_worker_processes(runner, tree, tmp_path):
     out = tmp_path / "out"
     result = run(runner, "encode", tree, "-o", out, "-q", 2, "--jobs", 2, "--json")
@@ -219,6 +221,7 @@ def test_version_and_completion_help(runner):
     assert "_VQCODEC_COMPLETE=bash_source vqcodec" in run(runner, "--help").output
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch():
     code = ("import sys\nfrom vqcodec.cli import main\n"
             "for args in (['--help'], ['encode', '--help'], ['decode', '--help']):\n"
@@ -227,6 +230,7 @@ def test_help_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True)
 
 
+@pytest.mark.slow
 def test_bash_completion_script(tmp_path):
     env = {**os.environ, "_VQCODEC_COMPLETE": "bash_source"}
     done = subprocess.run([sys.executable, "-m", "vqcodec"], env=env, capture_output=True, text=True, timeout=60)

@@ -12,8 +12,17 @@ from vqcodec.container import VqzError
 
 from conftest import photo_crop
 
-TOP = max(zoo.find().info()["quality_levels"])
-BASE_TOP = zoo.levels_of(zoo.load(zoo.find()), zoo.load_enhance(zoo.find()))[1]  # top level without the enhancement layer
+
+@pytest.fixture(scope="module")
+def top(default_model) -> int:
+    """The default model's top quality level."""
+    return max(default_model.info()["quality_levels"])
+
+
+@pytest.fixture(scope="module")
+def base_top(default_model) -> int:
+    """The default model's top level without the enhancement layer."""
+    return zoo.levels_of(zoo.load(default_model), zoo.load_enhance(default_model))[1]
 
 
 def round_trip(image, **kwargs):
@@ -22,9 +31,9 @@ def round_trip(image, **kwargs):
 
 
 @pytest.mark.parametrize("width,height", [(1, 1), (7, 13), (13, 7), (769, 513)])
-def test_odd_sizes_round_trip_to_exact_size(photo, width, height):
+def test_odd_sizes_round_trip_to_exact_size(photo, width, height, top):
     arr = photo_crop(photo, width, height)
-    data, out = round_trip(arr, quality=TOP)
+    data, out = round_trip(arr, quality=top)
     assert out.size == (width, height) and out.mode == "RGB"
     if width * height > 1000:
         assert images.psnr(arr, np.asarray(out)) > 22
@@ -37,17 +46,17 @@ def test_public_api_is_exported():
     assert any(m["default"] for m in vqcodec.list_models())
 
 
-def test_higher_quality_costs_more_bytes_and_looks_better(photo):
+def test_higher_quality_costs_more_bytes_and_looks_better(photo, top):
     arr = np.asarray(photo)
     low_data, low = round_trip(arr, quality=1)
-    high_data, high = round_trip(arr, quality=TOP)
+    high_data, high = round_trip(arr, quality=top)
     assert len(high_data) > len(low_data)
     assert images.psnr(arr, np.asarray(high)) > images.psnr(arr, np.asarray(low)) + 1.0
 
 
-def test_gray_stays_gray(photo):
+def test_gray_stays_gray(photo, top):
     gray = photo.convert("L")
-    _, out = round_trip(gray, quality=TOP)
+    _, out = round_trip(gray, quality=top)
     assert out.mode == "L" and out.size == gray.size
     assert images.psnr(np.asarray(gray), np.asarray(out)) > 22
 
@@ -88,22 +97,22 @@ def test_exif_orientation_is_applied(photo):
     assert out.size == (32, 64)
 
 
-def test_indices_survive_container_and_zstd_exactly(photo):
+def test_indices_survive_container_and_zstd_exactly(photo, base_top):
     model = vqcodec.load_model()
-    data = vqcodec.encode(photo, quality=BASE_TOP, coder="zstd")
+    data = vqcodec.encode(photo, quality=base_top, coder="zstd")
     parsed = container.unpack(data)
     grids = entropy.zstd_decode(parsed.index_payload, list(parsed.header.grid_shapes))
-    expected = model.quantizer.quantize(model.encode_latents(np.asarray(photo)), BASE_TOP)[0].numpy()
+    expected = model.quantizer.quantize(model.encode_latents(np.asarray(photo)), base_top)[0].numpy()
     np.testing.assert_array_equal(np.stack(grids), expected)
-    assert parsed.header.quality == BASE_TOP and len(grids) == BASE_TOP and parsed.header.coder == "zstd"
+    assert parsed.header.quality == base_top and len(grids) == base_top and parsed.header.coder == "zstd"
 
 
-def test_prior_is_the_default_coder_and_codes_nearest_indices_smaller_than_zstd(photo):
-    nearest = codec.encode_image(photo, quality=TOP, rate_tradeoff=0)
-    zstd = codec.encode_image(photo, quality=TOP, coder="zstd")
+def test_prior_is_the_default_coder_and_codes_nearest_indices_smaller_than_zstd(photo, top):
+    nearest = codec.encode_image(photo, quality=top, rate_tradeoff=0)
+    zstd = codec.encode_image(photo, quality=top, coder="zstd")
     assert nearest.header.coder == "prior" and nearest.header.index_crc32 == zstd.header.index_crc32
     assert len(nearest.data) < len(zstd.data)
-    tuned = codec.encode_image(photo, quality=TOP)  # rate-aware indices: fewer bits still
+    tuned = codec.encode_image(photo, quality=top)  # rate-aware indices: fewer bits still
     assert len(tuned.data) < len(nearest.data)
     assert all(np.array_equal(a, b) for a, b in zip(codec.read_indices(nearest.data), codec.read_indices(zstd.data)))
 
@@ -112,8 +121,9 @@ def test_encoding_is_deterministic(photo):
     assert vqcodec.encode(photo, quality=3) == vqcodec.encode(photo, quality=3)
 
 
-@pytest.mark.parametrize("quality", [0, TOP + 1, -1, 2.5, True])
-def test_bad_quality_is_refused(photo, quality):
+@pytest.mark.parametrize("quality", [0, "top + 1", -1, 2.5, True])
+def test_bad_quality_is_refused(photo, quality, top):
+    quality = top + 1 if quality == "top + 1" else quality
     with pytest.raises(ValueError, match="quality must be an integer"):
         vqcodec.encode(photo, quality=quality)
 
@@ -161,14 +171,12 @@ def test_corrupt_index_payload_is_a_vqz_error(photo, coder, message):
 
 
 def test_tiny_prior_payload_claiming_a_huge_grid_fails_before_decoding():
-    import time
+    """How fast the refusal is: benchmarks/decode_refusal.py."""
     small = vqcodec.encode(np.zeros((8, 8, 3), np.uint8), quality=8)
     header = container.unpack(small).header
     big = replace(header, width=8000, height=8000, grid_shapes=((1000, 1000),) * 8)
-    started = time.perf_counter()
     with pytest.raises(VqzError, match="cannot hold"):
         vqcodec.decode(container.pack(big, container.unpack(small).index_payload))
-    assert time.perf_counter() - started < 1
 
 
 def test_flipped_bit_fails_the_crc(photo):

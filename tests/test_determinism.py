@@ -12,9 +12,12 @@ import vqcodec
 from vqcodec import codec, zoo
 from vqcodec.cli import main
 
-from conftest import photo_crop
+from conftest import installed_model, photo_crop
 
-MODELS_WITH_PRIOR = [m["name"] for m in vqcodec.list_models() if "prior" in m["coders"]]
+pytestmark = pytest.mark.slow  # other processes: python -c, --jobs
+
+# the bundled models, from the manifests alone (a model without a prior is skipped in the test)
+MODELS = [entry.name for entry in zoo.entries()]
 
 ENCODE = """
 import sys, torch, numpy as np, vqcodec
@@ -42,7 +45,16 @@ def picture(photo):
     return photo_crop(photo, 36, 28)  # small: the digits model codes position by position
 
 
-@pytest.mark.parametrize("model", MODELS_WITH_PRIOR)
+@pytest.fixture
+def model(request) -> str:
+    """The name of a bundled model with a prior (skips a model that is not installed or has none)."""
+    info = installed_model(request.param).info()
+    if "prior" not in info["coders"]:
+        pytest.skip(f"model '{info['name']}' has no prior")
+    return info["name"]
+
+
+@pytest.mark.parametrize("model", MODELS, indirect=True)
 def test_encode_with_one_thread_decode_with_two_in_other_processes(tmp_path, picture, model):
     top = max(zoo.find(model).info()["quality_levels"])
     np.save(tmp_path / "pixels.npy", picture)
@@ -58,7 +70,7 @@ def test_encode_with_one_thread_decode_with_two_in_other_processes(tmp_path, pic
         assert np.array_equal(np.array(there["pixels"], dtype=np.uint8), np.asarray(vqcodec.decode(one)))
 
 
-@pytest.mark.parametrize("model", MODELS_WITH_PRIOR)
+@pytest.mark.parametrize("model", MODELS, indirect=True)
 def test_alone_or_in_a_batch_or_repeated_gives_the_same_bytes(tmp_path, photo, model):
     pictures = [photo_crop(photo, 20 + 8 * i, 16 + 4 * i) for i in range(3)]
     alone = [vqcodec.encode(p, model=model, coder="prior") for p in pictures]

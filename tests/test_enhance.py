@@ -9,12 +9,28 @@ from vqcodec.config import EnhanceConfig
 from vqcodec.container import VqzError
 from vqcodec.nn.enhance import EnhanceLayer
 
-from conftest import photo_crop
+from conftest import installed_model, photo_crop
 
-ENTRY = zoo.find("photo")
-LAYER = zoo.load_enhance(ENTRY)
-BASE_STAGES = zoo.levels_of(zoo.load(ENTRY), LAYER)[1]  # quality 1..BASE_STAGES: the base alone
-pytestmark = pytest.mark.skipif(LAYER is None, reason="the photo model has no enhancement layer")
+
+@pytest.fixture(scope="module")
+def entry():
+    """The photo model (skips when it is not installed)."""
+    return installed_model("photo")
+
+
+@pytest.fixture(scope="module")
+def layer(entry):
+    """Its enhancement layer (skips when it has none)."""
+    enhance = zoo.load_enhance(entry)
+    if enhance is None:
+        pytest.skip("the photo model has no enhancement layer")
+    return enhance
+
+
+@pytest.fixture(scope="module")
+def base_stages(entry, layer):
+    """Quality 1..base_stages: the base model alone."""
+    return zoo.levels_of(zoo.load(entry), layer)[1]
 
 
 def test_an_untrained_layer_returns_the_base_image():
@@ -24,10 +40,10 @@ def test_an_untrained_layer_returns_the_base_image():
     assert torch.equal(reconstruction, base) and indices.shape == (2, 2, 4, 6)
 
 
-def test_each_level_above_the_base_adds_bytes_and_detail(photo):
+def test_each_level_above_the_base_adds_bytes_and_detail(photo, layer, base_stages):
     pixels = np.asarray(photo)
     results = []
-    for quality in range(BASE_STAGES, BASE_STAGES + LAYER.config.num_stages + 1):
+    for quality in range(base_stages, base_stages + layer.config.num_stages + 1):
         data = vqcodec.encode(pixels, quality=quality)
         results.append((len(data), images.psnr(pixels, np.asarray(vqcodec.decode(data)))))
     sizes, psnrs = zip(*results)
@@ -37,17 +53,17 @@ def test_each_level_above_the_base_adds_bytes_and_detail(photo):
 
 
 @pytest.mark.parametrize("coder", ["prior", "zstd"])
-def test_enhancement_grids_are_finer_and_survive_the_container(photo, coder):
+def test_enhancement_grids_are_finer_and_survive_the_container(photo, coder, entry, layer, base_stages):
     pixels = photo_crop(photo, 100, 60)  # padded to 104 x 64
-    data = vqcodec.encode(pixels, quality=BASE_STAGES + 2, coder=coder)
+    data = vqcodec.encode(pixels, quality=base_stages + 2, coder=coder)
     shapes = [g.shape for g in codec.read_indices(data)]
-    s, e = zoo.load(ENTRY).config.stride, LAYER.config.stride
-    assert shapes == [(64 // s, 104 // s)] * BASE_STAGES + [(64 // e, 104 // e)] * 2
+    s, e = zoo.load(entry).config.stride, layer.config.stride
+    assert shapes == [(64 // s, 104 // s)] * base_stages + [(64 // e, 104 // e)] * 2
     assert vqcodec.decode(data).size == (100, 60)
 
 
-def test_an_enhancement_grid_of_the_wrong_shape_is_refused(photo):
-    data = vqcodec.encode(photo_crop(photo, 64, 64), quality=BASE_STAGES + 1, coder="zstd")
+def test_an_enhancement_grid_of_the_wrong_shape_is_refused(photo, base_stages):
+    data = vqcodec.encode(photo_crop(photo, 64, 64), quality=base_stages + 1, coder="zstd")
     parsed = container.unpack(data)
     shapes = list(parsed.header.grid_shapes)
     shapes[-1] = (shapes[-1][0] + 1, shapes[-1][1])  # an enhancement grid one row too tall
@@ -56,22 +72,23 @@ def test_an_enhancement_grid_of_the_wrong_shape_is_refused(photo):
         vqcodec.decode(container.pack(header, parsed.index_payload))
 
 
-def test_enhancement_tiles_have_no_visible_seams(photo):
-    vqvae = zoo.load(ENTRY)
+def test_enhancement_tiles_have_no_visible_seams(photo, entry, layer, base_stages):
+    vqvae = zoo.load(entry)
     pixels = photo_crop(photo, 320, 256)
-    base = vqvae.decode_pixels(vqvae.quantizer.quantize(vqvae.encode_latents(pixels), BASE_STAGES))
-    whole = LAYER.decode_pixels(LAYER.encode_pixels(pixels, base, 2), base)
-    tiled = LAYER.decode_pixels(LAYER.encode_pixels(pixels, base, 2, tile=16), base, tile=16)
+    base = vqvae.decode_pixels(vqvae.quantizer.quantize(vqvae.encode_latents(pixels), base_stages))
+    whole = layer.decode_pixels(layer.encode_pixels(pixels, base, 2), base)
+    tiled = layer.decode_pixels(layer.encode_pixels(pixels, base, 2, tile=16), base, tile=16)
     assert abs(images.psnr(pixels, whole) - images.psnr(pixels, tiled)) < 0.1
     assert images.psnr(whole, tiled) > 40
 
 
-def test_old_files_with_more_base_stages_than_the_layer_builds_on_still_decode(photo):
-    vqvae = zoo.load(ENTRY)
+@pytest.mark.usefixtures("layer")
+def test_old_files_with_more_base_stages_than_the_layer_builds_on_still_decode(photo, entry):
+    vqvae = zoo.load(entry)
     pixels = photo_crop(photo, 64, 48)
     z = vqvae.encode_latents(pixels)
     grids = list(vqvae.quantizer.quantize(z, vqvae.config.num_stages)[0].numpy())  # every base stage
-    header = container.Header(model_name="photo", model_sha256=ENTRY.sha256, width=64, height=48, mode="RGB",
+    header = container.Header(model_name="photo", model_sha256=entry.sha256, width=64, height=48, mode="RGB",
                               quality=len(grids), coder="zstd", grid_shapes=tuple(g.shape for g in grids),
                               index_crc32=entropy.index_checksum(grids))
     decoded = vqcodec.decode(container.pack(header, entropy.zstd_encode(grids)))
@@ -79,15 +96,15 @@ def test_old_files_with_more_base_stages_than_the_layer_builds_on_still_decode(p
     assert np.array_equal(np.asarray(decoded), expected)
 
 
-def test_files_of_the_model_before_the_layer_decode_at_base_levels_only(photo):
-    if ENTRY.decodes_base_of is None:
+def test_files_of_the_model_before_the_layer_decode_at_base_levels_only(photo, entry, base_stages):
+    if entry.decodes_base_of is None:
         pytest.skip("the photo model was not made by adding a layer to an earlier file")
-    data = vqcodec.encode(photo_crop(photo, 64, 64), quality=BASE_STAGES + 1)
+    data = vqcodec.encode(photo_crop(photo, 64, 64), quality=base_stages + 1)
     parsed = container.unpack(data)
-    header = container.Header(**{**parsed.header.to_dict(), "model_sha256": ENTRY.decodes_base_of})
+    header = container.Header(**{**parsed.header.to_dict(), "model_sha256": entry.decodes_base_of})
     with pytest.raises(VqzError, match="earlier enhancement layer.*not installed"):
         vqcodec.decode(container.pack(header, parsed.index_payload))
-    base_file = vqcodec.encode(photo_crop(photo, 64, 64), quality=BASE_STAGES)
+    base_file = vqcodec.encode(photo_crop(photo, 64, 64), quality=base_stages)
     parsed = container.unpack(base_file)
-    header = container.Header(**{**parsed.header.to_dict(), "model_sha256": ENTRY.decodes_base_of})
+    header = container.Header(**{**parsed.header.to_dict(), "model_sha256": entry.decodes_base_of})
     assert vqcodec.decode(container.pack(header, parsed.index_payload)) == vqcodec.decode(base_file)

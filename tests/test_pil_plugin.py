@@ -118,6 +118,7 @@ def test_vqz_is_an_image_input_for_encode(vqz):
     assert codec.describe(data)["width"] == 40
 
 
+@pytest.mark.slow
 def test_import_and_open_stay_light(vqz):
     code = (
         "import sys\n"

@@ -95,6 +95,7 @@ def test_learning_rate_schedule():
     assert rates == sorted(rates, reverse=True)
 
 
+@pytest.mark.slow
 def test_data_parallel_training_with_gloo_in_two_processes(folder):
     """The torchrun path: 2 CPU processes, gloo backend, codebooks kept in sync."""
     import os

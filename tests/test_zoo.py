@@ -8,6 +8,8 @@ from vqcodec.config import ModelConfig
 from vqcodec.nn.autoencoder import VQVAE
 from vqcodec.weights_io import save_weights
 
+from conftest import installed_model
+
 TINY = ModelConfig(widths=(8, 8), res_blocks=1, latent_dim=4, codebook_size=16, num_stages=3)
 
 
@@ -24,13 +26,19 @@ def tiny_zoo(tmp_path, monkeypatch):
 
 
 def test_bundled_default_model_loads_and_matches_manifest():
-    entry = zoo.find()
+    entry = installed_model()
     assert entry.default
-    info = entry.info()
-    assert info["quality_levels"] == list(range(1, len(info["quality_levels"]) + 1))
-    assert len(info["quality_levels"]) >= 1 and info["stride"] >= 1
-    model = zoo.load(entry)
-    assert model.config.num_stages == len(info["quality_levels"])
+    info = entry.info()  # from the file's metadata, without loading the networks
+    assert info["stride"] >= 1
+    model, enhance = zoo.load(entry), zoo.load_enhance(entry)
+    levels, base = zoo.levels_of(model, enhance)
+    # quality 1..base keep that many of the base model's residual stages; each level above adds one
+    # stage of the enhancement layer to level `base`
+    assert 1 <= base <= model.config.num_stages
+    assert levels == base + (enhance.config.num_stages if enhance is not None else 0)
+    assert info["quality_levels"] == list(range(1, levels + 1))
+    assert info["enhancement_levels"] == list(range(base + 1, levels + 1))
+    assert info["stride"] == model.config.stride and info["codebook_size"] == model.config.codebook_size
 
 
 def test_registered_model_is_listed_and_found(tiny_zoo):
