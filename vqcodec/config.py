@@ -44,6 +44,9 @@ class TrainConfig:
     checkpoint_every: int = 250
     eval_every: int = 1000
     held_out_images: int = 3  # last N images of the data folder are held out
+    # hold out every (images / held_out_images)-th image instead of the last ones: for data
+    # sorted by class, such as mnist5k.npz (500 of each digit in order; its last 500 are all 9s)
+    held_out_spread: bool = False
     extra_scales: tuple[float, ...] = (0.6,)  # downscaled copies of the photos join the pool
     threads: int = 0  # torch threads; 0 = torch's default
     # Divergence guard: when the mean loss of the last 20 steps exceeds spike_factor times its
@@ -65,6 +68,15 @@ class PriorConfig:
     nested_stages: int = 1  # "grouped": the first stages coded in 5 nested groups, the rest in 2
     # "grouped": stage 0's first group split in three on the x8 lattice, copying from 4 positions away
     coarse_groups: bool = False
+    # hierarchical models: for every stage of the coarser levels (coarse to fine), how many
+    # times coarser its grid is than this one; their indices condition every pass
+    coarse_factors: tuple[int, ...] = ()
+    # class-conditional (generation): a learned embedding per class added to every position's
+    # input; coding files adds none (the "no class" input, which training also sees)
+    num_classes: int = 0
+    # "raster": how many stages are coded position by position (0 = all); the later ones go in
+    # two checkerboard halves (far fewer passes where sampling needs no strict order)
+    raster_stages: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,10 +93,14 @@ class PriorTrainConfig:
     checkpoint_every: int = 250
     eval_every: int = 1000
     held_out_images: int = 3  # the same last images the VQ-VAE held out
+    held_out_spread: bool = False  # ... or the same evenly spread ones (TrainConfig.held_out_spread)
     extra_scales: tuple[float, ...] = (0.6,)
     mirror: bool = True  # also learn the grids of the mirrored images
     threads: int = 0
     sample_temperature: float = 1.0  # the temperature `vqcodec generate` uses by default for this model
+    # class-conditional priors (PriorConfig.num_classes): the share of training examples shown
+    # without their class, which is how files are coded
+    class_dropout: float = 0.5
     # > 0: refine the prior already inside the weights on the grids that the rate-aware encoder
     # (vqcodec.nn.rdoq, this tradeoff) produces with it: one round of entropy-constrained VQ design
     rate_tradeoff: float = 0.0
@@ -112,6 +128,31 @@ class EnhanceConfig:
     @property
     def stride(self) -> int:
         return 2 ** len(self.widths)
+
+
+@dataclass(frozen=True)
+class HierarchyConfig:
+    """Shape and rate ladder of the hierarchical ECVQ model (vqcodec.nn.hierarchy)."""
+
+    widths: tuple[int, ...] = (64, 96, 128, 160)  # channels at strides 2, 4, 8, 16
+    res_blocks: int = 2  # residual blocks at stride 16, in analysis and synthesis
+    level_strides: tuple[int, ...] = (16, 8, 4)  # coarse to fine: the global stage order
+    level_dims: tuple[int, ...] = (16, 8, 4)  # codebook dimension per level
+    level_stages: tuple[int, ...] = (3, 3, 3)  # ECVQ stages per level
+    codebook_size: int = 256
+    entropy_channels: int = 64  # width of each stage's index-distribution network
+    commitment_weight: float = 0.25
+    # loss = bpp + lambda * MSE (0-255 scale); lambda grows geometrically along the stage
+    # ladder, from the one-stage prefix to the full model
+    lambda_low: float = 0.002
+    lambda_high: float = 0.05
+    # index choice: argmin ecvq_scale * lambda * ||r - c||^2 + bits (0 = nearest code)
+    ecvq_scale: float = 1.0
+    rate_in_training: bool = True  # False: nearest-code training, bits only measured (ablation)
+
+    @property
+    def stride(self) -> int:
+        return max(self.level_strides)
 
 
 def _tupleize(cls, data: dict):

@@ -17,9 +17,17 @@ and, once an enhancement layer is trained over it (vqcodec train-enhance):
     tensors "enhance.*"          the layer (nn.enhance.EnhanceLayer), float32
 and its own prior over the layer's index grids (vqcodec train-prior --layer enhance):
     metadata["enhance_prior_config"], metadata["enhance_prior_training"], tensors "enhance_prior.*"
+
+A hierarchical model (nn.hierarchy, `vqcodec train --config configs/photo.json`) has instead:
+    metadata["hierarchy_config"] HierarchyConfig as JSON
+    metadata["prior_configs"]    JSON list of one PriorConfig per level
+    metadata["training"]         JSON facts about every phase's run
+    tensors "hierarchy.*"        the autoencoder, float32
+    tensors "prior<level>.*"     the integer prior of each level, int32
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,13 +37,15 @@ from safetensors.torch import load as load_tensors_from_bytes
 from safetensors.torch import save as save_tensors_to_bytes
 
 from .fileio import atomic_write_bytes
-from .config import (EnhanceConfig, ModelConfig, PriorConfig, enhance_config_from_dict, model_config_from_dict,
-                     prior_config_from_dict, to_json)
+from .config import (EnhanceConfig, HierarchyConfig, ModelConfig, PriorConfig, _tupleize, enhance_config_from_dict,
+                     model_config_from_dict, prior_config_from_dict, to_json)
 from .nn.autoencoder import VQVAE
 from .nn.enhance import EnhanceLayer
+from .nn.hierarchy import HierarchicalVQ
 from .nn.prior import IntegerPrior
 
 ENHANCE_PREFIX = "enhance."
+HIERARCHY_PREFIX = "hierarchy."
 # layer -> (tensor prefix, metadata key prefix) of the prior over that layer's indices
 PRIOR_KEYS = {"base": ("prior.", "prior_"), "enhance": ("enhance_prior.", "enhance_prior_")}
 NOT_VQVAE = tuple(prefix for prefix, _ in PRIOR_KEYS.values()) + (ENHANCE_PREFIX,)
@@ -185,3 +195,44 @@ def prior_from_bytes(data: bytes, origin: str = "weights", layer: str = "base") 
 def load_vqvae(path: str | os.PathLike) -> VQVAE:
     with open(path, "rb") as f:
         return vqvae_from_bytes(f.read(), str(path))
+
+
+def is_hierarchy(metadata: dict) -> bool:
+    return "hierarchy_config" in metadata
+
+
+def save_hierarchy(path: str | os.PathLike, model: HierarchicalVQ, priors: list[IntegerPrior], *, name: str,
+                   description: str, training: dict) -> str:
+    """Write a hierarchical model and its level priors as one weights file; return its sha256."""
+    tensors = {HIERARCHY_PREFIX + k: v for k, v in _trained_tensors(model).items()
+               if not k.endswith(".ema_count")}
+    for level, prior in enumerate(priors):
+        tensors.update({f"prior{level}.{k}": v.contiguous() for k, v in prior.tensors().items()})
+    metadata = {"format": WEIGHTS_FORMAT, "name": name, "description": description,
+                "hierarchy_config": to_json(model.config),
+                "prior_configs": json.dumps([dataclasses.asdict(p.config) for p in priors], sort_keys=True),
+                "training": json.dumps(training, sort_keys=True)}
+    atomic_write_bytes(path, save_tensors_to_bytes(tensors, metadata=metadata))
+    return sha256_of_file(path)
+
+
+def hierarchy_from_bytes(data: bytes, origin: str = "weights") -> tuple[HierarchicalVQ, list[IntegerPrior]]:
+    """A hierarchical model and its level priors from the bytes of their weights file."""
+    metadata = _metadata_from_bytes(data, origin)
+    config = _tupleize(HierarchyConfig, json.loads(metadata["hierarchy_config"]))
+    tensors = load_tensors_from_bytes(data)
+    model = HierarchicalVQ(config)
+    own = {k[len(HIERARCHY_PREFIX):]: v for k, v in tensors.items() if k.startswith(HIERARCHY_PREFIX)}
+    missing, unexpected = model.load_state_dict(own, strict=False)
+    missing = [k for k in missing if not k.endswith((".ema_sum", ".ema_count", ".initialized"))]
+    if missing or unexpected:
+        raise ValueError(f"{origin}: tensors do not match the config (missing {missing}, unexpected {unexpected})")
+    priors = []
+    for level, raw in enumerate(json.loads(metadata["prior_configs"])):
+        prior_tensors = {k[len(f"prior{level}."):]: v for k, v in tensors.items() if k.startswith(f"prior{level}.")}
+        if any(t.dtype != torch.int32 for t in prior_tensors.values()):
+            raise ValueError(f"{origin}: prior tensors must be int32")
+        priors.append(IntegerPrior(prior_config_from_dict(raw), prior_tensors))
+    if len(priors) != len(config.level_strides):
+        raise ValueError(f"{origin}: {len(priors)} priors for {len(config.level_strides)} levels")
+    return model.eval(), priors

@@ -11,12 +11,16 @@ nested_stages n, 5 n + 2 (S - n) passes for the whole grid instead of one per po
 With coarse_groups, stage 0's first group is split again on the x8 lattice (two more
 passes, whose copy term looks 4 positions away: "far" passes, with their own weights).
 The "raster" schedule (tiny grids such as the digits model) makes every position its own
-group. Predicting stage s at a position sees:
+group (with raster_stages n > 0, only in the first n stages; later stages in two checkerboard
+halves). Predicting stage s at a position sees:
 
     every earlier stage t < s at every position ── sum of per-stage embeddings ─┐
     stage s at positions already known           ── embedding ──────────────────┤
     stage s at positions not yet known           ── one learned "unknown" vector ┤
     which stage this is                          ── learned bias ────────────────┤
+    coarser levels' indices (hierarchical models) ── embedding per index and     ┤
+                                                     sub-position (coarse_context)│
+    the class asked for (generation, num_classes)  ── embedding (none for files) ┤
                                                                                   v
                  clamp to [0, 255]  ─>  [3x3 conv ─> floor, clamp to [0, 255]] x L  ─>
                  1x1 head of stage s ─> logits in 1/16 bit steps ─┐
@@ -88,7 +92,7 @@ def group_map(cfg: PriorConfig, stage: int, rows: int, cols: int) -> torch.Tenso
     r = torch.arange(rows).view(-1, 1)
     c = torch.arange(cols).view(1, -1)
     if cfg.schedule == "raster":
-        return r * cols + c
+        return (r + c) % 2 if 0 < cfg.raster_stages <= stage else r * cols + c
     if cfg.schedule != "grouped":
         raise ValueError(f"unknown prior schedule '{cfg.schedule}'")
     if stage >= cfg.nested_stages:
@@ -162,6 +166,21 @@ class ContextPrior(nn.Module):
             self.far_match_weight = nn.Parameter(self.match_weight.detach()[0].clone())
         self.gate_weight = nn.Parameter(torch.zeros(s, 1, c))
         self.gate_bias = nn.Parameter(torch.ones(s, 1))  # g = 16: the match term at face value
+        self.coarse_embed = nn.ParameterList(nn.Parameter(torch.randn(k, f * f, c) * 0.1)
+                                             for f in cfg.coarse_factors)
+        if cfg.num_classes:  # no row for "no class": files are coded with nothing added
+            self.class_embed = nn.Parameter(torch.randn(cfg.num_classes, c) * 0.1)
+
+    def class_context(self, classes: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 1, C): each example's class embedding, zero where classes[b] < 0 (no class)."""
+        rows = self._quantize_embedding(self.class_embed)[classes.clamp(min=0)]
+        return torch.where((classes >= 0).view(-1, 1), rows, 0.0).view(len(classes), 1, 1, -1)
+
+    def coarse_context(self, coarse: list[torch.Tensor]) -> torch.Tensor:
+        """(B, H, W, C): for the coarser stages' grids (B, H/f, W/f), the sum of the embedding of
+        each index at each of the f x f positions it covers."""
+        tables = [self._quantize_embedding(t) for t in self.coarse_embed]
+        return sum(_spread(table[grid], f) for table, grid, f in zip(tables, coarse, self.config.coarse_factors))
 
     @staticmethod
     def _quantize_embedding(table: torch.Tensor) -> torch.Tensor:
@@ -249,23 +268,32 @@ class ContextPrior(nn.Module):
             match = match.scatter_add(1, neighbour, weight)
         return match
 
-    def loss_bits(self, indices: torch.Tensor, stage: torch.Tensor, generator: torch.Generator | None = None
-                  ) -> torch.Tensor:
-        """Mean code length in bits per index of stage[b].
+    def loss_bits(self, indices: torch.Tensor, stage: torch.Tensor, generator: torch.Generator | None = None,
+                  coarse: list[torch.Tensor] | None = None, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean code length in bits per index of stage[b] (given classes[b], -1 = no class, if
+        the prior is class-conditional).
 
         "grouped": every pass of the stage, each position scored in the pass that codes it.
         "raster": one random cut per example; every position after the cut is scored given
-        the positions before it (a superset of the conditionals raster decoding uses)."""
+        the positions before it (a superset of the conditionals raster decoding uses); in a
+        stage past raster_stages, one checkerboard half, given the other or given nothing."""
         b, _, h, w = indices.shape
         target = indices[torch.arange(b), stage]  # (B, H, W)
         groups = torch.stack([group_map(self.config, int(s), h, w) for s in stage])  # (B, H, W)
         if self.config.schedule == "raster":
             cut = torch.randint(h * w, (b, 1, 1), generator=generator)
-            passes = [(groups < cut, groups >= cut)]
+            # stages past raster_stages: one checkerboard half given the other (or given nothing)
+            halves = torch.tensor([0 < self.config.raster_stages <= int(s) for s in stage]).view(b, 1, 1)
+            cut = torch.where(halves, cut % 2, cut)
+            passes = [(groups < cut, torch.where(halves, groups == cut, groups >= cut))]
         else:
             passes = [(groups < g, groups == g) for g in range(int(groups.max()) + 1)]
         total, count = indices.new_zeros((), dtype=torch.float32), 0
         earlier = self.earlier_stages(indices, stage)
+        if coarse:
+            earlier = earlier + self.coarse_context(coarse)
+        if classes is not None and self.config.num_classes:
+            earlier = earlier + self.class_context(classes)
         for g, (known, scored) in enumerate(passes):
             far = torch.tensor([far_pass(self.config, int(s), g) for s in stage])
             logits = self(indices, stage, known, earlier, far) * math.log(2)
@@ -297,6 +325,10 @@ class ContextPrior(nn.Module):
             if cfg.coarse_groups:
                 model.far_match_weight.copy_(t.get("far_match_weight", t["match_weight"][0])
                                              / (MATCH_SCALE * LOGIT_STEPS))
+            for i, table in enumerate(model.coarse_embed):
+                table.copy_(t[f"coarse_embed{i}"] / scale)
+            if cfg.num_classes:
+                model.class_embed.copy_(t["class_embed"] / scale)
             layers = [(f"conv{i}", w, b) for i, (w, b) in enumerate(zip(model.conv_weight, model.conv_bias))]
             for name, weight, bias in layers + [("head", model.head_weight, model.head_bias),
                                                  ("gate", model.gate_weight, model.gate_bias)]:
@@ -321,6 +353,10 @@ class ContextPrior(nn.Module):
             out["diverged_match_weight"] = torch.round(self._quantize_match(self.diverged_match_weight) * LOGIT_STEPS)
         if self.config.coarse_groups:
             out["far_match_weight"] = torch.round(self._quantize_match(self.far_match_weight) * LOGIT_STEPS)
+        for i, table in enumerate(self.coarse_embed):
+            out[f"coarse_embed{i}"] = torch.clamp(torch.round(table * scale), -EMBED_MAX, EMBED_MAX)
+        if self.config.num_classes:
+            out["class_embed"] = torch.clamp(torch.round(self.class_embed * scale), -EMBED_MAX, EMBED_MAX)
         layers = [(f"conv{i}", w, b) for i, (w, b) in enumerate(zip(self.conv_weight, self.conv_bias))]
         heads = [("head", self.head_weight, self.head_bias), ("gate", self.gate_weight, self.gate_bias)]
         for name, weight, bias in layers + heads:
@@ -348,6 +384,10 @@ class IntegerPrior:
             expected["diverged_match_weight"] = expected["match_weight"]
         if cfg.coarse_groups:
             expected["far_match_weight"] = ((2 * MATCH_RADIUS + 1) ** 2,)
+        for i, f in enumerate(cfg.coarse_factors):
+            expected[f"coarse_embed{i}"] = (k, f * f, c)
+        if cfg.num_classes:
+            expected["class_embed"] = (cfg.num_classes, c)
         for i in range(cfg.layers):
             expected.update({f"conv{i}_weight": (c, 9 * c), f"conv{i}_bias": (c,), f"conv{i}_exponent": (c,)})
         for name, shape in expected.items():
@@ -387,6 +427,20 @@ class IntegerPrior:
         current = self.t["current_embed"][stage][indices_stage * known].movedim(-1, -3)
         unknown = self.t["unknown_embed"][stage].view(-1, 1, 1)
         return previous + self.t["stage_bias"][stage].view(-1, 1, 1) + torch.where(known, current, unknown)
+
+    def coarse_context(self, coarse: list[torch.Tensor]) -> torch.Tensor:
+        """(..., C, H, W) integer embedding of the coarser stages' grids (..., H/f, W/f): the
+        starting `previous` of this level's passes (exact: sums of integers below 2**24)."""
+        total = None
+        for i, (grid, f) in enumerate(zip(coarse, self.config.coarse_factors)):
+            part = _spread(self.t[f"coarse_embed{i}"][grid.long()], f)
+            total = part if total is None else total + part
+        return total.movedim(-1, -3)
+
+    def class_context(self, classes: torch.Tensor) -> torch.Tensor:
+        """(count, C, 1, 1) integer embedding of each grid's class (count,), zero for class -1."""
+        rows = self.t["class_embed"][classes.long().clamp(min=0)]
+        return torch.where((classes >= 0).view(-1, 1), rows, 0.0).view(len(classes), -1, 1, 1)
 
     def stage_embedding(self, stage: int, indices_stage: torch.Tensor) -> torch.Tensor:
         """(..., C, H, W) embedding of one stage's indices (..., H, W), added to `previous` once known."""
@@ -472,6 +526,15 @@ class IntegerPrior:
             value = torch.where(same_prefix, value, v_diverged[used[which]])
         total = torch.zeros(count * n * k).index_put_((cells,), value.flatten(), accumulate=True)
         return cells, total[cells]
+
+
+def _spread(embedded: torch.Tensor, factor: int) -> torch.Tensor:
+    """(..., h, w, f*f, C) per-sub-position embeddings -> (..., h*f, w*f, C)."""
+    *lead, h, w, _, c = embedded.shape
+    x = embedded.reshape(*lead, h, w, factor, factor, c)
+    n = len(lead)
+    x = x.permute(*range(n), n, n + 2, n + 1, n + 3, n + 4)
+    return x.reshape(*lead, h * factor, w * factor, c)
 
 
 _PAIRS_CACHE: dict = {}  # the same few (coded, known) masks recur in every stage and image
@@ -568,21 +631,35 @@ def empty_embedding(count: int | None, channels: int, rows: int, cols: int) -> t
 PASS_CHUNK_POSITIONS = 1 << 16  # encoder: passes evaluated together, bounded by rows*cols*passes
 
 
-def encode_passes(prior: IntegerPrior, indices: torch.Tensor) -> list:
-    """Known indices (q, H, W) -> [(stage, symbols (n,), frequencies (n, K))] in coding order."""
-    return list(iter_passes(prior, indices))
+def encode_passes(prior: IntegerPrior, indices: torch.Tensor, coarse: list[torch.Tensor] | None = None) -> list:
+    """Known indices (q, H, W) -> [(stage, symbols (n,), frequencies (n, K))] in coding order.
+    coarse: the coarser levels' grids of a hierarchical model (prior.config.coarse_factors)."""
+    return list(iter_passes(prior, indices, coarse))
 
 
-def iter_passes(prior: IntegerPrior, indices: torch.Tensor):
+def _starting_embedding(prior: IntegerPrior, count: int | None, rows: int, cols: int,
+                        coarse: list[torch.Tensor] | None) -> torch.Tensor:
+    previous = empty_embedding(count, prior.config.channels, rows, cols)
+    if len(prior.config.coarse_factors) != len(coarse or []):
+        raise ValueError(f"the prior conditions on {len(prior.config.coarse_factors)} coarser grids, "
+                         f"got {len(coarse or [])}")
+    return previous + prior.coarse_context(coarse) if coarse else previous
+
+
+def iter_passes(prior: IntegerPrior, indices: torch.Tensor, coarse: list[torch.Tensor] | None = None,
+                label: int | None = None):
     """encode_passes one pass at a time, so that a caller streaming them to the range coder holds
     only a few passes' inputs and frequency tables at once, whatever the image size.
 
     Passes are evaluated a few at a time in batched network calls; the integer arithmetic makes
-    that identical to the decoder's one pass at a time."""
+    that identical to the decoder's one pass at a time. label: the grid's class under a
+    class-conditional prior (measuring only: files are coded without one)."""
     q, rows, cols = indices.shape
     indices = indices.long()
     chunk = max(1, PASS_CHUNK_POSITIONS // (rows * cols))
-    previous = empty_embedding(None, prior.config.channels, rows, cols)
+    previous = _starting_embedding(prior, None, rows, cols, coarse)
+    if label is not None:
+        previous = previous + prior.class_context(torch.tensor([label]))[0]
     pending = []  # (inputs, stage, coded mask, context) of passes not yet evaluated
 
     def evaluate() -> list:
@@ -605,12 +682,23 @@ def iter_passes(prior: IntegerPrior, indices: torch.Tensor):
 
 
 def decode_passes(prior: IntegerPrior, num_stages: int, rows: int, cols: int, next_symbols,
-                  count: int = 1) -> torch.Tensor:
+                  count: int = 1, coarse: list[torch.Tensor] | None = None,
+                  classes: torch.Tensor | None = None) -> torch.Tensor:
     """Rebuild `count` grids (count, q, H, W) pass by pass. next_symbols(frequencies (n, K))
     -> (n,) ints is the range decoder, or a sampler, which turns this into generation
-    (the count grids of a pass are then evaluated in one network call, rows grid-major)."""
+    (the count grids of a pass are then evaluated in one network call, rows grid-major).
+    coarse: the coarser levels' grids (count, H/f, W/f) of a hierarchical model.
+    classes: (count,) the class of each grid for a class-conditional prior (generation; -1 or
+    None: no class, which is how files are coded)."""
     indices = torch.zeros(count, num_stages, rows, cols, dtype=torch.long)
-    previous = empty_embedding(count, prior.config.channels, rows, cols)
+    previous = _starting_embedding(prior, count, rows, cols, coarse)
+    if classes is not None:
+        if not prior.config.num_classes:
+            raise ValueError("the prior is not class-conditional")
+        classes = torch.as_tensor(classes, dtype=torch.long).view(count)
+        if int(classes.max()) >= prior.config.num_classes:
+            raise ValueError(f"class must be below {prior.config.num_classes}")
+        previous = previous + prior.class_context(classes)
     last_stage = 0
     for stage, known, coded, far in pass_schedule(prior.config, num_stages, rows, cols):
         if stage != last_stage:

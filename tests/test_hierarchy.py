@@ -1,0 +1,152 @@
+"""The hierarchical ECVQ model (nn.hierarchy), its priors' coarse-level conditioning, and the
+one training loop (training.loop): small shapes, fast."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vqcodec import entropy
+from vqcodec.config import HierarchyConfig, PriorConfig
+from vqcodec.nn.hierarchy import HierarchicalVQ
+from vqcodec.nn.prior import ContextPrior, IntegerPrior, decode_passes, encode_passes, pass_schedule
+from vqcodec.training import loop
+from vqcodec.training.hierarchy_prior_task import level_prior_configs
+
+TINY = HierarchyConfig(widths=(8, 8, 8, 8), res_blocks=1, level_dims=(4, 2, 2), level_stages=(2, 1, 1),
+                       codebook_size=16, entropy_channels=8)
+
+
+def tiny_model(seed=0) -> HierarchicalVQ:
+    torch.manual_seed(seed)
+    model = HierarchicalVQ(TINY)
+    model(torch.rand(2, 3, 32, 32), torch.tensor([4, 4]), torch.tensor([0.01, 0.01]))  # k-means init
+    return model.eval()
+
+
+def test_every_prefix_of_the_stage_ladder_decodes_to_an_image():
+    model = tiny_model()
+    x = torch.rand(1, 3, 48, 32)
+    grids, bits = model.encode_indices(x, model.num_stages, 0.01)
+    assert [g.shape for g in grids] == [(1, 3, 2)] * 2 + [(1, 6, 4), (1, 12, 8)]
+    assert bits.shape == (1,) and float(bits) > 0
+    for n in range(1, model.num_stages + 1):
+        assert model.decode_indices(grids[:n]).shape == (1, 3, 48, 32)
+        prefix, _ = model.encode_indices(x, n, 0.01)
+        assert all(torch.equal(a, b) for a, b in zip(prefix, grids[:n]))  # a prefix is the same choice
+
+
+def test_ecvq_choice_trades_distance_for_bits():
+    model = tiny_model()
+    stage = model.levels[0][0]
+    stage.codebook.copy_(torch.eye(4).repeat(4, 1) * torch.arange(1, 5).repeat_interleave(4).view(-1, 1))
+    residual = torch.randn(1, 4, 3, 3) * 2
+    log2_p = torch.log2(torch.softmax(torch.randn(1, 16, 3, 3) * 4, dim=1))
+    nearest = stage.choose(residual, log2_p, None)
+    assert torch.equal(stage.choose(residual, log2_p, torch.tensor([1e6])), nearest)
+    cheapest = log2_p.argmax(1)
+    assert torch.equal(stage.choose(residual, log2_p, torch.tensor([1e-9])), cheapest)
+
+
+def test_rate_term_reaches_the_gradients_of_the_transforms_only_when_on():
+    x = torch.rand(2, 3, 32, 32)
+    for rate_in_training in (True, False):
+        torch.manual_seed(0)
+        model = HierarchicalVQ(replace(TINY, rate_in_training=rate_in_training))
+        _, bits, _ = model(x, torch.tensor([4, 4]), torch.tensor([0.01, 0.01]))
+        bits.sum().backward()
+        grad = model.analysis["4"][0].weight.grad
+        assert (grad is not None and grad.abs().sum() > 0) == rate_in_training
+        assert model.levels[2][0].entropy[0].weight.grad.abs().sum() > 0  # the entropy model learns either way
+
+
+def coarse_prior(seed=0, scale=3.0):
+    cfg = level_prior_configs(TINY, PriorConfig(channels=8, layers=2))[2]
+    assert cfg.coarse_factors == (4, 4, 2) and cfg.num_stages == 1
+    torch.manual_seed(seed)
+    model = ContextPrior(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    return cfg, model, IntegerPrior(cfg, model.to_integer())
+
+
+def test_a_level_prior_codes_its_grid_given_the_coarser_grids_exactly():
+    cfg, _, prior = coarse_prior()
+    coarse = [torch.randint(0, 16, (3, 2)), torch.randint(0, 16, (3, 2)), torch.randint(0, 16, (6, 4))]
+    grid = torch.randint(0, 16, (1, 12, 8))
+    passes = encode_passes(prior, grid, coarse)
+    payload = entropy.range_encode([(s, f) for _, s, f in passes])
+    decoded = decode_passes(prior, 1, 12, 8, entropy.RangeDecoder(payload), coarse=[c.unsqueeze(0) for c in coarse])
+    assert torch.equal(decoded[0], grid)
+    other = [coarse[0], coarse[1], (coarse[2] + 1) % 16]
+    assert any(not np.array_equal(a[2], b[2]) for a, b in zip(passes, encode_passes(prior, grid, other)))
+    with pytest.raises(ValueError, match="coarser grids"):
+        encode_passes(prior, grid)
+
+
+def test_the_integer_level_prior_computes_what_training_sees():
+    cfg, model, prior = coarse_prior(1, scale=1.0)  # moderate distributions: no code past the table's 15 bits
+    coarse = [torch.randint(0, 16, (1, 3, 2)), torch.randint(0, 16, (1, 3, 2)), torch.randint(0, 16, (1, 6, 4))]
+    grid = torch.randint(0, 16, (1, 1, 12, 8))
+    exact = sum(float(-np.log2(f[np.arange(len(s)), s] / f.sum(1)).sum())
+                for _, s, f in encode_passes(prior, grid[0], [c[0] for c in coarse]))
+    with torch.no_grad():
+        trained = float(model.loss_bits(grid, torch.tensor([0]), None, coarse)) * 12 * 8
+    assert trained == pytest.approx(exact, rel=0.02)  # up to the frequency table's rounding
+
+
+class CountingTask:
+    """A least-squares task whose loss history reveals every step taken."""
+
+    def __init__(self, spike_at=None, killed_at=None):
+        torch.manual_seed(0)
+        self.model = torch.nn.Linear(4, 1)
+        self.spike_at, self.killed_at, self.saved = spike_at, killed_at, []
+        self.target = torch.randn(64, 1)
+
+    def batch_loss(self, step, generator):
+        if step == self.killed_at:
+            raise KeyboardInterrupt
+        x = torch.randn(64, 4, generator=generator)
+        loss = (self.model(x) - self.target).pow(2).mean()
+        if self.spike_at is not None and step >= self.spike_at and not getattr(self, "spiked", False):
+            loss = loss * 1e6  # one run of exploding losses
+            if step >= self.spike_at + 30:
+                self.spiked = True
+        return loss, {"loss": loss.item()}
+
+    def evaluate(self):
+        return {"weight_norm": float(self.model.weight.norm())}
+
+    def save_weights(self, path: Path, record: dict):
+        path.write_text(json.dumps(record))
+        self.saved.append(record["steps"])
+
+
+CFG = loop.LoopConfig(steps=12, learning_rate=0.01, warmup_steps=1, checkpoint_every=4, eval_every=6, bf16=False)
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    straight = CountingTask()
+    loop.run(straight, CFG, tmp_path / "a", progress=False)
+    with pytest.raises(KeyboardInterrupt):  # killed during step 10: steps 9-10 are lost
+        loop.run(CountingTask(killed_at=10), CFG, tmp_path / "b", progress=False)
+    resumed = CountingTask()
+    loop.run(resumed, CFG, tmp_path / "b", progress=False)
+    assert torch.equal(straight.model.weight, resumed.model.weight)
+    log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [6, 12]
+    assert straight.saved == [0, 4, 8, 12]
+
+
+def test_divergence_rolls_back_to_the_last_checkpoint_with_half_the_learning_rate(tmp_path):
+    task = CountingTask(spike_at=150)
+    cfg = replace(CFG, steps=300, checkpoint_every=50, eval_every=1000)
+    loop.run(task, cfg, tmp_path, progress=False)
+    record = json.loads((tmp_path / "weights.safetensors").read_text())
+    assert record["rollbacks"] and record["rollbacks"][0]["back_to"] == 150
+    assert record["lr_scale"] == 0.5 and record["steps"] == 300

@@ -1,0 +1,262 @@
+"""Hierarchical VQ autoencoder trained with a rate term (the photo codec v2 model).
+
+    image (B,3,H,W) ─analysis─> f4 (/4) ─> f8 (/8) ─> f16 (/16)        encoder features per level
+                                  │          │           │
+    decoding, coarse to fine:     │          │           v
+      y16 = 0 ──[stage: r = f16 - y16 ─P_in─> ECVQ ─P_out─> y16 += q] x S16
+      y16 ─up─> y8  ──[the same with f8] x S8
+      y8  ─up─> y4  ──[the same with f4] x S4
+      y4  ─up─> image
+
+Every stage quantizes a fresh low-dimensional projection of what the decoder still misses at
+its level (NVTC, Feng et al. CVPR 2023: stride 16/8/4 with codebook dimension 16/8/4). A
+stage's index distribution is predicted from the decoder state before it (the coarser levels
+and the earlier stages of its level), so each index costs bits under that conditional model.
+
+Indices are chosen by entropy-constrained VQ (Chou, Lookabaugh & Gray 1989):
+    index = argmin_k  weight * ||r - c_k||^2 + bits_k,
+and the model trains on  bpp + lambda * MSE(255-scale), with one lambda per prefix of stages:
+the global stage order (all of level 16, then 8, then 4) is one rate ladder, and each training
+example keeps a random prefix of it (quantizer dropout, SoundStream) at that prefix's lambda.
+
+Tensor in, tensor out: no files, bytes, or dtype policy here. Distances and log-probabilities
+are float32 even under bf16 autocast.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import HierarchyConfig
+from .autoencoder import GDN, ResidualBlock
+from .quantize import kmeans
+
+
+def _conv_down(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 5, stride=2, padding=2)
+
+
+def _conv_up(cin: int, cout: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1)
+
+
+class ECVQStage(nn.Module):
+    """One quantization stage: projection in, a codebook of K vectors (EMA-updated, van den
+    Oord et al. 2017, appendix A.1: with ECVQ assignments this is the centroid step of
+    Chou et al.'s design loop), projection out, and the network that predicts the stage's
+    index distribution from the decoder state."""
+
+    def __init__(self, channels: int, dim: int, codebook_size: int, entropy_channels: int,
+                 decay: float = 0.99, dead_code_threshold: float = 0.5):
+        super().__init__()
+        self.decay, self.dead_code_threshold = decay, dead_code_threshold
+        self.project_in = nn.Conv2d(channels, dim, 1)
+        self.project_out = nn.Conv2d(dim, channels, 1)
+        self.register_buffer("codebook", torch.randn(codebook_size, dim) / math.sqrt(dim))
+        self.register_buffer("ema_count", torch.ones(codebook_size))
+        self.register_buffer("ema_sum", self.codebook.clone())
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.entropy = nn.Sequential(
+            nn.Conv2d(channels, entropy_channels, 3, padding=1), nn.GELU(),
+            nn.Conv2d(entropy_channels, entropy_channels, 1), nn.GELU(),
+            nn.Conv2d(entropy_channels, codebook_size, 1),
+        )
+
+    def log2_probabilities(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w) log2 p(index | decoder state), float32."""
+        logits = self.entropy(state).float()
+        return F.log_softmax(logits, dim=1) / math.log(2)
+
+    def choose(self, residual: torch.Tensor, log2_p: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        """Indices (B, h, w) minimizing weight * ||residual - c_k||^2 - log2 p_k (plain nearest
+        code when weight is None). residual: (B, D, h, w) float32; weight: (B,) or None."""
+        b, d, h, w = residual.shape
+        flat = residual.permute(0, 2, 3, 1).reshape(-1, d)
+        distances = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t()
+                     + self.codebook.pow(2).sum(1))  # (B*h*w, K)
+        if weight is None:
+            return distances.argmin(1).view(b, h, w)
+        bits = -log2_p.permute(0, 2, 3, 1).reshape(-1, self.codebook.shape[0])
+        cost = distances * weight.repeat_interleave(h * w).unsqueeze(1) + bits
+        return cost.argmin(1).view(b, h, w)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) codebook vectors of indices (B, h, w)."""
+        return F.embedding(indices, self.codebook).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def initialize(self, residual: torch.Tensor) -> None:
+        """k-means on the first batch's projected residuals (Jukebox, SoundStream)."""
+        flat = residual.permute(0, 2, 3, 1).reshape(-1, residual.shape[1]).float()
+        self.codebook.copy_(kmeans(flat, self.codebook.shape[0]))
+        self.ema_sum.copy_(self.codebook)
+        self.ema_count.fill_(1.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def update(self, residual: torch.Tensor, indices: torch.Tensor, active: torch.Tensor) -> None:
+        """EMA step of each code towards the mean of the residuals assigned to it (examples
+        with active > 0 only), then restart codes whose usage fell below the threshold with
+        residuals of this batch."""
+        d = residual.shape[1]
+        keep = active.bool()
+        if not bool(keep.any()):
+            return
+        flat = residual[keep].permute(0, 2, 3, 1).reshape(-1, d)
+        chosen = indices[keep].reshape(-1)
+        counts = torch.bincount(chosen, minlength=self.codebook.shape[0]).float()
+        sums = torch.zeros_like(self.ema_sum).index_add_(0, chosen, flat)
+        self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        self.codebook.copy_(self.ema_sum / self.ema_count.clamp(min=1e-5).unsqueeze(1))
+        dead = self.ema_count < self.dead_code_threshold
+        if bool(dead.any()):
+            picks = flat[torch.randint(flat.shape[0], (int(dead.sum()),))]
+            self.codebook[dead] = picks
+            self.ema_sum[dead] = picks * self.dead_code_threshold
+            self.ema_count[dead] = self.dead_code_threshold
+
+
+class HierarchicalVQ(nn.Module):
+    """Analysis transform, the levels of ECVQ stages, synthesis transform (see module docstring)."""
+
+    def __init__(self, cfg: HierarchyConfig):
+        super().__init__()
+        self.config = cfg
+        c2, c4, c8, c16 = cfg.widths
+        self.analysis = nn.ModuleDict({
+            "4": nn.Sequential(_conv_down(3, c2), GDN(c2), _conv_down(c2, c4), GDN(c4)),
+            "8": nn.Sequential(_conv_down(c4, c8), GDN(c8)),
+            "16": nn.Sequential(_conv_down(c8, c16), *[ResidualBlock(c16) for _ in range(cfg.res_blocks)]),
+        })
+        channels = {16: c16, 8: c8, 4: c4}
+        self.levels = nn.ModuleList(
+            nn.ModuleList(ECVQStage(channels[stride], dim, cfg.codebook_size, cfg.entropy_channels)
+                          for _ in range(stages))
+            for stride, dim, stages in zip(cfg.level_strides, cfg.level_dims, cfg.level_stages))
+        self.refine16 = nn.Sequential(*[ResidualBlock(c16) for _ in range(cfg.res_blocks)])
+        self.up16 = nn.Sequential(_conv_up(c16, c8), GDN(c8, inverse=True))
+        self.refine8 = ResidualBlock(c8)
+        self.up8 = nn.Sequential(_conv_up(c8, c4), GDN(c4, inverse=True))
+        self.refine4 = ResidualBlock(c4)
+        self.up4 = nn.Sequential(_conv_up(c4, c2), GDN(c2, inverse=True), _conv_up(c2, 3))
+
+    # -- the rate ladder ---------------------------------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        return sum(self.config.level_stages)
+
+    def stage_lambdas(self) -> torch.Tensor:
+        """lambda for each prefix length 1..num_stages, geometric from lambda_low to lambda_high."""
+        cfg = self.config
+        n = self.num_stages
+        t = torch.arange(n, dtype=torch.float32) / max(1, n - 1)
+        return cfg.lambda_low * (cfg.lambda_high / cfg.lambda_low) ** t
+
+    # -- transforms --------------------------------------------------------------------------
+    def analyze(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+        f4 = self.analysis["4"](images - 0.5)
+        f8 = self.analysis["8"](f4)
+        f16 = self.analysis["16"](f8)
+        return {4: f4, 8: f8, 16: f16}
+
+    def _upsample(self, stride: int, state: torch.Tensor) -> torch.Tensor:
+        if stride == 16:
+            return self.up16(self.refine16(state))
+        if stride == 8:
+            return self.up8(self.refine8(state))
+        return self.up4(self.refine4(state)) + 0.5
+
+    def assignment_weight(self, lambdas: torch.Tensor) -> torch.Tensor:
+        """ECVQ weight on squared latent distance per example, from its lambda: a latent error
+        of d at one position costs about lambda * 255^2 * d / 3 in the loss, as bits do
+        (the transforms learn the latent scale that makes this so)."""
+        return self.config.ecvq_scale * lambdas * 255.0 ** 2 / 3
+
+    def forward(self, images: torch.Tensor, keep: torch.Tensor, lambdas: torch.Tensor):
+        """Train-time pass. keep (B,): stages each example keeps (1..num_stages); lambdas (B,):
+        each example's rate-distortion tradeoff. Returns (reconstruction, bits (B,) float32,
+        commitment loss (B,) in the loss's units per pixel).
+
+        With config.rate_in_training False the index choice is the nearest code and the bits
+        are measured (the entropy networks learn from a detached decoder state) but carry no
+        gradient into the autoencoder: the ablation without the rate term."""
+        cfg = self.config
+        features = self.analyze(images)
+        b = images.shape[0]
+        pixels = images.shape[2] * images.shape[3]
+        weight = self.assignment_weight(lambdas.float())
+        choice_weight = weight if cfg.rate_in_training and cfg.ecvq_scale > 0 else None
+        bits = images.new_zeros(b, dtype=torch.float32)
+        vq_loss = images.new_zeros(b, dtype=torch.float32)
+        state = torch.zeros_like(features[16])
+        global_stage = 0
+        for stride, stages in zip(cfg.level_strides, self.levels):
+            if stride != 16:
+                state = self._upsample(2 * stride, state)
+            target = features[stride]
+            for stage in stages:
+                active = (keep > global_stage).float()
+                global_stage += 1
+                residual = stage.project_in(target - state).float()
+                if not bool(stage.initialized):
+                    stage.initialize(residual.detach())
+                log2_p = stage.log2_probabilities(state if cfg.rate_in_training else state.detach())
+                indices = stage.choose(residual.detach(), log2_p.detach(), choice_weight)
+                if self.training:
+                    stage.update(residual.detach(), indices, active)
+                code = stage.lookup(indices)
+                bits = bits - log2_p.gather(1, indices.unsqueeze(1)).sum(dim=(1, 2, 3)) * active
+                error = cfg.commitment_weight * (residual - code).pow(2).sum(dim=(1, 2, 3))
+                vq_loss = vq_loss + error * weight / pixels * active
+                quantized = residual + (code - residual).detach()
+                state = state + stage.project_out(quantized.to(state.dtype)) * active.to(state.dtype).view(b, 1, 1, 1)
+        return self._upsample(4, state), bits, vq_loss
+
+    # -- inference ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_indices(self, images: torch.Tensor, num_stages: int, lam: float | None
+                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Indices of the first num_stages stages (a list of (B, h, w) grids in coding order),
+        chosen by ECVQ at tradeoff lam (None: nearest code), and their code length in bits
+        under the training entropy model, per image."""
+        features = self.analyze(images)
+        b = images.shape[0]
+        weight = None if lam is None else self.assignment_weight(torch.full((b,), float(lam)))
+        state = torch.zeros_like(features[16])
+        grids, bits = [], torch.zeros(b)
+        for stride, stages in zip(self.config.level_strides, self.levels):
+            if len(grids) == num_stages:
+                break
+            if stride != 16:
+                state = self._upsample(2 * stride, state)
+            for stage in stages:
+                if len(grids) == num_stages:
+                    break
+                residual = stage.project_in(features[stride] - state).float()
+                log2_p = stage.log2_probabilities(state)
+                indices = stage.choose(residual, log2_p, weight)
+                bits -= log2_p.gather(1, indices.unsqueeze(1)).sum(dim=(1, 2, 3))
+                grids.append(indices)
+                state = state + stage.project_out(stage.lookup(indices).to(state.dtype))
+        return grids, bits
+
+    @torch.no_grad()
+    def decode_indices(self, grids: list[torch.Tensor]) -> torch.Tensor:
+        """Reconstruction (B, 3, H, W) from the index grids of a prefix of the stages."""
+        first = grids[0]
+        b, h16, w16 = first.shape
+        c16 = self.config.widths[3]
+        state = torch.zeros(b, c16, h16, w16, dtype=self.up16[0].weight.dtype)
+        remaining = list(grids)
+        for stride, stages in zip(self.config.level_strides, self.levels):
+            if stride != 16:  # levels beyond the prefix add nothing but still upsample
+                state = self._upsample(2 * stride, state)
+            for stage in stages:
+                if not remaining:
+                    break
+                state = state + stage.project_out(stage.lookup(remaining.pop(0)).to(state.dtype))
+        return self._upsample(4, state)

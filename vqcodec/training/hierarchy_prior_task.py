@@ -1,0 +1,163 @@
+"""Training phase: the integer context priors that code a hierarchical model's indices.
+
+    photo crops ──HierarchicalVQ.encode_indices (ECVQ at lambda_n, n random)──> grids per level
+        │ per level: ContextPrior over its stages (checkerboard passes), conditioned on the
+        │ coarser levels' grids (PriorConfig.coarse_factors); one random stage per example
+        v
+    sum over levels of bits per pixel ──> Adam (the autoencoder stays frozen)
+
+The float training entropy model of the autoencoder predicts from the decoder state, which is
+not exactly reproducible across machines; these priors see only integers (indices), so the
+decoder derives the encoder's probabilities bit for bit (Balle et al. 2019).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save as save_safetensors
+
+from ..config import HierarchyConfig, PriorConfig, _tupleize
+from ..fileio import atomic_write_bytes
+from ..nn.hierarchy import HierarchicalVQ
+from ..nn.prior import ContextPrior
+from .hierarchy_task import EVAL_SIDE, load_pool, random_crops, split_by_name
+
+
+def level_prior_configs(model_cfg: HierarchyConfig, base: PriorConfig, conditioned: bool = True) -> list[PriorConfig]:
+    """One prior config per level: its stages, and the stride ratio of every coarser stage."""
+    configs = []
+    for level, (stride, stages) in enumerate(zip(model_cfg.level_strides, model_cfg.level_stages)):
+        factors = tuple(coarse // stride for coarse, n in zip(model_cfg.level_strides[:level],
+                                                               model_cfg.level_stages[:level]) for _ in range(n))
+        configs.append(replace(base, num_stages=stages, codebook_size=model_cfg.codebook_size,
+                               coarse_factors=factors if conditioned else ()))
+    return configs
+
+
+def load_hierarchy(path: str | Path) -> HierarchicalVQ:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        cfg = _tupleize(HierarchyConfig, json.loads(f.metadata()["hierarchy_config"]))
+    model = HierarchicalVQ(cfg)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+class HierarchyPriorTask:
+    def __init__(self, autoencoder: str | Path, folders: list[str], prior: PriorConfig, *, conditioned: bool = True,
+                 batch_size: int = 8, crop_size: int = 256, held_out_per_folder: int = 3,
+                 extra_scales: tuple[float, ...] = (0.6,)):
+        self.autoencoder = load_hierarchy(autoencoder)
+        for p in self.autoencoder.parameters():
+            p.requires_grad_(False)
+        cfg = self.autoencoder.config
+        self.lambdas = self.autoencoder.stage_lambdas()
+        self.configs = level_prior_configs(cfg, prior, conditioned)
+        self.model = torch.nn.ModuleList(ContextPrior(c) for c in self.configs)
+        self.batch_size, self.crop_size = batch_size, crop_size
+        train_files, held_files = split_by_name(folders, held_out_per_folder)
+        self.pool = load_pool(train_files, extra_scales, crop_size)
+        self.held_out = load_pool(held_files, (), cfg.stride)
+        self.source = str(autoencoder)
+
+    def _levels(self, grids: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Split the stage list into (B, S_l, h, w) per level (levels beyond the prefix: absent)."""
+        out, start = [], 0
+        for stages in self.autoencoder.config.level_stages:
+            part = grids[start:start + stages]
+            if part:
+                out.append(torch.stack(part, dim=1))
+            start += stages
+        return out
+
+    def _bits_per_pixel(self, grids: list[torch.Tensor], pixels: int, stage_of, generator) -> tuple[torch.Tensor, list]:
+        levels = self._levels(grids)
+        flat = [g for level in levels for g in level.unbind(1)]
+        total, parts, offset = 0.0, [], 0
+        for prior, indices in zip(self.model, levels):
+            coarse = flat[:offset] if prior.config.coarse_factors else None
+            b, s, h, w = indices.shape
+            stage = stage_of(b, s)
+            bits = prior.loss_bits(indices, stage, generator, coarse) * h * w * s / pixels
+            total = total + bits
+            parts.append(bits)
+            offset += s
+        return total, parts
+
+    def batch_loss(self, step: int, generator: torch.Generator):
+        images = random_crops(self.pool, self.batch_size, self.crop_size, generator)
+        n = int(torch.randint(1, self.autoencoder.num_stages + 1, (1,), generator=generator))
+        with torch.no_grad():
+            grids, _ = self.autoencoder.encode_indices(images, n, float(self.lambdas[n - 1]))
+        bpp, _ = self._bits_per_pixel(grids, self.crop_size ** 2,
+                                      lambda b, s: torch.randint(s, (b,), generator=generator), generator)
+        return bpp, {"bpp": float(bpp)}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Per prefix n on the held-out photos (central EVAL_SIDE square): bpp under these
+        priors (the integer model's code length, up to the frequency table's rounding) and
+        under the autoencoder's float training entropy model."""
+        n_stages = self.autoencoder.num_stages
+        prior_bpp, float_bpp = np.zeros(n_stages), np.zeros(n_stages)
+        stride = self.autoencoder.config.stride
+        for image in self.held_out:
+            h = min(EVAL_SIDE, image.shape[1]) // stride * stride
+            w = min(EVAL_SIDE, image.shape[2]) // stride * stride
+            top, left = (image.shape[1] - h) // 2, (image.shape[2] - w) // 2
+            x = image[:, top:top + h, left:left + w].unsqueeze(0).float() / 255
+            for n in range(1, n_stages + 1):
+                grids, bits = self.autoencoder.encode_indices(x, n, float(self.lambdas[n - 1]))
+                total = 0.0
+                for s_all in range(n):  # every stage of the prefix, all its passes
+                    total += float(self._stage_bits(grids, s_all))
+                prior_bpp[n - 1] += total / (h * w) / len(self.held_out)
+                float_bpp[n - 1] += bits.item() / (h * w) / len(self.held_out)
+        return {"prior_bpp": [round(float(v), 4) for v in prior_bpp],
+                "float_model_bpp": [round(float(v), 4) for v in float_bpp]}
+
+    def _stage_bits(self, grids: list[torch.Tensor], global_stage: int) -> torch.Tensor:
+        """Total bits of one stage of the prefix `grids` under its level's prior."""
+        start = 0
+        for level, stages in enumerate(self.autoencoder.config.level_stages):
+            if global_stage < start + stages:
+                prior = self.model[level]
+                indices = torch.stack(grids[start:start + stages] if len(grids) >= start + stages
+                                      else grids[start:] + [grids[start]] * (start + stages - len(grids)), dim=1)
+                coarse = grids[:start] if prior.config.coarse_factors else None
+                stage = torch.tensor([global_stage - start])
+                _, _, h, w = indices.shape
+                return prior.loss_bits(indices, stage, None, coarse) * h * w
+            start += stages
+        raise IndexError(global_stage)
+
+    def save_weights(self, path: Path, record: dict) -> None:
+        tensors = {}
+        for level, prior in enumerate(self.model):
+            tensors.update({f"prior{level}.{k}": v for k, v in prior.to_integer().items()})
+        metadata = {"format": "vqcodec-hierarchy-priors", "autoencoder": self.source,
+                    "prior_configs": json.dumps([asdict(c) for c in self.configs]), "training": json.dumps(record)}
+        atomic_write_bytes(path, save_safetensors(tensors, metadata=metadata))
+
+
+def train(autoencoder: str, config_path: str, folders: list[str], out: str, progress: bool = True) -> dict:
+    from .loop import LoopConfig, run
+
+    data = json.loads(Path(config_path).read_text())
+    prior_cfg = _tupleize(PriorConfig, data.get("prior", {}))
+    loop_cfg = _tupleize(LoopConfig, data.get("loop", {}))
+    torch.manual_seed(loop_cfg.seed)
+    task = HierarchyPriorTask(autoencoder, folders, prior_cfg, **data.get("data", {}))
+    return run(task, loop_cfg, out, description="priors", progress=progress)
+
+
+if __name__ == "__main__":
+    import sys
+
+    train(sys.argv[1], sys.argv[2], sys.argv[4:], sys.argv[3])

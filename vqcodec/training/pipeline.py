@@ -1,0 +1,82 @@
+"""`vqcodec train` for hierarchical models: every phase, in order, resumable after a kill.
+
+    config {"model": HierarchyConfig, "autoencoder": {loop, data}, "priors": {prior, loop, data}}
+        │
+        ├─ phase 1  autoencoder with the rate term  (training.hierarchy_task)  -> <work>/autoencoder/
+        ├─ phase 2  integer priors over its indices  (training.hierarchy_prior_task) -> <work>/priors/
+        v
+    <out>.safetensors: the autoencoder's tensors + "prior<level>.*", both configs and the
+    training records in its metadata: one file, one sha256
+
+Each phase runs through the one loop (training.loop); a phase whose checkpoint has reached
+its step count is done and is skipped, so rerunning the same command after a kill continues
+where it stopped.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ..config import HierarchyConfig, PriorConfig, _tupleize
+from .loop import LoopConfig, run
+
+PHASES = ("autoencoder", "priors")
+
+
+def read_pipeline_config(path: str | Path) -> dict:
+    data = json.loads(Path(path).read_text())
+    unknown = set(data) - {"model", *PHASES}
+    if unknown:
+        raise ValueError(f"{path}: unknown sections {sorted(unknown)} (expected model, {', '.join(PHASES)})")
+    return {
+        "model": _tupleize(HierarchyConfig, data.get("model", {})),
+        "autoencoder": (_tupleize(LoopConfig, data.get("autoencoder", {}).get("loop", {})),
+                        data.get("autoencoder", {}).get("data", {})),
+        "priors": (_tupleize(PriorConfig, data.get("priors", {}).get("prior", {})),
+                   _tupleize(LoopConfig, data.get("priors", {}).get("loop", {})),
+                   data.get("priors", {}).get("data", {})),
+    }
+
+
+def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path, *, name: str,
+                   description: str, work: str | Path | None = None, progress: bool = True) -> Path:
+    from .hierarchy_prior_task import HierarchyPriorTask
+    from .hierarchy_task import HierarchyTask
+
+    cfg = read_pipeline_config(config_path)
+    out = Path(out)
+    work = Path(work) if work else out.with_suffix(".work")
+    ae_loop, ae_data = cfg["autoencoder"]
+    torch.manual_seed(ae_loop.seed)
+    task = HierarchyTask(cfg["model"], folders, name=name, **ae_data)
+    run(task, ae_loop, work / "autoencoder", description=f"phase 1/{len(PHASES)}: autoencoder", progress=progress)
+    prior_cfg, prior_loop, prior_data = cfg["priors"]
+    torch.manual_seed(prior_loop.seed)
+    priors = HierarchyPriorTask(work / "autoencoder" / "weights.safetensors", folders, prior_cfg, **prior_data)
+    run(priors, prior_loop, work / "priors", description=f"phase 2/{len(PHASES)}: priors", progress=progress)
+    assemble(work / "autoencoder" / "weights.safetensors", work / "priors" / "weights.safetensors", out,
+             name=name, description=description)
+    return out
+
+
+def assemble(autoencoder: Path, priors: Path, out: Path, *, name: str, description: str) -> str:
+    """One weights file (weights_io.save_hierarchy) from the two phases' outputs; its sha256."""
+    from ..nn.prior import IntegerPrior
+    from ..weights_io import save_hierarchy
+    from .hierarchy_prior_task import load_hierarchy
+
+    model = load_hierarchy(autoencoder)
+    with safe_open(str(autoencoder), "pt") as f:
+        ae_training = json.loads(f.metadata()["training"])
+    with safe_open(str(priors), "pt") as f:
+        prior_meta = f.metadata()
+    tensors = load_file(str(priors))
+    level_priors = [IntegerPrior(_tupleize(PriorConfig, raw), {k.split(".", 1)[1]: v for k, v in tensors.items()
+                                                                if k.startswith(f"prior{level}.")})
+                    for level, raw in enumerate(json.loads(prior_meta["prior_configs"]))]
+    training = {"autoencoder": ae_training, "priors": json.loads(prior_meta["training"])}
+    return save_hierarchy(out, model, level_priors, name=name, description=description, training=training)
