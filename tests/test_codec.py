@@ -40,7 +40,8 @@ def test_odd_sizes_round_trip_to_exact_size(photo, width, height, top):
 
 
 def test_public_api_is_exported():
-    assert set(vqcodec.__all__) == {"encode", "decode", "list_models", "load_model", "VqzError", "__version__"}
+    assert set(vqcodec.__all__) == {"encode", "decode", "read_indices", "decode_indices", "Indices", "IndexLayer",
+                                    "list_models", "load_model", "VqzError", "__version__"}
     assert issubclass(vqcodec.VqzError, ValueError)
     assert isinstance(vqcodec.load_model(), torch.nn.Module)
     assert any(m["default"] for m in vqcodec.list_models())
@@ -101,10 +102,12 @@ def test_indices_survive_container_and_zstd_exactly(photo, base_top):
     model = vqcodec.load_model()
     data = vqcodec.encode(photo, quality=base_top, coder="zstd")
     parsed = container.unpack(data)
-    grids = entropy.zstd_decode(parsed.index_payload, list(parsed.header.grid_shapes))
+    stride = model.config.stride
+    grids = entropy.zstd_decode(parsed.index_payload, [(photo.height // stride, photo.width // stride)] * base_top)
     expected = model.quantizer.quantize(model.encode_latents(np.asarray(photo)), base_top)[0].numpy()
     np.testing.assert_array_equal(np.stack(grids), expected)
     assert parsed.header.quality == base_top and len(grids) == base_top and parsed.header.coder == "zstd"
+    assert parsed.header.layers == (container.Layer(stride, base_top),)
 
 
 def test_prior_is_the_default_coder_and_codes_nearest_indices_smaller_than_zstd(photo, top):
@@ -114,7 +117,8 @@ def test_prior_is_the_default_coder_and_codes_nearest_indices_smaller_than_zstd(
     assert len(nearest.data) < len(zstd.data)
     tuned = codec.encode_image(photo, quality=top)  # rate-aware indices: fewer bits still
     assert len(tuned.data) < len(nearest.data)
-    assert all(np.array_equal(a, b) for a, b in zip(codec.read_indices(nearest.data), codec.read_indices(zstd.data)))
+    for a, b in zip(codec.read_indices(nearest.data).layers, codec.read_indices(zstd.data).layers):
+        assert a.stride == b.stride and np.array_equal(a.indices, b.indices)
 
 
 def test_encoding_is_deterministic(photo):
@@ -138,12 +142,13 @@ def test_unknown_model_and_coder_are_refused(photo):
 def _rewrite(data: bytes, **changes) -> bytes:
     parsed = container.unpack(data)
     header = container.Header(**{**parsed.header.to_dict(), **changes})
-    return container.pack(header, changes.pop("_payload", parsed.index_payload), parsed.alpha_payload)
+    return container.pack(header, parsed.index_payload, parsed.alpha_payload, parsed.metadata)
 
 
-def test_file_from_unknown_model_names_model_and_hash(photo):
-    data = _rewrite(vqcodec.encode(photo, quality=1), model_name="other", model_sha256="ab" * 32)
-    with pytest.raises(VqzError, match=r"made by model 'other' \(sha256 (ab){32}\), which is not installed"):
+def test_file_from_unknown_model_names_its_hash_prefix(photo):
+    data = _rewrite(vqcodec.encode(photo, quality=1), model_prefix="ab" * 8)
+    with pytest.raises(VqzError, match=r"made by the model whose sha256 starts with (ab){8}, which is not installed "
+                                       r"\(installed: .*'photo' [0-9a-f]{16}"):
         vqcodec.decode(data)
 
 
@@ -154,9 +159,22 @@ def test_wrong_index_checksum_is_detected(photo):
         vqcodec.decode(_rewrite(data, index_crc32=crc ^ 1))
 
 
-def test_grid_shape_that_does_not_fit_the_image_is_refused(photo):
-    data = _rewrite(vqcodec.encode(photo, quality=1), width=photo.width * 2)
-    with pytest.raises(VqzError, match="does not fit"):
+@pytest.mark.parametrize("layers, problem", [
+    (((16, 1),), "its layer 1 has stride 8, not 16"),
+    (((8, 9),), "its stride-8 layer has 8 stages, not 9"),
+    (((8, 2), (4, 1)), "its stride-4 layer builds on 4 stages of the stride-8 layer, not 2"),
+    (((4, 1),), "its layer 1 has stride 8, not 4"),
+    (((8, 4), (4, 1), (2, 1)), "it has 2 layer"),
+])
+def test_a_structure_the_model_cannot_decode_is_refused(photo, layers, problem):
+    data = _rewrite(vqcodec.encode(photo, quality=1, coder="zstd"), layers=layers)
+    with pytest.raises(VqzError, match=rf"model 'photo' cannot decode the layers of this file \(.*\): {problem}"):
+        vqcodec.decode(data)
+
+
+def test_a_payload_that_does_not_fit_the_image_is_refused(photo):
+    data = _rewrite(vqcodec.encode(photo, quality=1, coder="zstd"), width=photo.width * 2)
+    with pytest.raises(VqzError, match="corrupt index payload: index payload holds .* the grid shapes need"):
         vqcodec.decode(data)
 
 
@@ -174,15 +192,15 @@ def test_tiny_prior_payload_claiming_a_huge_grid_fails_before_decoding():
     """How fast the refusal is: benchmarks/decode_refusal.py."""
     small = vqcodec.encode(np.zeros((8, 8, 3), np.uint8), quality=8)
     header = container.unpack(small).header
-    big = replace(header, width=8000, height=8000, grid_shapes=((1000, 1000),) * 8)
+    big = replace(header, width=8000, height=8000)
     with pytest.raises(VqzError, match="cannot hold"):
         vqcodec.decode(container.pack(big, container.unpack(small).index_payload))
 
 
-def test_flipped_bit_fails_the_crc(photo):
+def test_flipped_bit_fails_the_check(photo):
     data = bytearray(vqcodec.encode(photo, quality=1))
     data[len(data) // 2] ^= 0x10
-    with pytest.raises(VqzError, match="CRC-32"):
+    with pytest.raises(VqzError, match="CRC-16 mismatch"):
         vqcodec.decode(bytes(data))
 
 

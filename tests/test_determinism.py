@@ -30,7 +30,7 @@ import sys, json, torch, numpy as np, vqcodec
 from vqcodec import codec
 torch.set_num_threads(int(sys.argv[1]))
 data = open(sys.argv[2], "rb").read()
-grids = codec.read_indices(data)
+grids = [g for layer in codec.read_indices(data).layers for g in layer.indices]
 pixels = np.asarray(vqcodec.decode(data))
 print(json.dumps({"indices": [g.tolist() for g in grids], "pixels": pixels.tolist()}))
 """
@@ -62,7 +62,7 @@ def test_encode_with_one_thread_decode_with_two_in_other_processes(tmp_path, pic
     two = run(ENCODE, 2, tmp_path / "pixels.npy", top, model)
     assert one == two  # the same bytes from either thread count
     (tmp_path / "a.vqz").write_bytes(one)
-    here = codec.read_indices(one)
+    here = [g for layer in codec.read_indices(one).layers for g in layer.indices]
     for threads in (1, 2):
         there = json.loads(run(DECODE, threads, tmp_path / "a.vqz"))
         assert len(there["indices"]) == len(here)

@@ -1,4 +1,6 @@
 """The enhancement layer: quality levels above the base model's stages (vqcodec/nn/enhance.py)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -56,19 +58,21 @@ def test_each_level_above_the_base_adds_bytes_and_detail(photo, layer, base_stag
 def test_enhancement_grids_are_finer_and_survive_the_container(photo, coder, entry, layer, base_stages):
     pixels = photo_crop(photo, 100, 60)  # padded to 104 x 64
     data = vqcodec.encode(pixels, quality=base_stages + 2, coder=coder)
-    shapes = [g.shape for g in codec.read_indices(data)]
+    layers = codec.read_indices(data).layers
     s, e = zoo.load(entry).config.stride, layer.config.stride
-    assert shapes == [(64 // s, 104 // s)] * base_stages + [(64 // e, 104 // e)] * 2
+    assert [(x.stride, x.indices.shape) for x in layers] == [(s, (base_stages, 64 // s, 104 // s)),
+                                                             (e, (2, 64 // e, 104 // e))]
+    assert container.unpack(data).header.layers == (container.Layer(s, base_stages), container.Layer(e, 2))
     assert vqcodec.decode(data).size == (100, 60)
 
 
-def test_an_enhancement_grid_of_the_wrong_shape_is_refused(photo, base_stages):
+def test_an_enhancement_layer_over_another_base_level_is_refused(photo, base_stages):
     data = vqcodec.encode(photo_crop(photo, 64, 64), quality=base_stages + 1, coder="zstd")
     parsed = container.unpack(data)
-    shapes = list(parsed.header.grid_shapes)
-    shapes[-1] = (shapes[-1][0] + 1, shapes[-1][1])  # an enhancement grid one row too tall
-    header = container.Header(**{**parsed.header.to_dict(), "grid_shapes": tuple(shapes)})
-    with pytest.raises(VqzError, match="does not fit"):
+    base, detail = parsed.header.layers
+    header = dataclasses.replace(parsed.header, layers=((base.stride, base.stages - 1), (detail.stride, 2)))
+    with pytest.raises(VqzError, match=f"builds on {base_stages} stages of the stride-{base.stride} layer, "
+                                       f"not {base_stages - 1}"):
         vqcodec.decode(container.pack(header, parsed.index_payload))
 
 
@@ -88,8 +92,8 @@ def test_old_files_with_more_base_stages_than_the_layer_builds_on_still_decode(p
     pixels = photo_crop(photo, 64, 48)
     z = vqvae.encode_latents(pixels)
     grids = list(vqvae.quantizer.quantize(z, vqvae.config.num_stages)[0].numpy())  # every base stage
-    header = container.Header(model_name="photo", model_sha256=entry.sha256, width=64, height=48, mode="RGB",
-                              quality=len(grids), coder="zstd", grid_shapes=tuple(g.shape for g in grids),
+    header = container.Header(model_prefix=container.model_prefix(entry.sha256), width=64, height=48, mode="RGB",
+                              quality=len(grids), coder="zstd", layers=((vqvae.config.stride, len(grids)),),
                               index_crc32=entropy.index_checksum(grids))
     decoded = vqcodec.decode(container.pack(header, entropy.zstd_encode(grids)))
     expected = vqvae.decode_pixels(torch.from_numpy(np.stack(grids)).unsqueeze(0))
@@ -101,10 +105,11 @@ def test_files_of_the_model_before_the_layer_decode_at_base_levels_only(photo, e
         pytest.skip("the photo model was not made by adding a layer to an earlier file")
     data = vqcodec.encode(photo_crop(photo, 64, 64), quality=base_stages + 1)
     parsed = container.unpack(data)
-    header = container.Header(**{**parsed.header.to_dict(), "model_sha256": entry.decodes_base_of})
+    earlier = container.model_prefix(entry.decodes_base_of)
+    header = dataclasses.replace(parsed.header, model_prefix=earlier)
     with pytest.raises(VqzError, match="earlier enhancement layer.*not installed"):
         vqcodec.decode(container.pack(header, parsed.index_payload))
     base_file = vqcodec.encode(photo_crop(photo, 64, 64), quality=base_stages)
     parsed = container.unpack(base_file)
-    header = container.Header(**{**parsed.header.to_dict(), "model_sha256": entry.decodes_base_of})
+    header = dataclasses.replace(parsed.header, model_prefix=earlier)
     assert vqcodec.decode(container.pack(header, parsed.index_payload)) == vqcodec.decode(base_file)

@@ -1,15 +1,21 @@
-"""Golden files: .vqz files made by earlier versions must decode to the same pixels, or, when
-their model has been replaced, fail with an error naming the missing model."""
+"""Golden files: .vqz files made by earlier versions must decode to the same indices and pixels
+(version 1: exactly the pixels they always gave; version 2: within PIXEL_TOLERANCE levels of a
+reference decode) and metadata, or, when their model has been replaced, fail with an error naming
+the missing model."""
+import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import vqcodec
 from vqcodec import zoo
+from vqcodec.fileio import ImageMetadata
 from vqcodec.nn.autoencoder import fast_bfloat16
 
-from golden.make_golden import pixel_digest
+from golden.make_golden import PIXEL_TOLERANCE, indices_digest, pixel_digest
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = json.loads((GOLDEN / "manifest.json").read_text())
@@ -22,13 +28,28 @@ def test_golden_file_decodes_to_the_same_pixels(case, monkeypatch):
         with pytest.raises(vqcodec.VqzError, match=f"model '{case['model']}'.*{case['model_sha256']}.*not installed"):
             vqcodec.decode(data)
         return
-    monkeypatch.setenv("VQCODEC_FLOAT32", "1")  # the float32 decode, the same on every machine
-    assert pixel_digest(vqcodec.decode(data)) == case["pixels_sha256"]
-    monkeypatch.delenv("VQCODEC_FLOAT32")
-    if fast_bfloat16():  # this machine decodes in bfloat16 by default
-        assert pixel_digest(vqcodec.decode(data)) == case["pixels_sha256_bfloat16"]
+    assert indices_digest(data) == case["indices_sha256"]  # integers: exact on every machine
+    if case.get("format_version", 1) == 1:  # version 1 still decodes to exactly the pixels it gave
+        monkeypatch.setenv("VQCODEC_FLOAT32", "1")  # the float32 decode
+        assert pixel_digest(vqcodec.decode(data)) == case["pixels_sha256"]
+        monkeypatch.delenv("VQCODEC_FLOAT32")
+        if fast_bfloat16():  # this machine decodes in bfloat16 by default
+            assert pixel_digest(vqcodec.decode(data)) == case["pixels_sha256_bfloat16"]
+        return
+    with Image.open(GOLDEN / case["reference"]) as reference:
+        expected = np.asarray(reference).astype(np.int16)
+    for float32 in ("1", "0"):  # float32, then the machine's default (bfloat16 where it is native)
+        monkeypatch.setenv("VQCODEC_FLOAT32", float32)
+        picture = vqcodec.decode(data)
+        pixels = np.asarray(picture).astype(np.int16)
+        assert pixels.shape == expected.shape
+        assert np.abs(pixels - expected).max() <= PIXEL_TOLERANCE
+    stored = {kind: hashlib.sha256(value).hexdigest()
+              for kind, value in ImageMetadata.from_info(picture.info).items().items()}
+    assert stored == case["metadata_sha256"]
 
 
-def test_every_bundled_model_has_golden_files():
-    covered = {c["model_sha256"] for c in CASES}
-    assert {m["sha256"] for m in vqcodec.list_models()} <= covered
+def test_every_bundled_model_has_golden_files_of_every_version():
+    for version in (1, 2):
+        covered = {c["model_sha256"] for c in CASES if c.get("format_version", 1) == version}
+        assert {m["sha256"] for m in vqcodec.list_models()} <= covered, version

@@ -228,8 +228,8 @@ def test_train_enhance_adds_levels_that_code_and_resume(folder, monkeypatch):
     for coder in ("prior", "zstd"):
         data = vqcodec.encode(pixels, model="tiny", coder=coder, quality=4)
         assert container.unpack(data).header.coder == coder
-        grids = codec.read_indices(data)
-        assert [g.shape for g in grids] == [(3, 5), (3, 5), (6, 10), (6, 10)]  # stride 4, then stride 2
+        layers = codec.read_indices(data).layers
+        assert [(layer.stride, layer.indices.shape) for layer in layers] == [(4, (2, 3, 5)), (2, (2, 6, 10))]
         assert vqcodec.decode(data).size == (20, 12)
     with pytest.raises(ValueError, match="from 1 to 4"):
         vqcodec.encode(pixels, model="tiny", quality=5)

@@ -445,7 +445,7 @@ def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = T
         })
         if name == "vqz":
             parsed = container.unpack(data)
-            grids = vq.read_indices(data)
+            grids = [grid for layer in vq.read_indices(data).layers for grid in layer.indices]
             used_coder = parsed.header.coder
             for stage, grid in enumerate(grids):
                 counts[quality][stage] += np.bincount(grid.ravel(), minlength=K)[:K]

@@ -6,7 +6,9 @@ output exists without --force, I/O error); 2 bad usage (unknown option, bad valu
 encode, decode and info take several inputs and folders (a batch: one failed file is
 reported as `error: FILE: message` and the rest go on; exit code 1 if any failed), and `-`
 for standard input or output. With --json they print one JSON object per file, one per
-line, on stdout, or on stderr when `-o -` sends the data itself to stdout.
+line, on stdout, or on stderr when `-o -` sends the data itself to stdout. Metadata left out
+(malformed in an input, or more than an output format holds) is reported on stderr as
+`warning: [FILE: ]message`, and listed under "warnings" in the JSON record.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,20 +143,35 @@ class _Job:
     make_parent: bool = False
 
 
-def _encode_job(job: _Job, *, quality, model, coder, force) -> dict:
+def _with_warnings(work):
+    """work() -> (its result, the messages of the MetadataWarnings it gave)."""
+    from .fileio import MetadataWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MetadataWarning)
+        result = work()
+    shown = [str(w.message) for w in caught if issubclass(w.category, MetadataWarning)]
+    for w in caught:  # others as they would have been
+        if not issubclass(w.category, MetadataWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result, shown
+
+
+def _encode_job(job: _Job, *, quality, model, coder, force, metadata) -> dict:
     from . import codec
 
     input_path, data = _read_source(job.source)
     out = None if job.target == STDIO else _output_path(input_path, job.target, ".vqz")
     _refuse_existing(out, force)
     started = time.perf_counter()
-    result = codec.encode_image(data, quality=quality, model=model, coder=coder)
+    result, notes = _with_warnings(lambda: codec.encode_image(data, quality=quality, model=model, coder=coder,
+                                                              metadata=metadata))
     _deliver(out, result.data, force, job.make_parent)
     h = result.header
     return {"ok": True, "input": job.source, "output": STDIO if out is None else str(out),
-            "width": h.width, "height": h.height, "mode": h.mode, "model": h.model_name,
-            "quality": h.quality, "coder": h.coder, "bytes": len(result.data), "bpp": result.bpp,
-            "seconds": round(time.perf_counter() - started, 4)}
+            "width": h.width, "height": h.height, "mode": h.mode, "model": result.model,
+            "quality": h.quality, "coder": h.coder, "metadata": list(result.metadata), "bytes": len(result.data),
+            "bpp": result.bpp, "seconds": round(time.perf_counter() - started, 4), "warnings": notes}
 
 
 def _encode_text(r: dict) -> str:
@@ -202,13 +220,29 @@ def _decode_job(job: _Job, *, image_format, force) -> dict:
     if fmt == pil_plugin.FORMAT:
         raise Failure(f"decode writes an image, not .vqz ({out}); choose another suffix, or re-encode "
                       "with `vqcodec encode FILE.vqz -o OTHER.vqz`")
+    from .fileio import ImageMetadata
+
     started = time.perf_counter()
     picture = codec.decode(data)
-    encoded = images.encode_image_bytes(picture, fmt)
+    metadata = ImageMetadata.from_info(picture.info)
+    encoded, notes = _with_warnings(lambda: images.encode_image_bytes(picture, fmt, metadata))
     _deliver(out, encoded, force, job.make_parent)
     return {"ok": True, "input": job.source, "output": STDIO if out is None else str(out), "format": fmt,
-            "width": picture.width, "height": picture.height, "mode": picture.mode, "bytes": len(encoded),
-            "seconds": round(time.perf_counter() - started, 4)}
+            "width": picture.width, "height": picture.height, "mode": picture.mode,
+            "metadata": list(metadata.items()), "bytes": len(encoded),
+            "seconds": round(time.perf_counter() - started, 4), "warnings": notes}
+
+
+def _check_metadata(ctx, param, value: str | None) -> tuple[str, ...] | None:
+    """--metadata: all, none or a comma list of icc, exif, xmp -> the kinds (None: the default)."""
+    if value is None:
+        return None
+    from .fileio import metadata_kinds
+
+    try:
+        return metadata_kinds(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 def _decode_text(r: dict) -> str:
@@ -374,6 +408,8 @@ def _run(batch: bool, jobs: list[_Job], problems: list, work, *, workers: int = 
         if isinstance(outcome, str):
             failure(source, outcome)
             continue
+        for note in outcome.get("warnings", ()):
+            _say(f"warning: {source}: {note}" if batch else f"warning: {note}", err=True)
         if as_json:
             _say(json.dumps(outcome), err=data_to_stdout)
         shown = text(outcome) if text is not None else None
@@ -442,6 +478,11 @@ def main() -> None:
 @click.option("--coder", type=_CoderChoice(), default=None,
               help="Entropy coder for the index grids (a wrong name lists those available). "
                    "Default: the codec's choice for the model.")
+@click.option("--metadata", "metadata", metavar="all|none|icc,exif,xmp", default=None, callback=_check_metadata,
+              help="Which of the input's ICC profile, EXIF and XMP to store (a comma list picks some). "
+                   "Default: all, as avifenc and cjxl do, so that colours, capture date and camera come back "
+                   "on decode; 'none' gives the smallest file and drops location data, 'icc' keeps the "
+                   "colours only. EXIF orientation is applied to the pixels and stored as 1.")
 @click.option("-f", "--force", is_flag=True,
               help="Overwrite outputs that exist (and allow .vqz data on a terminal).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, show_default=True, help=_JOBS_HELP)
@@ -449,12 +490,13 @@ def main() -> None:
               help="Print one JSON object per file, one per line, on stdout (on stderr with -o -).")
 @click.option("-v", "--verbose", is_flag=True, help="Print size, bits per pixel and time.")
 @reports_errors
-def encode(inputs, output, quality, model_name, coder, force, jobs, as_json, verbose):
+def encode(inputs, output, quality, model_name, coder, metadata, force, jobs, as_json, verbose):
     """Compress image files (PNG, JPEG, WebP, TIFF, BMP, ...) to .vqz files.
 
     Any size from 1x1 up. Gray images stay gray, alpha is kept losslessly,
     palette/CMYK/16-bit images are converted to 8-bit RGB(A) or gray first,
-    and EXIF orientation is applied.
+    EXIF orientation is applied, and the ICC profile, EXIF and XMP are kept
+    (see --metadata).
 
     INPUT may be '-' (standard input), several files, or folders (searched
     recursively for images; their layout is kept under -o). A file that fails
@@ -465,7 +507,8 @@ def encode(inputs, output, quality, model_name, coder, force, jobs, as_json, ver
       cat photo.png | vqcodec encode - > photo.vqz
       vqcodec encode a.png b.jpg shots/ -o out/ --jobs 2"""
     batch, planned, problems = _plan(inputs, output, ".vqz", _find_images, "images")
-    work = functools.partial(_encode_job, quality=quality, model=model_name, coder=coder, force=force)
+    work = functools.partial(_encode_job, quality=quality, model=model_name, coder=coder, force=force,
+                             metadata=metadata)
     _run(batch, planned, problems, work, workers=jobs, as_json=as_json, force=force,
          text=_encode_text if verbose else None)
 
@@ -489,6 +532,9 @@ def encode(inputs, output, quality, model_name, coder, force, jobs, as_json, ver
 @reports_errors
 def decode(inputs, output, image_format, force, jobs, as_json, verbose):
     """Rebuild images from .vqz files.
+
+    The ICC profile, EXIF and XMP stored in a file are written into PNG, JPEG,
+    WebP and TIFF outputs (other formats cannot hold them: a warning says so).
 
     INPUT may be '-' (standard input), several files, or folders (searched
     recursively for .vqz files; their layout is kept under -o). A file that
@@ -526,8 +572,12 @@ def info(inputs, as_json):
         for key, value in record.items():
             if key == "ok" or (key == "input" and not batch):
                 continue
-            if key == "grid_shapes":
+            if key == "grid_shapes" and value:
                 value = ", ".join(f"{r}x{c}" for r, c in value)
+            elif key == "layers" and value:
+                value = ", ".join(f"stride {layer['stride']} x {layer['stages']}" for layer in value)
+            elif key == "metadata":
+                value = ", ".join(f"{kind} {size} B" for kind, size in value.items()) or "none"
             elif key == "bpp":
                 value = f"{value:.4f}"
             lines.append(f"{key:20s} {value}")

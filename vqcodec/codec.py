@@ -1,14 +1,18 @@
 """The one place that joins image I/O, model, prior, entropy coder and container.
 
-    encode: image ─images.load_image─> RGB (+ alpha) ─pad to stride─> VQVAE.encode_latents (tiled)
-            ─> residual VQ: q index grids (rate-aware under the prior: nn.rdoq)
-            │  above the enhancement layer's base level b: b base grids, decoded to the base
-            │  image, then EnhanceLayer.encode_pixels(image, base) ─> q - b finer grids
-            ─> entropy coder ─> payload ─container.pack─> .vqz bytes
-                                    alpha ─zstd (lossless)─┘
-    decode: .vqz ─container.unpack─> header, payloads ─find model by sha256─> entropy decoder
-            ─> grids (checked against the index CRC) ─VQVAE.decode_pixels (tiled)─> base image
-            (─EnhanceLayer.decode_pixels with the finer grids, if any─>) ─> crop ─> PIL image
+    encode: image ─images.load_image_with_metadata─> RGB (+ alpha, ICC/EXIF/XMP)
+            ─pad to the model's padding─> quality ─_structure─> layers [(stride, stages), ...]
+            ─> base layer: VQVAE.encode_latents (tiled) ─> residual VQ (rate-aware under the
+            │  prior: nn.rdoq); enhancement layer (quality above its base level b): the base
+            │  image, then EnhanceLayer.encode_pixels(image, base) ─> finer grids
+            ─> entropy coder ─> payload ─container.pack─> .vqz bytes (version 2)
+                          alpha ─zstd (lossless)─┘ metadata ─┘
+    decode: .vqz ─container.unpack─> header, payloads, metadata ─find model by sha256 (prefix)─>
+            layers (v2: the header's list; v1: inferred from the grid shapes), checked against
+            the model's own layers (_check_structure) ─entropy decoder─> grids (checked against
+            the index CRC) ─VQVAE.decode_pixels─> base image (─EnhanceLayer.decode_pixels with
+            the enhancement layer's grids, if any─>) ─> crop ─> PIL image (+ info: metadata)
+    read_indices / decode_indices: the same, split at the grids (Indices)
     generate: prior ─nn.prior.decode_passes with a Sampler─> grids ─VQVAE.decode_pixels─> images
 
 Entropy coders: "prior" (default when the model has one) range-codes the grids with the
@@ -21,13 +25,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from . import container, entropy, images, zoo
-from .container import Header, VqzError
+from . import container, entropy, fileio, images, zoo
+from .container import Header, HeaderV1, Layer, VqzError
 from .nn.prior import Sampler, decode_passes, iter_passes
 from .nn.rdoq import rate_distortion_indices
 
@@ -42,148 +47,289 @@ RATE_TRADEOFF = 0.1
 class EncodeResult:
     data: bytes
     header: Header
+    model: str  # the name of the model that made it
+    metadata: tuple[str, ...] = ()  # the metadata kinds stored
 
     @property
     def bpp(self) -> float:
         return len(self.data) * 8 / (self.header.width * self.header.height)
 
 
-def _model_for(model: str | None):
-    entry = zoo.find(model)
-    return entry, zoo.load(entry)
+# ------------------------------------------------------------------ the model's layers
 
 
-def _check_quality(quality: int | None, entry: zoo.ModelEntry, levels: int, base_stages: int) -> int:
+@dataclass(frozen=True)
+class _ModelLayer:
+    """One layer of a model's coded indices, in coding order: its stride, the stages a file
+    may hold, its codebook size, its integer prior (None: zstd only), and the stages the layer
+    before it must have for this one to be coded (None: any)."""
+
+    stride: int
+    max_stages: int
+    codebook_size: int
+    prior: Any
+    after_stages: int | None = None
+
+    def describe(self) -> str:
+        over = f" over {self.after_stages} stages of the layer before" if self.after_stages else ""
+        return f"stride {self.stride} with 1-{self.max_stages} stages{over}"
+
+
+@dataclass(frozen=True)
+class _Model:
+    """An installed model as the codec sees it: its parts and its layers, in coding order."""
+
+    entry: zoo.ModelEntry
+    vqvae: Any
+    enhance: Any
+    layers: tuple[_ModelLayer, ...]
+
+    @property
+    def padding(self) -> int:
+        """Images are padded to a multiple of this: the largest stride (all are powers of 2)."""
+        return max(layer.stride for layer in self.layers)
+
+    def describe(self) -> str:
+        return "; then ".join(layer.describe() for layer in self.layers)
+
+
+def _load_model(entry: zoo.ModelEntry) -> _Model:
+    """The base VQ-VAE is the first layer; an enhancement layer, if any, the second, coded
+    over the base's level b."""
+    vqvae, enhance = zoo.load(entry), zoo.load_enhance(entry)
+    cfg = vqvae.config
+    layers = [_ModelLayer(cfg.stride, cfg.num_stages, cfg.codebook_size, zoo.load_prior(entry))]
+    if enhance is not None:
+        layers.append(_ModelLayer(enhance.config.stride, enhance.config.num_stages, enhance.config.codebook_size,
+                                  zoo.load_enhance_prior(entry), zoo.levels_of(vqvae, enhance)[1]))
+    return _Model(entry, vqvae, enhance, tuple(layers))
+
+
+def _model_for(model: str | None) -> _Model:
+    return _load_model(zoo.find(model))
+
+
+def _structure(model: _Model, quality: int) -> tuple[Layer, ...]:
+    """The layers quality level `quality` codes: the model's stages in coding order, each layer
+    filled up to the stages the next one builds on (or its own maximum) before the next starts."""
+    layers, remaining = [], quality
+    for i, layer in enumerate(model.layers):
+        following = model.layers[i + 1] if i + 1 < len(model.layers) else None
+        cap = following.after_stages if following is not None and following.after_stages else layer.max_stages
+        take = min(remaining, cap)
+        layers.append(Layer(layer.stride, take))
+        remaining -= take
+        if not remaining:
+            return tuple(layers)
+    raise ValueError(f"quality {quality} is above the model's levels")  # _check_quality prevents it
+
+
+def _check_structure(layers: tuple[Layer, ...], model: _Model, exact: bool = True) -> None:
+    """Refuse (VqzError) a layer list the model cannot decode: the file's layers must be the
+    model's first layers, in order, each with at most the stages it has, and a layer that
+    builds on the one before at a given level gets that level. With exact False (the file was
+    made by the earlier weights file this one carries the base of), only the first layer."""
+    name, problem = model.entry.name, None
+    if len(layers) > len(model.layers):
+        problem = f"it has {len(model.layers)} layer(s)"
+    for i, (got, spec) in enumerate(zip(layers, model.layers)):
+        if problem:
+            break
+        if got.stride != spec.stride:
+            problem = f"its layer {i + 1} has stride {spec.stride}, not {got.stride}"
+        elif got.stages > spec.max_stages:
+            problem = f"its stride-{spec.stride} layer has {spec.max_stages} stages, not {got.stages}"
+        elif i and spec.after_stages and layers[i - 1].stages != spec.after_stages:
+            problem = (f"its stride-{spec.stride} layer builds on {spec.after_stages} stages of the stride-"
+                       f"{model.layers[i - 1].stride} layer, not {layers[i - 1].stages}")
+    if problem:
+        shown = ", ".join(f"stride {layer.stride} x {layer.stages} stage(s)" for layer in layers)
+        raise VqzError(f"model '{name}' cannot decode the layers of this file ({shown}): {problem} "
+                       f"(model '{name}' codes {model.describe()})")
+    if not exact and len(layers) > 1:
+        raise VqzError(f"file was made by an earlier enhancement layer of model '{name}', which is not installed")
+
+
+def _grid_shape(model: _Model, layer: Layer, height: int, width: int) -> tuple[int, int]:
+    """(rows, cols) of a layer's grids: the image padded to the model's padding, over the stride."""
+    p = model.padding
+    return math.ceil(height / p) * p // layer.stride, math.ceil(width / p) * p // layer.stride
+
+
+def _check_quality(quality: int | None, model: _Model) -> int:
+    levels = zoo.levels_of(model.vqvae, model.enhance)[0]
     if quality is None:
-        return zoo.default_quality(base_stages)
+        return zoo.default_quality(model.vqvae.config.num_stages)
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= levels:
-        raise ValueError(f"quality must be an integer from 1 to {levels} for model '{entry.name}', "
+        raise ValueError(f"quality must be an integer from 1 to {levels} for model '{model.entry.name}', "
                          f"got {quality!r}")
     return int(quality)
 
 
-def _choose_coder(coder: str | None, entry: zoo.ModelEntry, enhanced: bool):
-    """(coder name, prior or None, enhancement prior or None) for a file whose quality does
-    (enhanced) or does not use the enhancement layer; the default is the prior when the model
-    has the priors that quality needs."""
+def _choose_coder(coder: str | None, model: _Model, layers: tuple[Layer, ...]) -> str:
+    """The coder for a file of these layers; the default is the prior when the model has a
+    prior for each of them."""
     if coder is not None and coder not in CODERS:
         raise ValueError(f"unknown coder '{coder}'; available: {', '.join(CODERS)}")
-    prior, enhance_prior = zoo.load_prior(entry), zoo.load_enhance_prior(entry)
-    has_priors = prior is not None and (enhance_prior is not None or not enhanced)
+    has_priors = all(spec.prior is not None for spec in model.layers[:len(layers)])
     if coder == "prior" and not has_priors:
-        what = "enhancement levels have" if prior is not None else "has"
-        raise ValueError(f"model '{entry.name}' {what} no prior; use coder 'zstd'")
-    if coder is None:
-        coder = "prior" if has_priors else "zstd"
-    return coder, prior, enhance_prior
+        what = "enhancement levels have" if model.layers[0].prior is not None else "has"
+        raise ValueError(f"model '{model.entry.name}' {what} no prior; use coder 'zstd'")
+    return coder or ("prior" if has_priors else "zstd")
 
 
-def _index_payload(vqvae, priors, enhance, padded: np.ndarray, base_stages: int, detail_stages: int,
-                   coder: str, tradeoff: float) -> tuple[list[np.ndarray], bytes]:
-    """The index grids of padded pixels and their coded payload: base_stages grids of the base
-    model, then detail_stages grids of the enhancement layer over that base level."""
-    prior, enhance_prior = priors
+# ------------------------------------------------------------------ indices <-> payload
+
+
+def _index_payload(model: _Model, padded: np.ndarray, layers: tuple[Layer, ...], coder: str,
+                   tradeoff: float) -> tuple[list[np.ndarray], bytes]:
+    """The index grids of padded pixels, layer by layer in coding order, and their coded
+    payload: the base model's grids, then the enhancement layer's over that base level."""
+    vqvae, base_layer = model.vqvae, model.layers[0]
     z = vqvae.encode_latents(padded)
     encoder = entropy.RangeEncoder()
     if coder == "zstd":
-        base = vqvae.quantizer.quantize(z, base_stages)
+        base = vqvae.quantizer.quantize(z, layers[0].stages)
     else:
-        base = rate_distortion_indices(vqvae.quantizer, prior, z, base_stages, tradeoff,
+        base = rate_distortion_indices(vqvae.quantizer, base_layer.prior, z, layers[0].stages, tradeoff,
                                        sink=lambda stage, symbols, freqs: encoder.add(symbols, freqs))[0][None]
     grids = list(base[0].numpy())
-    if detail_stages:
-        detail = enhance.encode_pixels(padded, vqvae.decode_pixels(base), detail_stages)[0]
+    if len(layers) > 1:
+        detail = model.enhance.encode_pixels(padded, vqvae.decode_pixels(base), layers[1].stages)[0]
         grids += list(detail.numpy())
         if coder == "prior":  # the same range coder goes on with the enhancement layer's prior
-            for _, symbols, freqs in iter_passes(enhance_prior, detail):
+            for _, symbols, freqs in iter_passes(model.layers[1].prior, detail):
                 encoder.add(symbols, freqs)
     return grids, entropy.zstd_encode(grids) if coder == "zstd" else encoder.payload()
 
 
-def _decode_grids(payload: bytes, shapes: list[tuple[int, int]], coder: str, priors,
-                  base_grids: int) -> list[np.ndarray]:
-    """Inverse of _index_payload. Raises ValueError on a payload that cannot be decoded."""
+def _decode_grids(payload: bytes, coder: str, model: _Model, layers: tuple[Layer, ...],
+                  shapes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Inverse of _index_payload (shapes: one per layer). Raises ValueError on a payload that
+    cannot be decoded."""
     if coder == "zstd":
-        return entropy.zstd_decode(payload, shapes)
-    prior, enhance_prior = priors
-    base_shapes, detail_shapes = shapes[:base_grids], shapes[base_grids:]
-    rows, cols = base_shapes[0]
-    symbols = len(base_shapes) * rows * cols + sum(r * c for r, c in detail_shapes)
-    entropy.check_range_payload(len(payload), symbols, prior.config.codebook_size)
+        return entropy.zstd_decode(payload, [shape for layer, shape in zip(layers, shapes)
+                                             for _ in range(layer.stages)])
+    specs = model.layers[:len(layers)]
+    symbols = sum(layer.stages * rows * cols for layer, (rows, cols) in zip(layers, shapes))
+    entropy.check_range_payload(len(payload), symbols, min(spec.codebook_size for spec in specs))
+    grids = []
     try:
         decoder = entropy.RangeDecoder(payload)
-        grids = list(decode_passes(prior, len(base_shapes), rows, cols, decoder)[0].numpy())
-        if detail_shapes:
-            (r, c), stages = detail_shapes[0], len(detail_shapes)
-            grids += list(decode_passes(enhance_prior, stages, r, c, decoder)[0].numpy())
+        for layer, spec, (rows, cols) in zip(layers, specs, shapes):  # one range coder for all layers
+            grids += list(decode_passes(spec.prior, layer.stages, rows, cols, decoder)[0].numpy())
     except Exception as error:  # including the range decoder's own errors on garbage input
         raise ValueError(str(error)) from None
     return grids
 
 
+def _pixels(model: _Model, per_layer: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """The RGB image (height, width, 3) the layers' grids decode to: the base model's, then
+    the enhancement layer's detail over it; cropped from the padded size."""
+    def batch(grids: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(grids)).long().unsqueeze(0)
+
+    pixels = model.vqvae.decode_pixels(batch(per_layer[0]))
+    if len(per_layer) > 1:
+        pixels = model.enhance.decode_pixels(batch(per_layer[1]), pixels)
+    return images.crop(pixels, height, width)
+
+
+# ------------------------------------------------------------------ encode
+
+
 def encode_image(image, quality: int | None = None, model: str | None = None,
-                 coder: str | None = None, rate_tradeoff: float | None = None) -> EncodeResult:
+                 coder: str | None = None, rate_tradeoff: float | None = None,
+                 metadata=None) -> EncodeResult:
     """Encode an image (path, bytes, PIL image or uint8 array) to .vqz bytes plus its header.
 
     rate_tradeoff: with the prior coder, how much the choice of indices weighs bits against
-    distortion (None = RATE_TRADEOFF; 0 = nearest codes)."""
+    distortion (None = RATE_TRADEOFF; 0 = nearest codes). metadata: which of the input's ICC
+    profile, EXIF and XMP to store, "all", "none" or a comma list such as "icc,exif" (or a list
+    of those names); None = fileio.DEFAULT_METADATA (all). EXIF and XMP are stored saying
+    orientation 1, the orientation having been applied to the pixels."""
     if rate_tradeoff is not None and not rate_tradeoff >= 0:
         raise ValueError(f"rate_tradeoff must be >= 0, got {rate_tradeoff}")
-    picture = images.load_image(image)
-    entry, vqvae = _model_for(model)
-    enhance = zoo.load_enhance(entry)
-    levels, base_level = zoo.levels_of(vqvae, enhance)
-    quality = _check_quality(quality, entry, levels, vqvae.config.num_stages)
-    coder, *priors = _choose_coder(coder, entry, enhanced=quality > base_level)
+    kinds = fileio.metadata_kinds(fileio.DEFAULT_METADATA if metadata is None else metadata)
+    if kinds:
+        picture, found = images.load_image_with_metadata(image)
+    else:
+        picture, found = images.load_image(image), fileio.ImageMetadata()
+    kept = found.select(kinds).items()
+    try:
+        container.check_metadata(kept)
+    except VqzError as error:
+        raise ValueError(f"the input's {error}; store less of it with metadata= (vqcodec encode --metadata), "
+                         "for example 'icc' or 'none'") from None
+    chosen = _model_for(model)
+    quality = _check_quality(quality, chosen)
+    layers = _structure(chosen, quality)
+    coder = _choose_coder(coder, chosen, layers)
     rgb, alpha = images.split_alpha(picture)
-    padded = images.pad_to_multiple(rgb, _padding(vqvae, enhance))
+    padded = images.pad_to_multiple(rgb, chosen.padding)
     tradeoff = RATE_TRADEOFF if rate_tradeoff is None else float(rate_tradeoff)
-    base_stages = min(quality, base_level)
-    grids, payload = _index_payload(vqvae, priors, enhance, padded, base_stages, quality - base_stages, coder,
-                                    tradeoff)
+    grids, payload = _index_payload(chosen, padded, layers, coder, tradeoff)
     header = Header(
-        model_name=entry.name, model_sha256=entry.sha256, width=picture.width, height=picture.height,
-        mode=picture.mode, quality=quality, coder=coder,
-        grid_shapes=tuple(g.shape for g in grids), index_crc32=entropy.index_checksum(grids),
+        model_prefix=container.model_prefix(chosen.entry.sha256), width=picture.width, height=picture.height,
+        mode=picture.mode, quality=quality, coder=coder, layers=layers, index_crc32=entropy.index_checksum(grids),
     )
     alpha_payload = images.compress_alpha(alpha) if alpha is not None else b""
-    return EncodeResult(container.pack(header, payload, alpha_payload), header)
+    return EncodeResult(container.pack(header, payload, alpha_payload, kept), header, chosen.entry.name,
+                        tuple(kept))
 
 
-def encode(image, quality: int | None = None, model: str | None = None, coder: str | None = None) -> bytes:
+def encode(image, quality: int | None = None, model: str | None = None, coder: str | None = None,
+           metadata=None) -> bytes:
     """Encode an image to .vqz bytes.
 
     image: a path, bytes of an image file, a PIL image, or a uint8 numpy array (HxW, HxWxC).
     quality: 1..N (higher = better, more bytes); None = the model's default level.
     model: a bundled model name; None = the default model.
-    coder: "prior" (the model's learned prior; default when it has one) or "zstd"."""
-    return encode_image(image, quality, model, coder).data
+    coder: "prior" (the model's learned prior; default when it has one) or "zstd".
+    metadata: the input's ICC profile, EXIF and XMP to keep: "all", "none", or a comma list
+    such as "icc" or "icc,exif"; None = all (fileio.DEFAULT_METADATA)."""
+    return encode_image(image, quality, model, coder, metadata=metadata).data
 
 
-def _padding(vqvae, enhance) -> int:
-    """Images are padded to a multiple of this: the larger stride (both are powers of 2)."""
-    return max(vqvae.config.stride, enhance.config.stride if enhance is not None else 1)
+# ------------------------------------------------------------------ decode
 
 
-def _check_grids(header: Header, vqvae, enhance) -> int:
-    """The grid count must be the quality and each grid's shape what the image size implies:
-    1..S base grids, or the enhancement layer's base level of them followed by 1..E finer
-    enhancement grids. Returns the number of base grids."""
-    levels, base_level = zoo.levels_of(vqvae, enhance)
+def _find_model(header: Header | HeaderV1) -> tuple[zoo.ModelEntry, bool]:
+    """The installed model that decodes a file, and whether it is the very model that made
+    it (False: it carries that model's base unchanged, zoo.ModelEntry.decodes_base_of)."""
+    stored = header.model_sha256 if isinstance(header, HeaderV1) else header.model_prefix
+    try:
+        entry = zoo.find_by_prefix(stored)  # a full sha256 is its own prefix
+    except zoo.ModelError as error:
+        raise VqzError(str(error)) from None
+    if entry is None:
+        if isinstance(header, HeaderV1):
+            raise VqzError(f"file was made by model '{header.model_name}' (sha256 {stored}), "
+                           "which is not installed")
+        installed = ", ".join(f"'{e.name}' {container.model_prefix(e.sha256)}" for e in zoo.entries())
+        raise VqzError(f"file was made by the model whose sha256 starts with {stored}, which is not "
+                       f"installed (installed: {installed or 'none'})")
+    return entry, entry.sha256.startswith(stored)
+
+
+def _v1_layers(header: HeaderV1, model: _Model) -> tuple[Layer, ...]:
+    """The layers of a version-1 file, which lists only grid shapes: the grid count is the
+    quality and each grid's shape what the image size implies, 1..S base grids, or the
+    enhancement layer's base level of them followed by 1..E finer grids."""
+    levels, base_level = zoo.levels_of(model.vqvae, model.enhance)
+    base_spec = model.layers[0]
     shapes = [tuple(shape) for shape in header.grid_shapes]
     too_many = VqzError(f"file claims quality {header.quality} with {len(shapes)} index grids; "
                         f"model '{header.model_name}' has {levels} levels")
-    if len(shapes) != header.quality or header.quality > max(levels, vqvae.config.num_stages):
+    if len(shapes) != header.quality or header.quality > max(levels, base_spec.max_stages):
         raise too_many
-    padding = _padding(vqvae, enhance)
-    height, width = (math.ceil(n / padding) * padding for n in (header.height, header.width))
-    base_shape = (height // vqvae.config.stride, width // vqvae.config.stride)
+    base_shape = _grid_shape(model, Layer(base_spec.stride, 1), header.height, header.width)
     base_grids = next((i for i, shape in enumerate(shapes) if shape != base_shape), len(shapes))
     if base_grids == len(shapes):
-        return base_grids
+        return (Layer(base_spec.stride, base_grids),)
     expected = [base_shape] * len(shapes)
-    if enhance is not None and base_grids == base_level:
-        detail_shape = (height // enhance.config.stride, width // enhance.config.stride)
+    if model.enhance is not None and base_grids == base_level:
+        detail_shape = _grid_shape(model, Layer(model.layers[1].stride, 1), header.height, header.width)
         expected = [base_shape] * base_level + [detail_shape] * (len(shapes) - base_level)
     for shape, (rows, cols) in zip(shapes, expected):
         if shape != (rows, cols):
@@ -191,84 +337,186 @@ def _check_grids(header: Header, vqvae, enhance) -> int:
                            f"{header.width}x{header.height} image (expected {rows}x{cols})")
     if len(shapes) > levels:
         raise too_many
-    return base_grids
+    return Layer(base_spec.stride, base_grids), Layer(model.layers[1].stride, len(shapes) - base_grids)
 
 
-def read_indices(data: bytes, *, max_pixels: int | None = None) -> list[np.ndarray]:
-    """The index grids of a .vqz file (checked against its index CRC), without decoding pixels."""
-    parsed = container.unpack(bytes(data), max_pixels=max_pixels)
-    return _indices_of(parsed)[3]
+def _layers_of(header: Header | HeaderV1, model: _Model, exact: bool) -> tuple[Layer, ...]:
+    """A file's layers, checked against the model: version 2 states them, version 1 implies them."""
+    layers = _v1_layers(header, model) if isinstance(header, HeaderV1) else header.layers
+    _check_structure(layers, model, exact)
+    return layers
+
+
+def _split(grids: list[np.ndarray], layers: tuple[Layer, ...]) -> list[np.ndarray]:
+    """Flat grids in coding order -> one (stages, rows, cols) array per layer."""
+    per_layer, start = [], 0
+    for layer in layers:
+        per_layer.append(np.stack(grids[start:start + layer.stages]))
+        start += layer.stages
+    return per_layer
 
 
 def _indices_of(parsed: container.Container):
-    """(model entry, VQVAE, enhancement layer or None, checked index grids, how many of them are
-    base grids) of an unpacked file."""
+    """(model, layers, one (stages, rows, cols) index array per layer) of an unpacked file,
+    checked against its index CRC."""
     header = parsed.header
-    entry = zoo.find_by_hash(header.model_sha256)
-    if entry is None:
-        raise VqzError(f"file was made by model '{header.model_name}' (sha256 {header.model_sha256}), "
-                       "which is not installed")
+    entry, exact = _find_model(header)
     if header.coder not in CODERS:
         raise VqzError(f"file uses entropy coder '{header.coder}', which this version cannot decode")
-    vqvae, enhance = zoo.load(entry), zoo.load_enhance(entry)
-    cfg = vqvae.config
-    base_grids = _check_grids(header, vqvae, enhance)
-    enhanced = base_grids < header.quality
-    if entry.sha256 != header.model_sha256 and enhanced:
-        raise VqzError(f"file was made by an earlier enhancement layer of model '{header.model_name}' "
-                       f"(sha256 {header.model_sha256}), which is not installed")
-    priors = zoo.load_prior(entry), zoo.load_enhance_prior(entry)
-    if header.coder == "prior" and (priors[0] is None or (enhanced and priors[1] is None)):
-        raise VqzError(f"file uses the prior coder, but model '{entry.name}' has no prior for its levels")
+    model = _load_model(entry)
+    layers = _layers_of(header, model, exact)
+    specs = model.layers[:len(layers)]
+    if header.coder == "prior" and any(spec.prior is None for spec in specs):
+        raise VqzError(f"file uses the prior coder, but model '{entry.name}' has no prior for its layers")
+    shapes = [_grid_shape(model, layer, header.height, header.width) for layer in layers]
     try:
-        grids = _decode_grids(parsed.index_payload, list(header.grid_shapes), header.coder, priors, base_grids)
+        grids = _decode_grids(parsed.index_payload, header.coder, model, layers, shapes)
     except ValueError as error:
         raise VqzError(f"corrupt index payload: {error}") from None
     if entropy.index_checksum(grids) != header.index_crc32:
         raise VqzError("decoded indices do not match the stored index checksum")
-    for level, grid in enumerate(grids, start=1):
-        size = cfg.codebook_size if level <= base_grids else enhance.config.codebook_size
-        if int(grid.max()) >= size:
-            raise VqzError(f"index out of range for a codebook of {size} entries")
-    return entry, vqvae, enhance, grids, base_grids
+    per_layer = _split(grids, layers)
+    for spec, array in zip(specs, per_layer):
+        if int(array.max()) >= spec.codebook_size:
+            raise VqzError(f"index out of range for a codebook of {spec.codebook_size} entries")
+    return model, layers, per_layer
 
 
 def decode(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
-    """Decode .vqz bytes to a PIL image of the original size and mode (L, LA, RGB or RGBA).
+    """Decode .vqz bytes to a PIL image of the original size and mode (L, LA, RGB or RGBA),
+    with the file's ICC profile, EXIF and XMP in its `info` (icc_profile, exif, xmp).
 
     Raises VqzError for malformed, corrupt or unsupported data, including a file made
     by a model that is not installed. max_pixels overrides the pixel limit."""
     parsed = container.unpack(bytes(data), max_pixels=max_pixels)
     header = parsed.header
-    entry, vqvae, enhance, grids, base_grids = _indices_of(parsed)
+    model, layers, per_layer = _indices_of(parsed)
     alpha = None
     if header.has_alpha:
         try:
             alpha = images.decompress_alpha(parsed.alpha_payload, header.height, header.width)
         except ValueError as error:
             raise VqzError(f"corrupt alpha payload: {error}") from None
-    pixels = vqvae.decode_pixels(torch.from_numpy(np.stack(grids[:base_grids])).long().unsqueeze(0))
-    if len(grids) > base_grids:
-        detail = torch.from_numpy(np.stack(grids[base_grids:])).long().unsqueeze(0)
-        pixels = enhance.decode_pixels(detail, pixels)
-    rgb = images.crop(pixels, header.height, header.width)
-    return images.merge_planes(rgb, alpha, header.mode)
+    rgb = _pixels(model, per_layer, header.height, header.width)
+    picture = images.merge_planes(rgb, alpha, header.mode)
+    picture.info.update(fileio.ImageMetadata(**parsed.metadata).to_info())
+    return picture
+
+
+# ------------------------------------------------------------------ indices
+
+
+@dataclass(frozen=True)
+class IndexLayer:
+    """The index grids of one layer: `indices` (stages, rows, cols), integers below the
+    layer's codebook size; stage s codes what stages < s left (residual VQ), and each position
+    stands for `stride` x `stride` pixels."""
+
+    stride: int
+    indices: np.ndarray
+
+    @property
+    def stages(self) -> int:
+        return int(self.indices.shape[0])
+
+
+@dataclass(frozen=True)
+class Indices:
+    """The coded indices of one image, layer by layer in coding order, with what decoding them
+    needs: the model (its name; `model_sha256` names the exact file when set), the image size
+    (None: the whole padded size the grids cover) and mode ("RGB" or "L"; a file's alpha plane
+    is not part of its indices)."""
+
+    model: str
+    layers: tuple[IndexLayer, ...]
+    width: int | None = None
+    height: int | None = None
+    mode: str = "RGB"
+    model_sha256: str | None = None
+
+
+def read_indices(data: bytes, *, max_pixels: int | None = None) -> Indices:
+    """The index grids of a .vqz file (checked against its index CRC), without decoding pixels."""
+    parsed = container.unpack(bytes(data), max_pixels=max_pixels)
+    header = parsed.header
+    model, layers, per_layer = _indices_of(parsed)
+    return Indices(model=model.entry.name, model_sha256=model.entry.sha256, width=header.width,
+                   height=header.height, mode=header.mode.rstrip("A"),
+                   layers=tuple(IndexLayer(layer.stride, array) for layer, array in zip(layers, per_layer)))
+
+
+def decode_indices(indices: Indices) -> Image.Image:
+    """The image that index grids decode to: for the Indices of read_indices(data), the image
+    decode(data) gives (without its alpha plane and metadata, which are not indices). Raises
+    ValueError for grids the model cannot decode."""
+    if not indices.layers:
+        raise ValueError("no layers to decode")
+    exact = True
+    if indices.model_sha256 is not None:
+        entry = zoo.find_by_prefix(indices.model_sha256)
+        if entry is None:
+            raise ValueError(f"model sha256 {indices.model_sha256} is not installed")
+        exact = entry.sha256.startswith(indices.model_sha256)
+    else:
+        entry = zoo.find(indices.model)
+    model = _load_model(entry)
+    if indices.mode not in ("L", "RGB"):
+        raise ValueError(f"mode must be 'L' or 'RGB', got {indices.mode!r}")
+    arrays = [np.asarray(layer.indices) for layer in indices.layers]
+    for layer, array in zip(indices.layers, arrays):
+        if array.ndim != 3 or not np.issubdtype(array.dtype, np.integer) or 0 in array.shape:
+            raise ValueError(f"the stride-{layer.stride} layer's indices must be a non-empty integer array "
+                             f"(stages, rows, cols), got {array.dtype} {array.shape}")
+    layers = tuple(Layer(layer.stride, array.shape[0]) for layer, array in zip(indices.layers, arrays))
+    _check_structure(layers, model, exact)
+    rows, cols = arrays[0].shape[1:]
+    height = indices.height or rows * layers[0].stride
+    width = indices.width or cols * layers[0].stride
+    for layer, array, spec in zip(layers, arrays, model.layers):
+        expected = _grid_shape(model, layer, height, width)
+        if array.shape[1:] != expected:
+            raise ValueError(f"the stride-{layer.stride} layer's grids are {array.shape[1]}x{array.shape[2]}, "
+                             f"a {width}x{height} image needs {expected[0]}x{expected[1]}")
+        if array.min() < 0 or array.max() >= spec.codebook_size:
+            raise ValueError(f"the stride-{layer.stride} layer's indices must be in 0..{spec.codebook_size - 1}")
+    rgb = _pixels(model, arrays, height, width)
+    return images.merge_planes(rgb, None, indices.mode)
 
 
 def describe(data: bytes, *, max_pixels: int | None = None) -> dict:
-    """Every header field plus sizes and bpp, for `vqcodec info`."""
+    """Every header field plus the model, layers, grid shapes, metadata, sizes and bpp, for
+    `vqcodec info`."""
     parsed = container.unpack(bytes(data), max_pixels=max_pixels)
     header = parsed.header
-    entry = zoo.find_by_hash(header.model_sha256)
-    return {
-        **header.to_dict(),
-        "format_version": container.FORMAT_VERSION,
+    try:
+        entry, exact = _find_model(header)
+    except VqzError:
+        entry, exact = None, False
+    fields = {"format_version": header.version, **header.to_dict()}
+    layers = header.layers if isinstance(header, Header) else None
+    shapes = None
+    if entry is not None:
+        model = _load_model(entry)
+        try:
+            layers = _layers_of(header, model, exact)
+            shapes = [list(_grid_shape(model, layer, header.height, header.width)) for layer in layers]
+        except VqzError:
+            pass
+    fields.update({
+        "model_name": entry.name if entry is not None else fields.get("model_name"),
+        "model_sha256": entry.sha256 if entry is not None and exact else fields.get("model_sha256"),
         "model_installed": entry is not None,
+        "layers": [layer.to_dict() for layer in layers] if layers is not None else None,
+        "grid_shapes": fields.get("grid_shapes") or shapes,
+        "metadata": {kind: len(value) for kind, value in parsed.metadata.items()},
         "file_bytes": len(data),
+        "header_bytes": parsed.header_bytes,
         "index_payload_bytes": len(parsed.index_payload),
         "alpha_payload_bytes": len(parsed.alpha_payload),
+        "metadata_bytes": parsed.metadata_bytes,
         "bpp": len(data) * 8 / (header.width * header.height),
-    }
+    })
+    return fields
 
 
 def generate(count: int, *, model: str | None = None, size: tuple[int, int] | None = None,
@@ -281,14 +529,18 @@ def generate(count: int, *, model: str | None = None, size: tuple[int, int] | No
     256x256, as for digits, else 256x256). temperature: None = the model's own default
     (chosen when its prior was trained; 1.0 if it has none). quality: stages sampled
     (default all). The same arguments and seed give the same images."""
-    entry, vqvae = _model_for(model)
-    prior = zoo.load_prior(entry)
+    chosen = _model_for(model)
+    entry, vqvae, prior = chosen.entry, chosen.vqvae, chosen.layers[0].prior
     if prior is None:
         raise ValueError(f"model '{entry.name}' has no prior to sample from")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a positive integer, got {count!r}")
     cfg = vqvae.config
-    stages = cfg.num_stages if quality is None else _check_quality(quality, entry, cfg.num_stages, cfg.num_stages)
+    if quality is not None and (isinstance(quality, bool) or not isinstance(quality, (int, np.integer))
+                                or not 1 <= quality <= cfg.num_stages):
+        raise ValueError(f"quality must be an integer from 1 to {cfg.num_stages} for model '{entry.name}', "
+                         f"got {quality!r}")
+    stages = cfg.num_stages if quality is None else int(quality)
     training = json.loads(zoo.read_metadata(entry.path).get("prior_training", "{}"))
     height, width = size or tuple(training.get("sample_size", (256, 256)))
     if temperature is None:

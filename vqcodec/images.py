@@ -37,6 +37,13 @@ anything else                   ``convert("RGB")`` if Pillow can, otherwise
 
 Images with zero width or height are refused.
 
+Metadata
+--------
+:func:`load_image_with_metadata` also returns the input's ICC profile, EXIF and XMP
+(:func:`vqcodec.fileio.read_metadata`: read before the orientation is applied, and made to
+say orientation 1), and :func:`encode_image_bytes` writes them into the formats that hold
+them (:func:`vqcodec.fileio.metadata_save_options`).
+
 Pixel plumbing
 --------------
 :func:`split_alpha` / :func:`merge_planes` convert between a normalised image
@@ -59,11 +66,14 @@ import numpy as np
 import zstandard
 from PIL import Image, ImageOps
 
+from .fileio import ImageMetadata, metadata_save_options, metadata_warning, read_metadata
+
 __all__ = [
     "ImageInputError",
     "ImageSource",
     "NORMALIZED_MODES",
     "load_image",
+    "load_image_with_metadata",
     "normalize_mode",
     "split_alpha",
     "merge_planes",
@@ -113,13 +123,15 @@ def _first_frame(img: Image.Image) -> None:
         img.seek(0)
 
 
-def _decode(opener: "str | BinaryIO", name: str) -> Image.Image:
-    """Open and fully decode an encoded image; return a detached, oriented copy."""
+def _decode(opener: "str | BinaryIO", name: str, with_metadata: bool) -> tuple[Image.Image, ImageMetadata]:
+    """Open and fully decode an encoded image; return a detached, oriented copy (and its
+    metadata when asked for, else an empty ImageMetadata)."""
     try:
         with Image.open(opener) as img:
             _first_frame(img)
             img.load()
-            return _exif_transpose(img)
+            metadata = read_metadata(img) if with_metadata else ImageMetadata()
+            return _exif_transpose(img), metadata
     except ImageInputError:
         raise
     except Image.UnidentifiedImageError:
@@ -134,7 +146,8 @@ def _exif_transpose(img: Image.Image) -> Image.Image:
     """Return a copy of ``img`` with its EXIF orientation applied (best effort)."""
     try:
         out = ImageOps.exif_transpose(img)
-    except Exception:  # broken EXIF must not make a decodable image unreadable
+    except Exception as error:  # broken EXIF must not make a decodable image unreadable
+        metadata_warning(f"EXIF orientation not applied: it cannot be read ({error})")
         out = None
     return img.copy() if out is None else out
 
@@ -169,8 +182,19 @@ def load_image(source: ImageSource) -> Image.Image:
     animated images yield their first frame, and the mode is normalised with
     :func:`normalize_mode`.  Every problem is reported as :class:`ImageInputError`.
     """
+    return _load(source, with_metadata=False)[0]
+
+
+def load_image_with_metadata(source: ImageSource) -> tuple[Image.Image, ImageMetadata]:
+    """:func:`load_image` and the source's ICC profile, EXIF and XMP (:func:`read_metadata`;
+    none for a numpy array)."""
+    return _load(source, with_metadata=True)
+
+
+def _load(source: ImageSource, with_metadata: bool) -> tuple[Image.Image, ImageMetadata]:
+    metadata = ImageMetadata()
     if isinstance(source, np.ndarray):
-        return _from_array(source)
+        return _from_array(source), metadata
 
     if isinstance(source, Image.Image):
         try:
@@ -178,9 +202,11 @@ def load_image(source: ImageSource) -> Image.Image:
             source.load()
         except Exception as exc:
             raise ImageInputError(f"cannot read image: {exc}") from exc
+        if with_metadata:
+            metadata = read_metadata(source)
         img = _exif_transpose(source)
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        img = _decode(io.BytesIO(bytes(source)), "<bytes>")
+        img, metadata = _decode(io.BytesIO(bytes(source)), "<bytes>", with_metadata)
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if isinstance(path, bytes):
@@ -189,11 +215,11 @@ def load_image(source: ImageSource) -> Image.Image:
             raise ImageInputError(f"{path!r} is a directory, not an image file")
         if not os.path.exists(path):
             raise ImageInputError(f"no such file: {path!r}")
-        img = _decode(path, path)
+        img, metadata = _decode(path, path, with_metadata)
     elif hasattr(source, "read"):
         name = getattr(source, "name", None)
         name = str(name) if isinstance(name, (str, os.PathLike)) else "<file object>"
-        img = _decode(source, name)  # type: ignore[arg-type]
+        img, metadata = _decode(source, name, with_metadata)  # type: ignore[arg-type]
     else:
         raise ImageInputError(
             f"unsupported image source of type {type(source).__name__}; expected a path, "
@@ -203,7 +229,7 @@ def load_image(source: ImageSource) -> Image.Image:
     img = normalize_mode(img)
     if img.width == 0 or img.height == 0:
         raise ImageInputError(f"image has zero size ({img.width}x{img.height})")
-    return img
+    return img, metadata
 
 
 def _has_palette_alpha(img: Image.Image) -> bool:
@@ -330,11 +356,12 @@ def crop(arr: np.ndarray, height: int, width: int) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 def compress_alpha(alpha: np.ndarray) -> bytes:
-    """Compress a uint8 HxW alpha plane losslessly with zstandard (level 19)."""
+    """Compress a uint8 HxW alpha plane losslessly with zstandard (level 19, with the frame's
+    content checksum)."""
     alpha = np.asarray(alpha)
     if alpha.dtype != np.uint8 or alpha.ndim != 2:
         raise ValueError(f"alpha must be a uint8 HxW array, got {alpha.dtype} {alpha.shape}")
-    return zstandard.ZstdCompressor(level=ALPHA_ZSTD_LEVEL).compress(
+    return zstandard.ZstdCompressor(level=ALPHA_ZSTD_LEVEL, write_checksum=True).compress(
         np.ascontiguousarray(alpha).tobytes()
     )
 
@@ -405,12 +432,14 @@ def _fallback_modes(img: Image.Image) -> list[str]:
     return [m for m in modes if m != img.mode] + ["L"]
 
 
-def encode_image_bytes(img: Image.Image, format: str) -> bytes:
+def encode_image_bytes(img: Image.Image, format: str, metadata: ImageMetadata | None = None) -> bytes:
     """Encode ``img`` in Pillow ``format`` (e.g. "PNG", "JPEG") and return the bytes.
 
     JPEG cannot hold alpha: RGBA becomes RGB and LA becomes L silently.  If a
     format rejects the image mode, RGBA/RGB/L are tried in turn.  JPEG and WebP
-    are written at quality 95.
+    are written at quality 95.  ``metadata`` is written where the format holds it
+    (:func:`vqcodec.fileio.metadata_save_options`); what it cannot hold is left out with a
+    :class:`vqcodec.fileio.MetadataWarning`.
     """
     fmt = format.upper()
     Image.init()
@@ -422,7 +451,9 @@ def encode_image_bytes(img: Image.Image, format: str) -> bytes:
             img = img.convert("RGB")
         elif img.mode == "LA":
             img = img.convert("L")
-    options = _SAVE_OPTIONS.get(fmt, {})
+    options = dict(_SAVE_OPTIONS.get(fmt, {}))
+    if metadata is not None:
+        options.update(metadata_save_options(fmt, metadata))
     first_error: Exception | None = None
     for mode in [img.mode] + _fallback_modes(img):
         candidate = img if mode == img.mode else img.convert(mode)

@@ -5,14 +5,18 @@
     >>> im = Image.open("photo.vqz")                   # decodes on first pixel access
     >>> im.save("copy.vqz", quality=4)                  # also model="photo", coder="zstd"
 
-Opening a file reads and checks the whole container (magic, lengths, CRC-32, header
-fields) but runs no model: `size`, `mode` and `info["vqz"]` (the header fields) are known
-at once, and torch is imported only when the pixels are needed (`load()`) or on save.
-Malformed, corrupt or unsupported files raise :class:`vqcodec.VqzError` (a ValueError),
-from `Image.open` for a broken container and from `load()` for what only decoding finds
-(for instance a model that is not installed). Save parameters: `quality` (1..N, default
-the model's default level), `model` (a bundled model name, default the default model) and
-`coder` (an entropy coder, default zstd).
+Opening a file reads and checks the whole container (magic, lengths, check, header
+fields, metadata) but runs no model: `size`, `mode`, `info["vqz"]` (the header fields) and
+the file's metadata, `info["icc_profile"]`, `info["exif"]` and `info["xmp"]` (as Pillow's
+JPEG and PNG plugins give them), are known at once, and torch is imported only when the
+pixels are needed (`load()`) or on save. Malformed, corrupt or unsupported files raise
+:class:`vqcodec.VqzError` (a ValueError), from `Image.open` for a broken container and from
+`load()` for what only decoding finds (for instance a model that is not installed). Save
+parameters: `quality` (1..N, default the model's default level), `model` (a bundled model
+name, default the default model), `coder` (an entropy coder, default the model's),
+`metadata` ("all", the default, "none" or a comma list of icc, exif, xmp: which of the
+image's metadata to keep) and, as for Pillow's own formats, `icc_profile`, `exif` and `xmp`
+to store instead of the image's own.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import io
 from PIL import Image, ImageFile
 
 from . import container
+from .fileio import ImageMetadata
 
 FORMAT = "VQZ"
 EXTENSION = ".vqz"
@@ -39,13 +44,15 @@ class VqzImageFile(ImageFile.ImageFile):
         data = self.fp.read()
         if not _accept(data):
             raise SyntaxError("not a .vqz file")
-        header = container.unpack(data).header  # VqzError for a broken file
+        parsed = container.unpack(data)  # VqzError for a broken file
+        header = parsed.header
         self._size = (header.width, header.height)
         if isinstance(getattr(Image.Image, "mode", None), property):
             self._mode = header.mode
         else:  # Pillow < 10.1 has a plain attribute
             self.mode = header.mode
         self.info["vqz"] = header.to_dict()
+        self.info.update(ImageMetadata(**parsed.metadata).to_info())  # icc_profile, exif, xmp
         self._vqz_data: bytes | None = data
         self.tile = []
 
@@ -80,8 +87,12 @@ def _save(im: Image.Image, fp, filename) -> None:
     from . import codec
 
     options = im.encoderinfo
+    given = {key: options[key] for key in ("icc_profile", "exif", "xmp") if key in options}
+    if given:  # Pillow's convention: these save parameters stand in for the image's own
+        im = im.copy()
+        im.info.update(given)
     result = codec.encode_image(im, quality=options.get("quality"), model=options.get("model"),
-                                coder=options.get("coder"))
+                                coder=options.get("coder"), metadata=options.get("metadata"))
     fp.write(result.data)
 
 

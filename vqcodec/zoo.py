@@ -122,6 +122,22 @@ def find_by_hash(sha256: str) -> ModelEntry | None:
             or next((e for e in available if e.decodes_base_of == sha256), None))
 
 
+def find_by_prefix(prefix: str) -> ModelEntry | None:
+    """find_by_hash for the leading hex digits of a sha256 (a version-2 .vqz names its model
+    by 8 bytes of it): the model whose file's sha256 starts with `prefix`, else the one that
+    carries such a file's base model and prior, else None. Raises ModelError if two different
+    files match."""
+    available = entries()
+    for matches in ([e for e in available if e.sha256.startswith(prefix)],
+                    [e for e in available if e.decodes_base_of and e.decodes_base_of.startswith(prefix)]):
+        if len({e.sha256 for e in matches}) > 1:
+            raise ModelError(f"model sha256 prefix {prefix} is ambiguous: it matches "
+                             + ", ".join(f"'{e.name}' ({e.sha256})" for e in matches))
+        if matches:
+            return matches[0]
+    return None
+
+
 def list_models() -> list[dict]:
     return [entry.info() for entry in entries()]
 

@@ -1,36 +1,43 @@
 """Write the golden .vqz files and manifest.json for the bundled models (run once per release
-that changes a model; never to make a failing golden test pass). Files of models that are no
-longer installed are kept: they check the "model not installed" error. Existing files that an
-installed model decodes (its own, or those of the file it added an enhancement layer to) are
-kept too, with their digests; only what is missing is added.
+that changes a model or the format; never to make a failing golden test pass). Every file
+already listed stays, with its digests: files of models that are no longer installed check
+the "model not installed" error, version-1 files check that version 1 still decodes, to the
+same pixels. Only what is missing is added, as version-2 files named v2_MODEL_qQ_CODER.vqz
+(v2_photo_q2_rgba_metadata.vqz: alpha plane, ICC profile, EXIF and XMP).
 
-Each file has the digest of its pixels decoded in float32 (VQCODEC_FLOAT32=1, every machine)
-and, made on a machine with native bfloat16, the digest of the faster bf16 decode.
+Each file has the digest of its index grids (exact everywhere: the indices are integers,
+decoded in integer arithmetic), version 2 the digests of its metadata, and, for the pixels:
+  - version 1 (made before this script wrote version 2): the sha256 of its pixels decoded in
+    float32 (VQCODEC_FLOAT32=1) and, made on a machine with native bfloat16, of the bf16 decode;
+  - version 2: a reference PNG of the float32 decode; every decode, float32 or bf16 on any
+    machine, must be within PIXEL_TOLERANCE levels of it.
 
     python tests/golden/make_golden.py
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageCms
 
 import vqcodec
-from vqcodec import images, zoo
+from vqcodec import container, images, zoo
 from vqcodec.nn.autoencoder import fast_bfloat16
 
 HERE = Path(__file__).resolve().parent
 CASES = {  # model -> (size, [(quality, coder)])
-    # photo q5-q8 are enhancement levels since session 4; photo_q8_prior.vqz (8 base stages,
-    # session 3) stays: the base model still decodes such files
-    "photo": ((64, 48), [(1, "prior"), (4, "prior"), (8, "prior"), (4, "zstd"), (5, "prior"), (6, "prior"),
-                         (5, "zstd")]),
+    "photo": ((64, 48), [(1, "prior"), (4, "prior"), (5, "prior"), (8, "prior"), (4, "zstd"), (5, "zstd")]),
     "digits": ((28, 28), [(1, "prior"), (2, "prior"), (2, "zstd")]),
 }
+# Largest difference, in levels of any channel of any pixel, between a decode of a version-2
+# golden file and its reference PNG (the float32 decode where it was made). The bf16 and
+# float32 decodes of the golden files differ by at most 2.
+PIXEL_TOLERANCE = 3
 
 
 def pixel_digest(picture: Image.Image) -> str:
@@ -39,8 +46,26 @@ def pixel_digest(picture: Image.Image) -> str:
     return hashlib.sha256(header + np.asarray(picture).tobytes()).hexdigest()
 
 
+def indices_digest(data: bytes) -> str:
+    """sha256 over each layer's stride, shape and indices (uint16 little-endian)."""
+    digest = hashlib.sha256()
+    for layer in vqcodec.read_indices(data).layers:
+        digest.update(f"{layer.stride} {layer.indices.shape}\n".encode())
+        digest.update(np.ascontiguousarray(layer.indices, dtype="<u2").tobytes())
+    return digest.hexdigest()
+
+
+def decode_float32(data: bytes) -> Image.Image:
+    saved = os.environ.get("VQCODEC_FLOAT32")
+    try:
+        os.environ["VQCODEC_FLOAT32"] = "1"
+        return vqcodec.decode(data)
+    finally:
+        os.environ.pop("VQCODEC_FLOAT32") if saved is None else os.environ.update(VQCODEC_FLOAT32=saved)
+
+
 def decoded_digests(data: bytes) -> dict:
-    """{"pixels_sha256": float32 decode, "pixels_sha256_bfloat16": bf16 decode (if native)}."""
+    """Version 1: {"pixels_sha256": float32 decode, "pixels_sha256_bfloat16": bf16 decode (if native)}."""
     saved = os.environ.get("VQCODEC_FLOAT32")
     try:
         os.environ["VQCODEC_FLOAT32"] = "1"
@@ -53,11 +78,31 @@ def decoded_digests(data: bytes) -> dict:
     return digests
 
 
+def metadata_source(sample: Image.Image) -> bytes:
+    """An RGBA PNG with an ICC profile, EXIF (camera, date, orientation 6) and XMP."""
+    picture = sample.resize((40, 56), Image.LANCZOS).convert("RGBA")
+    alpha = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (56, 1))
+    picture.putalpha(Image.fromarray(alpha))
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = "vqcodec", "golden", 6
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:06 07:08:09"
+    from PIL.PngImagePlugin import PngInfo
+
+    text = PngInfo()
+    text.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf='
+                  '"http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff='
+                  '"http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG", exif=exif.tobytes(), icc_profile=icc, pnginfo=text)
+    return buffer.getvalue()
+
+
 def main() -> None:
     sample = images.load_image(images.sample_image_path())
-    old = json.loads((HERE / "manifest.json").read_text()) if (HERE / "manifest.json").exists() else []
-    decodable = {case["file"]: case for case in old if zoo.find_by_hash(case["model_sha256"]) is not None}
-    manifest = [case for case in old if case["file"] not in decodable]  # files of replaced models stay
+    manifest = json.loads((HERE / "manifest.json").read_text()) if (HERE / "manifest.json").exists() else []
+    listed = {case["file"] for case in manifest}  # every listed file stays
+    version = container.FORMAT_VERSION
     for info in vqcodec.list_models():
         if info["name"] not in CASES:
             continue
@@ -65,23 +110,33 @@ def main() -> None:
         source = sample.resize(size, Image.LANCZOS)
         if info["name"] == "digits":
             source = source.convert("L")
-        for quality, coder in levels:
-            if quality > max(info["quality_levels"]):
+        todo = [(f"v{version}_{info['name']}_q{q}_{coder}.vqz", q, coder, source) for q, coder in levels
+                if q <= max(info["quality_levels"])]
+        if info["name"] == "photo":
+            todo.append((f"v{version}_photo_q2_rgba_metadata.vqz", 2, "prior", metadata_source(sample)))
+        for name, quality, coder, image in todo:
+            if name in listed:
                 continue
-            name = f"{info['name']}_q{quality}_{coder}.vqz"
-            if name in decodable:  # made by this model, or by the file its enhancement layer was added to
-                case = decodable[name]
-                data = (HERE / name).read_bytes()
-            else:
-                data = vqcodec.encode(source, quality=quality, model=info["name"], coder=coder)
-                (HERE / name).write_bytes(data)
-                case = {"file": name, "model": info["name"], "model_sha256": info["sha256"],
-                        "quality": quality, "coder": coder}
-            for key, digest in decoded_digests(data).items():  # never replaces a recorded digest
+            data = vqcodec.encode(image, quality=quality, model=info["name"], coder=coder)
+            (HERE / name).write_bytes(data)
+            reference = name.replace(".vqz", ".float32.png")
+            decode_float32(data).save(HERE / reference)
+            manifest.append({"file": name, "format_version": version, "model": info["name"],
+                             "model_sha256": info["sha256"], "quality": quality, "coder": coder,
+                             "reference": reference})
+    for case in manifest:  # digests of what the installed models decode; never replaces one
+        if zoo.find_by_hash(case["model_sha256"]) is None:
+            continue
+        data = (HERE / case["file"]).read_bytes()
+        case.setdefault("indices_sha256", indices_digest(data))
+        if case.get("format_version", 1) >= 2:
+            case.setdefault("metadata_sha256", {kind: hashlib.sha256(value).hexdigest()
+                                                for kind, value in container.unpack(data).metadata.items()})
+        else:
+            for key, digest in decoded_digests(data).items():
                 case.setdefault(key, digest)
-            manifest.append(case)
     (HERE / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"wrote {len(manifest)} golden files to {HERE}")
+    print(f"{len(manifest)} golden files in {HERE}")
 
 
 if __name__ == "__main__":
