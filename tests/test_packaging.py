@@ -46,6 +46,7 @@ def test_wheel_holds_every_bundled_model_unchanged(wheel):
         for model in MANIFEST:
             assert model["file"] in shipped, f"the wheel lacks {model['file']} (model {model['name']})"
             assert hashlib.sha256(archive.read(shipped[model["file"]])).hexdigest() == model["sha256"]
+        assert set(shipped) == {"models.json"} | {m["file"] for m in MANIFEST}  # nothing unregistered
         assert any(name.endswith("vqcodec/data/sample.png") for name in archive.namelist())
 
 
