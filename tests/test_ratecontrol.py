@@ -27,3 +27,31 @@ def test_unreachable_targets_return_the_nearest_level_and_say_so():
     assert (low.level, low.met) == (1, False)
     high = ratecontrol.for_target_psnr(LEVELS, PSNR.__getitem__, 40.0)
     assert (high.level, high.met) == (8, False)
+
+
+def test_encode_meets_a_bpp_or_psnr_target_and_says_when_it_cannot(runner, tmp_path, default_model, photo):
+    import numpy as np
+
+    from vqcodec import codec, images
+    from vqcodec.cli import main
+
+    source = tmp_path / "in.png"
+    photo.save(source)
+    sizes = {q: len(codec.encode(photo, quality=q)) * 8 / (256 * 256) for q in (3, 4)}
+    budget = (sizes[3] + sizes[4]) / 2  # between levels 3 and 4
+    result = runner.invoke(main, ["encode", str(source), "-o", str(tmp_path / "a.vqz"), "--target-bpp", f"{budget}"])
+    assert result.exit_code == 0, result.output
+    assert codec.describe((tmp_path / "a.vqz").read_bytes())["quality"] == 3
+    target = 27.0
+    result = runner.invoke(main, ["encode", str(source), "-o", str(tmp_path / "b.vqz"), "--target-psnr", "27"])
+    assert result.exit_code == 0, result.output
+    data = (tmp_path / "b.vqz").read_bytes()
+    quality = codec.describe(data)["quality"]
+    decoded = images.split_alpha(codec.decode(data))[0]
+    assert images.psnr(images.split_alpha(photo)[0], decoded) >= target
+    lower = images.split_alpha(codec.decode(codec.encode(photo, quality=quality - 1)))[0]
+    assert images.psnr(images.split_alpha(photo)[0], lower) < target  # the lowest level that reaches it
+    result = runner.invoke(main, ["encode", str(source), "-o", str(tmp_path / "c.vqz"), "--target-bpp", "0.0001"])
+    assert result.exit_code == 0 and "no quality level reaches" in result.output
+    result = runner.invoke(main, ["encode", str(source), "-o", str(tmp_path / "d.vqz"), "-q", "2", "--target-bpp", "1"])
+    assert result.exit_code == 2 and not (tmp_path / "d.vqz").exists()

@@ -135,7 +135,8 @@ def test_train_prior_adds_a_prior_that_codes_and_resumes(folder, monkeypatch):
     meta = read_metadata(folder / "w" / "tinyp.safetensors")
     assert json.loads(meta["prior_config"]) == {"channels": 8, "codebook_size": 16, "layers": 2, "num_stages": 2,
                                                 "schedule": "grouped", "conditional_match": False,
-                                                "nested_stages": 1, "coarse_groups": False}
+                                                "nested_stages": 1, "coarse_groups": False, "coarse_factors": [],
+                                                "num_classes": 0, "raster_stages": 0}
     assert (folder / "w" / "tinyp.grids.pt").exists() and (folder / "w" / "tinyp.prior.ckpt").exists()
     result = train_prior(4)  # resumes from the checkpoint, reuses the cached grids
     assert result.exit_code == 0, result.output

@@ -144,28 +144,34 @@ class _Job:
 
 
 def _with_warnings(work):
-    """work() -> (its result, the messages of the MetadataWarnings it gave)."""
+    """work() -> (its result, the messages of the metadata and rate-control warnings it gave)."""
+    from .codec import RateControlWarning
     from .fileio import MetadataWarning
 
+    reported = (MetadataWarning, RateControlWarning)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", MetadataWarning)
+        warnings.simplefilter("always")
         result = work()
-    shown = [str(w.message) for w in caught if issubclass(w.category, MetadataWarning)]
+    shown = [str(w.message) for w in caught if issubclass(w.category, reported)]
     for w in caught:  # others as they would have been
-        if not issubclass(w.category, MetadataWarning):
+        if not issubclass(w.category, reported):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return result, shown
 
 
-def _encode_job(job: _Job, *, quality, model, coder, force, metadata) -> dict:
+def _encode_job(job: _Job, *, quality, model, coder, force, metadata, target_bpp=None, target_psnr=None) -> dict:
     from . import codec
 
     input_path, data = _read_source(job.source)
     out = None if job.target == STDIO else _output_path(input_path, job.target, ".vqz")
     _refuse_existing(out, force)
     started = time.perf_counter()
-    result, notes = _with_warnings(lambda: codec.encode_image(data, quality=quality, model=model, coder=coder,
-                                                              metadata=metadata))
+    if target_bpp is None and target_psnr is None:
+        result, notes = _with_warnings(lambda: codec.encode_image(data, quality=quality, model=model, coder=coder,
+                                                                  metadata=metadata))
+    else:
+        result, notes = _with_warnings(lambda: codec.encode_to_target(
+            data, target_bpp=target_bpp, target_psnr=target_psnr, model=model, coder=coder, metadata=metadata))
     _deliver(out, result.data, force, job.make_parent)
     h = result.header
     return {"ok": True, "input": job.source, "output": STDIO if out is None else str(out),
@@ -473,6 +479,14 @@ def main() -> None:
 @click.option("-q", "--quality", type=int, default=None,
               help="Quality level, 1 (smallest file) to the model's maximum (best picture); "
                    "see `vqcodec models`. Default: the model's default level.")
+@click.option("--target-bpp", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Instead of -q: per image, the highest quality level whose file is at most this many bits "
+                   "per pixel (measured on the file itself; a binary search over the levels). If even "
+                   "the lowest level is larger, it is used with a warning.")
+@click.option("--target-psnr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Instead of -q: per image, the lowest quality level whose decoded image reaches this "
+                   "RGB PSNR in dB (measured by decoding it; a binary search over the levels). If no "
+                   "level reaches it, the highest is used with a warning.")
 @click.option("--model", "model_name", default=None,
               help="Bundled model to use (see `vqcodec models`). Default: the default model.")
 @click.option("--coder", type=_CoderChoice(), default=None,
@@ -490,7 +504,8 @@ def main() -> None:
               help="Print one JSON object per file, one per line, on stdout (on stderr with -o -).")
 @click.option("-v", "--verbose", is_flag=True, help="Print size, bits per pixel and time.")
 @reports_errors
-def encode(inputs, output, quality, model_name, coder, metadata, force, jobs, as_json, verbose):
+def encode(inputs, output, quality, target_bpp, target_psnr, model_name, coder, metadata, force, jobs, as_json,
+           verbose):
     """Compress image files (PNG, JPEG, WebP, TIFF, BMP, ...) to .vqz files.
 
     Any size from 1x1 up. Gray images stay gray, alpha is kept losslessly,
@@ -506,9 +521,11 @@ def encode(inputs, output, quality, model_name, coder, metadata, force, jobs, as
       vqcodec encode photo.png -q 3            # writes photo.vqz
       cat photo.png | vqcodec encode - > photo.vqz
       vqcodec encode a.png b.jpg shots/ -o out/ --jobs 2"""
+    if sum(x is not None for x in (quality, target_bpp, target_psnr)) > 1:
+        raise click.UsageError("give at most one of -q, --target-bpp and --target-psnr")
     batch, planned, problems = _plan(inputs, output, ".vqz", _find_images, "images")
     work = functools.partial(_encode_job, quality=quality, model=model_name, coder=coder, force=force,
-                             metadata=metadata)
+                             metadata=metadata, target_bpp=target_bpp, target_psnr=target_psnr)
     _run(batch, planned, problems, work, workers=jobs, as_json=as_json, force=force,
          text=_encode_text if verbose else None)
 

@@ -278,6 +278,47 @@ def encode_image(image, quality: int | None = None, model: str | None = None,
                         tuple(kept))
 
 
+def encode_to_target(image, *, target_bpp: float | None = None, target_psnr: float | None = None,
+                     model: str | None = None, coder: str | None = None, metadata=None) -> EncodeResult:
+    """Encode at the quality level that meets a size or quality target (vqcodec.ratecontrol:
+    what is guaranteed, what is searched). Exactly one target. When no level meets it, the
+    nearest level's file is returned and a RateControlWarning says so."""
+    import warnings
+
+    from . import ratecontrol
+
+    if (target_bpp is None) == (target_psnr is None):
+        raise ValueError("give exactly one of target_bpp and target_psnr")
+    chosen = _model_for(model)
+    levels = list(range(1, zoo.levels_of(chosen.vqvae, chosen.enhance)[0] + 1))
+    results: dict[int, EncodeResult] = {}
+
+    def encoded(level: int) -> EncodeResult:
+        if level not in results:
+            results[level] = encode_image(image, level, model, coder, metadata=metadata)
+        return results[level]
+
+    if target_bpp is not None:
+        choice = ratecontrol.for_target_bpp(levels, lambda q: encoded(q).bpp, target_bpp)
+        wanted = f"{target_bpp:g} bpp"
+    else:
+        reference = images.split_alpha(images.load_image(image))[0]
+
+        def quality_of(level: int) -> float:
+            return images.psnr(reference, images.split_alpha(decode(encoded(level).data))[0])
+
+        choice = ratecontrol.for_target_psnr(levels, quality_of, target_psnr)
+        wanted = f"{target_psnr:g} dB"
+    if not choice.met:
+        warnings.warn(RateControlWarning(f"no quality level reaches {wanted}; used quality {choice.level} "
+                                         f"({choice.value:.4g})"))
+    return results[choice.level]
+
+
+class RateControlWarning(UserWarning):
+    """encode_to_target could not meet its target."""
+
+
 def encode(image, quality: int | None = None, model: str | None = None, coder: str | None = None,
            metadata=None) -> bytes:
     """Encode an image to .vqz bytes.
