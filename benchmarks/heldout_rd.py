@@ -27,17 +27,14 @@ import torch
 from PIL import Image
 
 from vqcodec import bench, codec
-from vqcodec.training.hierarchy_task import EVAL_SIDE, load_pool, split_by_name
+from vqcodec.training.hierarchy_task import EVAL_SIDE, central_crop, load_pool, split_by_name
 
 
 def crops(folders, side=EVAL_SIDE, multiple=16):
     _, held = split_by_name(folders, 3)
     out = []
     for image in load_pool(held, (), multiple):
-        h = min(side, image.shape[1]) // multiple * multiple
-        w = min(side, image.shape[2]) // multiple * multiple
-        top, left = (image.shape[1] - h) // 2, (image.shape[2] - w) // 2
-        out.append(image[:, top:top + h, left:left + w].permute(1, 2, 0).numpy().copy())
+        out.append((central_crop(image, multiple, side)[0] * 255).round().byte().permute(1, 2, 0).numpy().copy())
     return [p.parent.name + "/" + p.name for p in held], out
 
 

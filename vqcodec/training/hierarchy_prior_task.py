@@ -25,7 +25,7 @@ from ..config import HierarchyConfig, PriorConfig, _tupleize
 from ..fileio import atomic_write_bytes
 from ..nn.hierarchy import HierarchicalVQ
 from ..nn.prior import ContextPrior
-from .hierarchy_task import EVAL_SIDE, load_pool, random_crops, split_by_name
+from .hierarchy_task import central_crop, load_pool, random_crops, split_by_name
 
 
 def level_prior_configs(model_cfg: HierarchyConfig, base: PriorConfig, conditioned: bool = True) -> list[PriorConfig]:
@@ -108,10 +108,8 @@ class HierarchyPriorTask:
         prior_bpp, float_bpp = np.zeros(n_stages), np.zeros(n_stages)
         stride = self.autoencoder.config.stride
         for image in self.held_out:
-            h = min(EVAL_SIDE, image.shape[1]) // stride * stride
-            w = min(EVAL_SIDE, image.shape[2]) // stride * stride
-            top, left = (image.shape[1] - h) // 2, (image.shape[2] - w) // 2
-            x = image[:, top:top + h, left:left + w].unsqueeze(0).float() / 255
+            x = central_crop(image, stride)
+            h, w = x.shape[2:]
             for n in range(1, n_stages + 1):
                 grids, bits = self.autoencoder.encode_indices(x, n, float(self.lambdas[n - 1]))
                 total = 0.0

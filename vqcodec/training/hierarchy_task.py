@@ -26,6 +26,9 @@ from ..images import find_images
 from ..nn.hierarchy import HierarchicalVQ
 
 
+EVAL_SIDE = 512  # held-out photos are evaluated on their central EVAL_SIDE square, for speed
+
+
 def split_by_name(folders: list[str | Path], held_out_per_folder: int) -> tuple[list[Path], list[Path]]:
     """(training files, held-out files): in every folder that holds images directly, the last
     held_out_per_folder files by name are held out (photos/047-049 with the default 3)."""
@@ -67,12 +70,18 @@ def random_crops(pool: list[torch.Tensor], count: int, size: int, generator: tor
     return torch.stack(crops).float() / 255.0
 
 
+def central_crop(image: torch.Tensor, multiple: int, side: int = EVAL_SIDE) -> torch.Tensor:
+    """(1, 3, h, w) floats in [0,1]: the central side x side of a uint8 (3, H, W) image (or less),
+    cut to a multiple of `multiple`: the held-out evaluation's view of a photo."""
+    h = min(side, image.shape[1]) // multiple * multiple
+    w = min(side, image.shape[2]) // multiple * multiple
+    top, left = (image.shape[1] - h) // 2, (image.shape[2] - w) // 2
+    return image[:, top:top + h, left:left + w].unsqueeze(0).float() / 255
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = F.mse_loss(a, b).item()
     return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
-EVAL_SIDE = 512
 
 
 class HierarchyTask:
@@ -108,10 +117,8 @@ class HierarchyTask:
         used = [set() for _ in range(n_stages)]
         stride = self.cfg.stride
         for image in self.held_out:
-            h = min(EVAL_SIDE, image.shape[1]) // stride * stride
-            w = min(EVAL_SIDE, image.shape[2]) // stride * stride
-            top, left = (image.shape[1] - h) // 2, (image.shape[2] - w) // 2
-            x = image[:, top:top + h, left:left + w].unsqueeze(0).float() / 255
+            x = central_crop(image, stride)
+            h, w = x.shape[2:]
             for n in range(1, n_stages + 1):
                 grids, bits = self.model.encode_indices(x, n, float(self.lambdas[n - 1]))
                 y = self.model.decode_indices(grids).float().clamp(0, 1).mul(255).round().div(255)
