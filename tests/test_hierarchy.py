@@ -120,7 +120,7 @@ class CountingTask:
         return loss, {"loss": loss.item()}
 
     def evaluate(self):
-        return {"weight_norm": float(self.model.weight.norm())}
+        return {"weight_norm": self.model.weight.detach().norm().item()}
 
     def save_weights(self, path: Path, record: dict):
         path.write_text(json.dumps(record))
