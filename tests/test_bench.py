@@ -113,6 +113,9 @@ def test_bd_rate_known_answers():
     assert bench.bd_rate(REFERENCE, [(0.3, 30.0)]) is None  # one point
     assert bench.bd_rate(REFERENCE, [(1.5, 30.0), (2.0, 33.0)]) is None  # all above max_bpp
     assert bench.bd_rate(REFERENCE, [(1.5, 30.0), (2.0, 33.0)], max_bpp=4) is not None
+    small_images = [(bpp * 20, psnr) for bpp, psnr in REFERENCE]  # such as 28x28 digits: all above 1 bpp
+    assert bench.bd_rate(small_images, [(bpp * 0.8, psnr) for bpp, psnr in small_images],
+                         max_bpp=float("inf")) == pytest.approx(-20.0, abs=0.1)
 
 
 def test_bd_rate_pchip_is_exact_on_piecewise_linear_and_monotone():

@@ -67,7 +67,7 @@ def test_temperature_zero_and_top_k_one_are_the_same_greedy_choice(models):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"model": "noprior"}, "no prior"), ({"temperature": -1}, "temperature"), ({"top_k": 0}, "top_k"),
-    ({"quality": 3}, "quality"), ({"size": (0, 5)}, "size")])
+    ({"quality": 3}, "quality"), ({"size": (0, 5)}, "size"), ({"label": 1}, "no classes to choose from")])
 def test_bad_arguments_are_clear_errors(models, kwargs, message):
     with pytest.raises(ValueError, match=message):
         codec.generate(1, **{"model": "tiny", **kwargs})
@@ -90,7 +90,8 @@ def test_cli_writes_samples_and_grid_and_keeps_existing_files(models, tmp_path):
     assert forced.exit_code == 0 and (out / "sample_0.png").read_bytes() != before
 
 
-@pytest.mark.parametrize("args", [["--size", "big"], ["--size", "0x4"], ["-t", "-1"], ["--top-k", "0"], ["-n", "0"]])
+@pytest.mark.parametrize("args", [["--size", "big"], ["--size", "0x4"], ["-t", "-1"], ["--top-k", "0"], ["-n", "0"],
+                                  ["--label", "-1"]])
 def test_cli_bad_values_are_usage_errors(models, tmp_path, args):
     result = CliRunner().invoke(main, ["generate", "--model", "tiny", "-o", str(tmp_path / "x"), *args])
     assert result.exit_code == 2 and "Traceback" not in result.output

@@ -243,3 +243,122 @@ def test_range_coder_rejects_bad_frequencies():
         entropy.range_encode([(np.array([0]), np.array([[0.0, 1.0]]))])
     with pytest.raises(ValueError):
         entropy.RangeDecoder(b"abc")
+
+
+CLASSES = PriorConfig(num_stages=2, codebook_size=16, channels=8, layers=2, schedule="raster", num_classes=3)
+
+
+def class_prior() -> tuple[ContextPrior, IntegerPrior]:
+    model = trained_like(CLASSES)
+    with torch.no_grad():
+        model.class_embed.normal_(0, 3)
+    return model, IntegerPrior(CLASSES, model.to_integer())
+
+
+def test_class_conditional_prior_codes_files_without_a_class():
+    model, prior = class_prior()
+    grid = torch.randint(0, 16, (2, 4, 5))
+    _, decoded = round_trip(prior, grid)
+    assert torch.equal(decoded, grid)
+    assert torch.equal(ContextPrior.from_integer(prior).to_integer()["class_embed"], prior.tensors()["class_embed"])
+    # "no class" adds nothing: the same frequencies as the same network without classes
+    plain = IntegerPrior(replace(CLASSES, num_classes=0),
+                         {k: v for k, v in prior.tensors().items() if k != "class_embed"})
+    for (_, _, f1), (_, _, f2) in zip(encode_passes(prior, grid), encode_passes(plain, grid), strict=True):
+        assert np.array_equal(f1, f2)
+
+
+def test_class_conditional_integer_prior_computes_what_training_sees_given_the_class():
+    model, prior = class_prior()
+    grid = torch.randint(0, 16, (2, 4, 5))
+    label = 2
+    schedule = list(pass_schedule(CLASSES, 2, 4, 5))
+    table = frequency_table()
+    passes = list(prior_module.iter_passes(prior, grid, label=label))
+    changed = False
+    for (stage, _, freqs), (_, known, coded, far), (_, _, unconditional) in zip(
+            passes, schedule, encode_passes(prior, grid), strict=True):
+        with torch.no_grad():
+            stages = torch.tensor([stage])
+            earlier = model.earlier_stages(grid.unsqueeze(0), stages) + model.class_context(torch.tensor([label]))
+            logits = model(grid.unsqueeze(0), stages, known.unsqueeze(0), earlier, torch.tensor([far]))[0]
+        steps = torch.round(logits[:, coded].t() * 16).long()
+        distance = (steps.amax(1, keepdim=True) - steps).clamp(max=len(table) - 1)
+        assert torch.equal(table[distance].float(), torch.from_numpy(freqs))
+        changed |= not np.array_equal(freqs, unconditional)
+    assert changed  # the class changes the distributions
+
+
+def test_sampling_with_classes_follows_the_class_conditional_distributions():
+    _, prior = class_prior()
+    seen = []
+
+    def sampler(freqs):
+        seen.append(freqs.copy())
+        return freqs.argmax(1)
+
+    classes = torch.tensor([0, 2])
+    grids = decode_passes(prior, 2, 3, 3, sampler, count=2, classes=classes)
+    for i, label in enumerate(classes.tolist()):  # each grid's rows in the batched passes
+        expected = [f for _, _, f in prior_module.iter_passes(prior, grids[i], label=label)]
+        assert all(np.array_equal(batch[i:i + 1], f) for batch, f in zip(seen, expected, strict=True))
+    with pytest.raises(ValueError, match="class must be below 3"):
+        decode_passes(prior, 2, 3, 3, sampler, count=1, classes=torch.tensor([3]))
+    with pytest.raises(ValueError, match="not class-conditional"):
+        decode_passes(IntegerPrior(RASTER, trained_like(RASTER).to_integer()), 2, 3, 3, sampler,
+                      classes=torch.tensor([0]))
+
+
+def test_class_conditional_training_loss_uses_the_class():
+    torch.manual_seed(0)
+    model = ContextPrior(CLASSES)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def batch(classes):  # class c: every index is c, so given the class the grid is free
+        return classes.view(-1, 1, 1, 1).expand(-1, 2, 3, 3).clone()
+
+    for _ in range(100):
+        classes = torch.randint(0, 3, (8,))
+        loss = model.loss_bits(batch(classes), torch.zeros(8, dtype=torch.long), classes=classes)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    classes, stage = torch.tensor([0, 1, 2] * 3), torch.zeros(9, dtype=torch.long)
+    with torch.no_grad():
+        right = model.loss_bits(batch(classes), stage, classes=classes).item()
+        wrong = model.loss_bits(batch(classes), stage, classes=(classes + 1) % 3).item()
+    assert right < 0.25 * wrong  # it learned to read the class
+
+
+def test_raster_stages_codes_later_stages_in_checkerboard_halves():
+    cfg = replace(RASTER, num_stages=3, raster_stages=1)
+    assert len(list(pass_schedule(cfg, 3, 4, 5))) == 20 + 2 + 2
+    assert len(list(pass_schedule(RASTER, 2, 4, 5))) == 40  # raster_stages 0: every stage raster
+    prior = IntegerPrior(cfg, trained_like(cfg).to_integer())
+    grid = torch.randint(0, 16, (3, 4, 5))
+    _, decoded = round_trip(prior, grid)
+    assert torch.equal(decoded, grid)
+    model = trained_like(cfg)  # training scores the half a pass codes, given the other half or nothing
+    assert torch.isfinite(model.loss_bits(torch.randint(0, 16, (6, 3, 4, 5)), torch.tensor([0, 1, 2, 2, 1, 0]),
+                                          torch.Generator().manual_seed(0)))
+
+
+def test_guided_sampling_pushes_towards_the_class_and_zero_guidance_is_plain_sampling():
+    given = np.array([[60, 30, 10], [60, 30, 10]], dtype=np.float32)  # two grids, with their class
+    blind = np.array([[20, 40, 40], [60, 30, 10]], dtype=np.float32)  # the same two without one
+    frequencies = np.concatenate([given, blind])
+    seen = []
+
+    def record(freqs):
+        seen.append(freqs / freqs.sum(axis=1, keepdims=True))
+        return np.zeros(len(freqs), dtype=np.int64)
+
+    symbols = prior_module.GuidedSampler(record, 0.0)(frequencies)
+    assert np.allclose(seen[-1], given / given.sum(axis=1, keepdims=True))
+    assert symbols.tolist() == [0, 0, 0, 0]  # both copies of a grid get the same symbol
+    prior_module.GuidedSampler(record, 1.0)(frequencies)
+    # grid 0: the class makes symbol 0 three times likelier than without it, so guidance raises it
+    assert seen[-1][0, 0] > 0.6 + 0.1 and seen[-1][0].argmax() == 0
+    assert np.allclose(seen[-1][1], [0.6, 0.3, 0.1])  # grid 1: the class changes nothing
+    with pytest.raises(ValueError, match="guidance must be"):
+        prior_module.GuidedSampler(record, -1.0)

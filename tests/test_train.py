@@ -234,3 +234,46 @@ def test_train_enhance_adds_levels_that_code_and_resume(folder, monkeypatch):
         assert vqcodec.decode(data).size == (20, 12)
     with pytest.raises(ValueError, match="from 1 to 4"):
         vqcodec.encode(pixels, model="tiny", quality=5)
+
+
+def test_held_out_spread_and_a_class_conditional_prior(tmp_path, monkeypatch):
+    """Data sorted by class (as mnist5k.npz): the held-out images spread over it, and a prior
+    that learns the classes from the .npz's labels and samples the class asked for."""
+    from vqcodec import codec
+    assert training.held_out_positions(10, 3, False) == [7, 8, 9]
+    assert training.held_out_positions(10, 2, True) == [4, 9]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 16, 16), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=images, labels=np.repeat(np.arange(3), 4))
+    pool, held, names = training.load_training_data(tmp_path / "d.npz", 3, (), 16, 4, spread=True)
+    assert names == ["d.npz[3]", "d.npz[7]", "d.npz[11]"] and len(pool) == 9
+    assert np.array_equal(held[1][0].numpy(), images[7])
+    spread = {"held_out_images": 3, "held_out_spread": True, "extra_scales": []}
+    (tmp_path / "m.json").write_text(json.dumps({"model": TINY["model"],
+                                                 "train": {**TINY["train"], "crop_size": 16, **spread}}))
+    (tmp_path / "p.json").write_text(json.dumps({
+        "prior": {"channels": 8, "schedule": "raster", "raster_stages": 1, "num_classes": 3},
+        "train": {**TINY_PRIOR["train"], "mirror": False, **spread}}))
+    run = CliRunner().invoke
+    weights = tmp_path / "w"
+    result = run(main, ["train", "--data", str(tmp_path / "d.npz"), "--out", str(weights / "base.safetensors"),
+                        "--config", str(tmp_path / "m.json"), "--steps", "2", "--name", "tinyc", "--no-register"],
+                 catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(read_metadata(weights / "base.safetensors")["training"])["held_out_images"] == names
+    result = run(main, ["train-prior", "--weights", str(weights / "base.safetensors"), "--data", str(tmp_path / "d.npz"),
+                        "--out", str(weights / "tinyc.safetensors"), "--config", str(tmp_path / "p.json")],
+                 catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    record = json.loads(read_metadata(weights / "tinyc.safetensors")["prior_training"])
+    assert len(record["log"][-1]["held_out_bits_per_stage_given_class"]) == 2
+    monkeypatch.setenv("VQCODEC_WEIGHTS", str(weights))
+    assert len(codec.generate(4, model="tinyc", label=2)) == 4
+    assert len(codec.generate(4, model="tinyc")) == 4  # every class in turn
+    guided = codec.generate(4, model="tinyc", guidance=3.0, seed=1)
+    assert [p.size for p in guided] == [(16, 16)] * 4
+    assert [np.asarray(p).tolist() for p in guided] == [np.asarray(p).tolist() for p in
+                                                         codec.generate(4, model="tinyc", guidance=3.0, seed=1)]
+    assert codec._sample_classes(3, 7, 0, None, "m").bincount().tolist() in ([3, 2, 2], [2, 3, 2], [2, 2, 3])
+    with pytest.raises(ValueError, match="label must be an integer from 0 to 2"):
+        codec.generate(1, model="tinyc", label=3)

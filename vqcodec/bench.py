@@ -365,7 +365,7 @@ def _mean(values) -> float:
 
 def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = True,
               qualities: dict | None = None, coder: str | None = None,
-              rate_tradeoff: float | None = None) -> dict:
+              rate_tradeoff: float | None = None, bd_max_bpp: float | None = BD_MAX_BPP) -> dict:
     """Benchmark `codecs` on the images in `paths` (files or folders, see images.find_images).
 
     codecs: names from CODECS ('vqz' is vqcodec at every quality level of `model`,
@@ -374,6 +374,7 @@ def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = T
     warning when Pillow lacks it. coder: the vqz entropy coder (None = the model's
     default); the same indices are also zstd-coded, to report what the coder saves.
     rate_tradeoff: the prior coder's rate-aware quantization (None = codec.RATE_TRADEOFF).
+    bd_max_bpp: BD-rates from the points up to this rate (None: all points, for small images).
     Returns a JSON-ready dict; see the module docstring for the conventions.
     """
     from tqdm import tqdm
@@ -464,7 +465,7 @@ def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = T
         "settings": {
             "qualities": levels,
             "save_options": {c: SAVE_OPTIONS[c] for c in codecs if c in SAVE_OPTIONS},
-            "bd_rate": {"metric": "psnr", "max_bpp": BD_MAX_BPP, "fit": "pchip log-rate over PSNR"},
+            "bd_rate": {"metric": "psnr", "max_bpp": bd_max_bpp, "fit": "pchip log-rate over PSNR"},
             "vqz_coder": coder,
             "vqz_rate_tradeoff": rate_tradeoff if rate_tradeoff is not None else vq_tradeoff(),
         },
@@ -497,8 +498,8 @@ def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = T
             if name in CLASSIC_CODECS:
                 reference = [(p["bpp"], p["psnr"]) for p in results["codecs"][name]]
                 results["bd_rate"][name] = {
-                    "test": "vqz", "reference": name, "metric": "psnr", "max_bpp": BD_MAX_BPP,
-                    "percent": bd_rate(reference, test, BD_MAX_BPP),
+                    "test": "vqz", "reference": name, "metric": "psnr", "max_bpp": bd_max_bpp,
+                    "percent": bd_rate(reference, test, math.inf if bd_max_bpp is None else bd_max_bpp),
                 }
         for quality in levels["vqz"]:
             stages = []
@@ -613,7 +614,9 @@ def format_table(results: dict, markdown: bool = False) -> str:
                   for r in rows]
     bullet = "- " if markdown else ""
     if results.get("bd_rate"):
-        title = "BD-rate of vqcodec (PSNR, points <= 1 bpp; negative = vqcodec needs fewer bits):"
+        cap = next(iter(results["bd_rate"].values())).get("max_bpp", BD_MAX_BPP)
+        points = "all points" if cap is None else f"points <= {cap:g} bpp"
+        title = f"BD-rate of vqcodec (PSNR, {points}; negative = vqcodec needs fewer bits):"
         lines += ["", f"**{title}**", ""] if markdown else ["", title]
         for ref, entry in results["bd_rate"].items():
             lines.append(f"{bullet}vs {LABELS.get(ref, ref)}: {_fmt_percent(entry['percent'])}")

@@ -746,12 +746,19 @@ def _parse_size(ctx, param, value: str | None):
               help="Sample only among the K most likely indices at each position. Default: all.")
 @click.option("-q", "--quality", type=int, default=None,
               help="Residual stages to sample (1..N). Default: all of them.")
+@click.option("--label", type=click.IntRange(min=0), default=None,
+              help="For a model whose prior is class-conditional (digits: the digit 0-9), sample only this "
+                   "class. Default: every class equally often.")
+@click.option("-g", "--guidance", type=click.FloatRange(min=0, max=100), default=None,
+              help="Classifier-free guidance for a class-conditional model: how much more each class is made "
+                   "to look like itself than like the other classes (0 = none). Default: the model's own "
+                   "(see `vqcodec models --json`).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed: the same seed gives the same images.")
 @click.option("-o", "--output-dir", type=click.Path(file_okay=False, path_type=str), default="samples",
               show_default=True, help="Folder for sample_NN.png and grid.png (created if missing).")
 @click.option("-f", "--force", is_flag=True, help="Overwrite sample files that already exist.")
 @reports_errors
-def generate(count, model_name, size, temperature, top_k, quality, seed, output_dir, force):
+def generate(count, model_name, size, temperature, top_k, quality, label, guidance, seed, output_dir, force):
     """Sample new images from a model's learned prior (one PNG each, plus grid.png)."""
     from . import codec, images
     from .fileio import atomic_write_bytes
@@ -762,7 +769,7 @@ def generate(count, model_name, size, temperature, top_k, quality, seed, output_
     if existing and not force:
         raise Failure(f"{folder / existing[0]} exists (use --force to overwrite)")
     pictures = codec.generate(count, model=model_name, size=size, temperature=temperature, top_k=top_k,
-                              seed=seed, quality=quality)
+                              seed=seed, quality=quality, label=label, guidance=guidance)
     folder.mkdir(parents=True, exist_ok=True)
     for name, picture in zip(names, pictures + [images.tile(pictures)]):
         atomic_write_bytes(folder / name, images.encode_image_bytes(picture, "PNG"), overwrite=True)
@@ -874,16 +881,20 @@ def train_enhance(weights, data_dir, out, config_file, steps, description, regis
 @click.option("--rate-tradeoff", type=click.FloatRange(min=0), default=None,
               help="With the prior coder: weight of bits against distortion when the encoder picks "
                    "indices (0 = nearest codes). Default: the codec's tuned value.")
+@click.option("--bd-max-bpp", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="BD-rates use the points up to this many bits per pixel; 0 = all points (small "
+                   "images, such as 28x28 digits, are far above 1 bpp at every quality).")
 @reports_errors
 def bench(dirs, model_name, codecs, json_out, plot_out, markdown, limit, progress, threads, coder,
-          rate_tradeoff):
+          rate_tradeoff, bd_max_bpp):
     """Rate-distortion and speed of vqcodec side by side with JPEG, WebP and AVIF.
 
     DIR may be folders (searched recursively for images) or image files; default: the
     sample image shipped with vqcodec. Every image is tested as 8-bit RGB (gray is
     replicated, alpha is dropped). Prints, per codec and quality, mean bpp (real file
     sizes, .vqz header included), RGB PSNR, MS-SSIM and encode/decode seconds per
-    image, then the BD-rate of vqcodec against each classic codec (PSNR, up to 1 bpp)."""
+    image, then the BD-rate of vqcodec against each classic codec (PSNR, up to 1 bpp unless
+    --bd-max-bpp says otherwise)."""
     from . import bench as benchmark
     from . import images
 
@@ -907,7 +918,7 @@ def bench(dirs, model_name, codecs, json_out, plot_out, markdown, limit, progres
 
         torch.set_num_threads(threads)
     results = benchmark.run_bench(files, chosen, model=model_name, progress=progress, coder=coder,
-                                  rate_tradeoff=rate_tradeoff)
+                                  rate_tradeoff=rate_tradeoff, bd_max_bpp=bd_max_bpp or None)
     if json_out is not None:
         from .fileio import atomic_write_bytes
 

@@ -33,7 +33,7 @@ from PIL import Image
 
 from . import container, entropy, fileio, images, zoo
 from .container import Header, HeaderV1, Layer, VqzError
-from .nn.prior import Sampler, decode_passes, iter_passes
+from .nn.prior import GuidedSampler, Sampler, decode_passes, iter_passes
 from .nn.rdoq import rate_distortion_indices
 
 CODERS = ("prior", "zstd")
@@ -562,14 +562,19 @@ def describe(data: bytes, *, max_pixels: int | None = None) -> dict:
 
 def generate(count: int, *, model: str | None = None, size: tuple[int, int] | None = None,
              temperature: float | None = None, top_k: int | None = None, seed: int = 0,
-             quality: int | None = None) -> list[Image.Image]:
+             quality: int | None = None, label: int | None = None,
+             guidance: float | None = None) -> list[Image.Image]:
     """Sample `count` new images from a model's prior and decode them.
 
     size: (height, width) in pixels, rounded up to a multiple of the model's stride
     (default: the size of the model's training images when they all share one up to
     256x256, as for digits, else 256x256). temperature: None = the model's own default
     (chosen when its prior was trained; 1.0 if it has none). quality: stages sampled
-    (default all). The same arguments and seed give the same images."""
+    (default all). label: the class to sample, for a model whose prior is class-conditional
+    (the digits model: the digit); by default such a model samples every class equally often,
+    in an order the seed shuffles. guidance: classifier-free guidance weight for such a model
+    (nn.prior.GuidedSampler; None = the model's own default, 0 = none). The same arguments and
+    seed give the same images."""
     chosen = _model_for(model)
     entry, vqvae, prior = chosen.entry, chosen.vqvae, chosen.layers[0].prior
     if prior is None:
@@ -591,11 +596,37 @@ def generate(count: int, *, model: str | None = None, size: tuple[int, int] | No
     rows, cols = math.ceil(height / cfg.stride), math.ceil(width / cfg.stride)
     if rows * cols * count > container.resolve_max_pixels(None) // (cfg.stride * cfg.stride):
         raise ValueError(f"{count} images of {height}x{width} exceed the pixel limit")
-    indices = decode_passes(prior, stages, rows, cols, Sampler(temperature, top_k, seed), count=count)
+    classes = _sample_classes(prior.config.num_classes, count, seed, label, entry.name)
+    if guidance is None:
+        guidance = float(training.get("sample_guidance", 0.0)) if classes is not None else 0.0
+    sampler = Sampler(temperature, top_k, seed)
+    if guidance and classes is None:
+        raise ValueError(f"model '{entry.name}' has no classes to guide towards (its prior is not class-conditional)")
+    if guidance:  # each grid twice: with its class, then without (GuidedSampler)
+        sampler = GuidedSampler(sampler, guidance)
+        classes = torch.cat([classes, torch.full((count,), -1)])
+    indices = decode_passes(prior, stages, rows, cols, sampler, count=len(classes) if guidance else count,
+                            classes=classes)[:count]
     pictures = []
     for grid in indices:
         pictures.append(Image.fromarray(vqvae.decode_pixels(grid.unsqueeze(0))))
     return pictures
+
+
+def _sample_classes(num_classes: int, count: int, seed: int, label: int | None, name: str) -> torch.Tensor | None:
+    """The class of each sample (None for a prior without classes): `label` for all, else each
+    class equally often (runs of a shuffled 0..num_classes-1, so any count is near-balanced)."""
+    if label is not None:
+        if not num_classes:
+            raise ValueError(f"model '{name}' has no classes to choose from (its prior is not class-conditional)")
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < num_classes:
+            raise ValueError(f"label must be an integer from 0 to {num_classes - 1} for model '{name}', got {label!r}")
+        return torch.full((count,), int(label))
+    if not num_classes:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    runs = [torch.randperm(num_classes, generator=generator) for _ in range(-(-count // num_classes))]
+    return torch.cat(runs)[:count]
 
 
 def load_model(name: str | None = None):

@@ -101,6 +101,8 @@ class PriorTrainConfig:
     # class-conditional priors (PriorConfig.num_classes): the share of training examples shown
     # without their class, which is how files are coded
     class_dropout: float = 0.5
+    # ... and the classifier-free guidance `vqcodec generate` uses by default (nn.prior.GuidedSampler)
+    sample_guidance: float = 0.0
     # > 0: refine the prior already inside the weights on the grids that the rate-aware encoder
     # (vqcodec.nn.rdoq, this tradeoff) produces with it: one round of entropy-constrained VQ design
     rate_tradeoff: float = 0.0

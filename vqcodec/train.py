@@ -53,11 +53,24 @@ def load_pool(files: list[Path], scales: tuple[float, ...], min_side: int) -> li
     return pool
 
 
+def held_out_positions(count: int, held_out: int, spread: bool) -> list[int]:
+    """Which of `count` images (in name or array order) are held out: the last `held_out`, or
+    with spread, every (count // held_out)-th one (the last of each run of that length)."""
+    if count <= held_out:
+        raise ValueError(f"{count} images; need more than {held_out} held out")
+    if not spread or held_out == 0:
+        return list(range(count - held_out, count))
+    step = count // held_out
+    return [step - 1 + i * step for i in range(held_out)]
+
+
 def load_training_data(data: str | os.PathLike, held_out: int, scales: tuple[float, ...], min_side: int,
-                       held_min_side: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str]]:
+                       held_min_side: int, spread: bool = False
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str]]:
     """(training pool, held-out pool, held-out names) from a folder of images or from a .npz
     file with an `images` array (N, H, W) or (N, H, W, 3) of uint8, such as mnist5k.npz.
-    The last `held_out` images (by name, or by position in the array) are held out."""
+    The last `held_out` images (by name, or by position in the array) are held out, or with
+    spread, `held_out` images evenly spread over them (held_out_positions)."""
     data = Path(data)
     if data.is_file() and data.suffix == ".npz":
         with np.load(data) as archive:
@@ -71,12 +84,15 @@ def load_training_data(data: str | os.PathLike, held_out: int, scales: tuple[flo
         tensors = list(torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2))
         if len(tensors) <= held_out:
             raise ValueError(f"{data} has {len(tensors)} images; need more than {held_out} held out")
-        names = [f"{data.name}[{i}]" for i in range(len(tensors) - held_out, len(tensors))]
-        return tensors[: len(tensors) - held_out], tensors[len(tensors) - held_out:], names
+        held = held_out_positions(len(tensors), held_out, spread)
+        rest = sorted(set(range(len(tensors))) - set(held))
+        return [tensors[i] for i in rest], [tensors[i] for i in held], [f"{data.name}[{i}]" for i in held]
     files = find_images([data])
     if len(files) <= held_out:
         raise ValueError(f"{data} has {len(files)} images; need more than {held_out} held out")
-    train_files, held_files = files[: len(files) - held_out], files[len(files) - held_out:]
+    held = set(held_out_positions(len(files), held_out, spread))
+    train_files = [f for i, f in enumerate(files) if i not in held]
+    held_files = [f for i, f in enumerate(files) if i in held]
     return (load_pool(train_files, scales, min_side), load_pool(held_files, (), held_min_side),
             [p.name for p in held_files])
 
@@ -264,7 +280,7 @@ def train(data_dir: str | os.PathLike, out: str | os.PathLike, *, model_config: 
     checkpoint_path = out.with_suffix(".ckpt")
     torch.manual_seed(cfg.seed)
     pool, held_out, held_names = load_training_data(data_dir, cfg.held_out_images, cfg.extra_scales,
-                                                    cfg.crop_size, model_config.stride)
+                                                    cfg.crop_size, model_config.stride, cfg.held_out_spread)
 
     model = VQVAE(model_config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)

@@ -37,7 +37,7 @@ from .fileio import atomic_write_bytes
 from .nn.autoencoder import VQVAE
 from .nn.prior import CONTINUE_RULE, ContextPrior, IntegerPrior, continues, iter_passes
 from .nn.rdoq import rate_distortion_indices
-from .train import learning_rate, load_training_data
+from .train import held_out_positions, learning_rate, load_training_data
 from .weights_io import load_vqvae, prior_from_bytes, save_with_prior, sha256_of_file
 
 
@@ -61,34 +61,55 @@ def index_grids(vqvae: VQVAE, pool: list[torch.Tensor], mirror: bool, progress: 
     return grids
 
 
-def grid_crops(grids: list[torch.Tensor], count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+def grid_crops(grids: list[torch.Tensor], count: int, size: int, generator: torch.Generator,
+               with_picks: bool = False):
+    """count random size x size crops of random grids (and, with_picks, which grid each came from)."""
     crops = []
-    for i in torch.randint(len(grids), (count,), generator=generator).tolist():
+    picks = torch.randint(len(grids), (count,), generator=generator)
+    for i in picks.tolist():
         grid = grids[i]
         _, h, w = grid.shape
         top = int(torch.randint(h - size + 1, (1,), generator=generator))
         left = int(torch.randint(w - size + 1, (1,), generator=generator))
         crops.append(grid[:, top:top + size, left:left + size])
-    return torch.stack(crops).long()
+    return (torch.stack(crops).long(), picks) if with_picks else torch.stack(crops).long()
 
 
-def code_length_bits(prior: IntegerPrior, grid: torch.Tensor) -> list[float]:
-    """Ideal code length in bits per stage of one grid (S, H, W) under the integer prior."""
+def code_length_bits(prior: IntegerPrior, grid: torch.Tensor, label: int | None = None) -> list[float]:
+    """Ideal code length in bits per stage of one grid (S, H, W) under the integer prior
+    (given its class `label` under a class-conditional prior; None: as files are coded)."""
     bits = [0.0] * grid.shape[0]
-    for stage, symbols, freqs in iter_passes(prior, grid):
+    for stage, symbols, freqs in iter_passes(prior, grid, label=label):
         chosen = freqs[np.arange(len(symbols)), symbols]
         bits[stage] += float(-np.log2(chosen / freqs.sum(axis=1)).sum())
     return bits
 
 
-def held_out_bits(prior: IntegerPrior, grids: list[torch.Tensor]) -> list[float]:
-    """Bits per index per stage over held-out grids."""
+def held_out_bits(prior: IntegerPrior, grids: list[torch.Tensor], labels: list[int] | None = None) -> list[float]:
+    """Bits per index per stage over held-out grids (given their classes, if labels)."""
     totals = np.zeros(prior.config.num_stages)
     count = 0
-    for grid in grids:
-        totals += code_length_bits(prior, grid.long())
+    for i, grid in enumerate(grids):
+        totals += code_length_bits(prior, grid.long(), None if labels is None else labels[i])
         count += grid[0].numel()
     return [round(float(t / count), 4) for t in totals]
+
+
+def load_labels(data_dir: str | os.PathLike, held_out: int, spread: bool, mirror: bool
+                ) -> tuple[list[int], list[int]]:
+    """The classes of the training and held-out images of a .npz with a `labels` array (for a
+    class-conditional prior), in the order of their grids (each twice with mirror)."""
+    data_dir = Path(data_dir)
+    if not (data_dir.is_file() and data_dir.suffix == ".npz"):
+        raise ValueError(f"a class-conditional prior needs a .npz with a 'labels' array, not {data_dir}")
+    with np.load(data_dir) as archive:
+        if "labels" not in archive:
+            raise ValueError(f"{data_dir} has no 'labels' array (a class-conditional prior needs one)")
+        labels = archive["labels"].astype(np.int64).tolist()
+    held = held_out_positions(len(labels), held_out, spread)
+    rest = sorted(set(range(len(labels))) - set(held))
+    train = [labels[i] for i in rest for _ in range(2 if mirror else 1)]
+    return train, [labels[i] for i in held]
 
 
 def read_prior_config_file(path: str | os.PathLike | None) -> tuple[dict, PriorTrainConfig]:
@@ -135,13 +156,16 @@ def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: st
     cache_path = out.with_suffix(".grids.pt")
     cache_key = [sha256_of_file(weights), str(Path(data_dir).resolve()), cfg.held_out_images,
                  list(cfg.extra_scales), cfg.crop_size, cfg.mirror, cfg.rate_tradeoff]
+    if cfg.held_out_spread:
+        cache_key.append("spread")
     cache = torch.load(cache_path, weights_only=True) if cache_path.exists() else {}
     if cache.get("key") == cache_key:
         grids, held_grids, held_names = cache["grids"], cache["held_out"], cache["held_out_names"]
         sample_size = cache["sample_size"]
     else:
         pool, held_pool, held_names = load_training_data(data_dir, cfg.held_out_images, cfg.extra_scales,
-                                                         cfg.crop_size * model_cfg.stride, model_cfg.stride)
+                                                         cfg.crop_size * model_cfg.stride, model_cfg.stride,
+                                                         cfg.held_out_spread)
         sizes = {tuple(image.shape[1:]) for image in pool}  # one size up to 256 (digits): sample that
         sample_size = list(min(sizes)) if len(sizes) == 1 and max(min(sizes)) <= 256 else [256, 256]
         grids = index_grids(vqvae, pool, cfg.mirror, progress, source_prior, cfg.rate_tradeoff)
@@ -151,19 +175,29 @@ def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: st
                     "sample_size": sample_size}, buffer)
         atomic_write_bytes(cache_path, buffer.getvalue())
 
+    labels = held_labels = None
+    if prior_config.num_classes:
+        labels, held_labels = load_labels(data_dir, cfg.held_out_images, cfg.held_out_spread, cfg.mirror)
+        if max(labels + held_labels) >= prior_config.num_classes or min(labels + held_labels) < 0:
+            raise ValueError(f"{data_dir}: labels must be 0..{prior_config.num_classes - 1}")
     prior = (ContextPrior(prior_config) if source_prior is None
              else ContextPrior.from_integer(source_prior, prior_config))
-    record = fit_prior(prior, grids, held_grids, cfg, checkpoint_path, progress)
+    record = fit_prior(prior, grids, held_grids, cfg, checkpoint_path, progress, labels, held_labels)
     record.update({"data": str(data_dir), "train_grids": len(grids), "held_out_images": held_names,
                    "sample_size": sample_size, "sample_temperature": cfg.sample_temperature})
+    if prior_config.num_classes:
+        record["sample_guidance"] = cfg.sample_guidance
     save_with_prior(weights, out, IntegerPrior(prior_config, prior.to_integer()), prior_config, record)
     return out
 
 
 def fit_prior(prior: ContextPrior, grids: list[torch.Tensor], held_grids: list[torch.Tensor],
-              cfg: PriorTrainConfig, checkpoint_path: Path, progress: bool = True) -> dict:
+              cfg: PriorTrainConfig, checkpoint_path: Path, progress: bool = True,
+              labels: list[int] | None = None, held_labels: list[int] | None = None) -> dict:
     """Train `prior` on random crops of `grids` (resuming from checkpoint_path if it exists, and
-    checkpointing there); returns the record of the run for the weights' metadata."""
+    checkpointing there); returns the record of the run for the weights' metadata.
+    labels: each grid's class, for a class-conditional prior (shown with probability
+    1 - cfg.class_dropout); held-out bits are then also measured given the class."""
     prior_config = prior.config
     optimizer = torch.optim.Adam(prior.parameters(), lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -191,9 +225,13 @@ def fit_prior(prior: ContextPrior, grids: list[torch.Tensor], held_grids: list[t
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg)
-        batch = grid_crops(grids, cfg.batch_size, cfg.crop_size, generator)
+        batch, picks = grid_crops(grids, cfg.batch_size, cfg.crop_size, generator, with_picks=True)
         stage = torch.multinomial(stage_weights, cfg.batch_size, replacement=True, generator=generator)
-        loss = prior.loss_bits(batch, stage, generator)
+        classes = None
+        if labels is not None:
+            dropped = torch.rand(cfg.batch_size, generator=generator) < cfg.class_dropout
+            classes = torch.where(dropped, -1, torch.tensor(labels)[picks])
+        loss = prior.loss_bits(batch, stage, generator, classes=classes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -202,9 +240,14 @@ def fit_prior(prior: ContextPrior, grids: list[torch.Tensor], held_grids: list[t
         bar.update(1)
         bar.set_postfix(bits=f"{loss.item():.3f}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            bits = held_out_bits(IntegerPrior(prior_config, prior.to_integer()), held_grids)
+            integer = IntegerPrior(prior_config, prior.to_integer())
+            bits = held_out_bits(integer, held_grids)
             log.append({"step": step, "wall_seconds": round(elapsed, 1), "held_out_bits_per_stage": bits,
                         "held_out_bits_mean": round(sum(bits) / len(bits), 4)})
+            if held_labels is not None:
+                given = held_out_bits(integer, held_grids, held_labels)
+                log[-1].update({"held_out_bits_per_stage_given_class": given,
+                                "held_out_bits_mean_given_class": round(sum(given) / len(given), 4)})
             bar.write(json.dumps(log[-1]))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint()

@@ -62,6 +62,9 @@ class ModelEntry:
             "codebook_size": config["codebook_size"],
             "coders": ["prior", "zstd"] if "prior_config" in metadata else ["zstd"],
             "sample_temperature": json.loads(metadata.get("prior_training", "{}")).get("sample_temperature"),
+            # class-conditional priors (digits): how many classes, and the default guidance of generate
+            "sample_classes": json.loads(metadata.get("prior_config", "{}")).get("num_classes") or None,
+            "sample_guidance": json.loads(metadata.get("prior_training", "{}")).get("sample_guidance"),
             "file": str(self.path),
         }
 

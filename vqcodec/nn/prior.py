@@ -716,6 +716,28 @@ def decode_passes(prior: IntegerPrior, num_stages: int, rows: int, cols: int, ne
     return indices
 
 
+class GuidedSampler:
+    """Classifier-free guidance (Ho and Salimans 2022) for a class-conditional prior, sampling only.
+
+    decode_passes runs `count` grids with their classes followed by the same `count` grids
+    without a class (2 * count grids in all, rows grid-major); each pass draws one symbol per
+    position with `sampler` from log p = log f_class + weight * (log f_class - log f_none), and
+    gives it to both copies, so the unconditional copy always sees the conditional grid.
+    weight 0 is plain conditional sampling."""
+
+    def __init__(self, sampler: "Sampler", weight: float):
+        if not weight >= 0 or math.isinf(weight):
+            raise ValueError(f"guidance must be a finite number >= 0, got {weight}")
+        self.sampler, self.weight = sampler, weight
+
+    def __call__(self, frequencies: np.ndarray) -> np.ndarray:
+        half = len(frequencies) // 2
+        given, blind = np.log(frequencies[:half].astype(np.float64)), np.log(frequencies[half:].astype(np.float64))
+        guided = given + self.weight * (given - blind)
+        symbols = self.sampler(np.exp(guided - guided.max(axis=1, keepdims=True)))
+        return np.concatenate([symbols, symbols])
+
+
 class Sampler:
     """Draws indices from the prior's frequencies: the decode_passes callback for generation.
 
