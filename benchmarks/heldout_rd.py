@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from vqcodec import bench, codec
-from vqcodec.training.hierarchy_task import EVAL_SIDE, central_crop, load_pool, split_by_name
+from vqcodec.training.data import EVAL_SIDE, central_crop, load_pool, split_by_name
 
 
 def crops(folders, side=EVAL_SIDE, multiple=16):

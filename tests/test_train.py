@@ -9,6 +9,8 @@ from PIL import Image
 
 from vqcodec import train as training
 from vqcodec.cli import main
+from vqcodec.config import TrainConfig
+from vqcodec.training import data as training_data, loop
 from vqcodec.weights_io import load_vqvae, read_metadata
 
 TINY = {"model": {"widths": [8, 8], "res_blocks": 1, "latent_dim": 4, "codebook_size": 16, "num_stages": 2},
@@ -87,11 +89,11 @@ def test_empty_folder_is_a_clear_error(tmp_path):
 
 
 def test_learning_rate_schedule():
-    cfg = training.TrainConfig(steps=100, warmup_steps=10, learning_rate=1.0, lr_final_fraction=0.1)
-    assert training.learning_rate(0, cfg) == pytest.approx(0.1)
-    assert training.learning_rate(10, cfg) == pytest.approx(1.0)
-    assert training.learning_rate(100, cfg) == pytest.approx(0.1)
-    rates = [training.learning_rate(s, cfg) for s in range(10, 101)]
+    cfg = loop.LoopConfig.of(TrainConfig(steps=100, warmup_steps=10, learning_rate=1.0, lr_final_fraction=0.1))
+    assert loop.learning_rate(0, cfg) == pytest.approx(0.1)
+    assert loop.learning_rate(10, cfg) == pytest.approx(1.0)
+    assert loop.learning_rate(100, cfg) == pytest.approx(0.1)
+    rates = [loop.learning_rate(s, cfg) for s in range(10, 101)]
     assert rates == sorted(rates, reverse=True)
 
 
@@ -240,12 +242,12 @@ def test_held_out_spread_and_a_class_conditional_prior(tmp_path, monkeypatch):
     """Data sorted by class (as mnist5k.npz): the held-out images spread over it, and a prior
     that learns the classes from the .npz's labels and samples the class asked for."""
     from vqcodec import codec
-    assert training.held_out_positions(10, 3, False) == [7, 8, 9]
-    assert training.held_out_positions(10, 2, True) == [4, 9]
+    assert training_data.held_out_positions(10, 3, False) == [7, 8, 9]
+    assert training_data.held_out_positions(10, 2, True) == [4, 9]
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (12, 16, 16), dtype=np.uint8)
     np.savez(tmp_path / "d.npz", images=images, labels=np.repeat(np.arange(3), 4))
-    pool, held, names = training.load_training_data(tmp_path / "d.npz", 3, (), 16, 4, spread=True)
+    pool, held, names = training_data.load_training_data(tmp_path / "d.npz", 3, (), 16, 4, spread=True)
     assert names == ["d.npz[3]", "d.npz[7]", "d.npz[11]"] and len(pool) == 9
     assert np.array_equal(held[1][0].numpy(), images[7])
     spread = {"held_out_images": 3, "held_out_spread": True, "extra_scales": []}

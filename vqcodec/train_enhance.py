@@ -37,7 +37,8 @@ from .images import pad_to_multiple
 from .nn.enhance import EnhanceLayer, base_level
 from .nn.prior import ContextPrior, IntegerPrior
 from .nn.rdoq import rate_distortion_indices
-from .train import SpikeGuard, learning_rate, load_training_data, psnr_of, random_crops
+from .training.data import load_training_data, psnr as psnr_of, random_crops
+from .training.loop import SpikeGuard, learning_rate
 from .train_prior import fit_prior
 from .weights_io import (enhance_from_bytes, load_vqvae, prior_from_bytes, save_with_enhance, save_with_prior,
                          sha256_of_file)

@@ -37,7 +37,8 @@ from .fileio import atomic_write_bytes
 from .nn.autoencoder import VQVAE
 from .nn.prior import CONTINUE_RULE, ContextPrior, IntegerPrior, continues, iter_passes
 from .nn.rdoq import rate_distortion_indices
-from .train import held_out_positions, learning_rate, load_training_data
+from .training.data import held_out_positions, load_training_data
+from .training.loop import learning_rate
 from .weights_io import load_vqvae, prior_from_bytes, save_with_prior, sha256_of_file
 
 

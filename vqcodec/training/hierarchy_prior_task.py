@@ -25,7 +25,8 @@ from ..config import HierarchyConfig, PriorConfig, _tupleize
 from ..fileio import atomic_write_bytes
 from ..nn.hierarchy import HierarchicalVQ
 from ..nn.prior import ContextPrior
-from .hierarchy_task import central_crop, load_pool, random_crops, split_by_name
+from .data import central_crop, load_pool, random_crops, read_sections, split_by_name
+from .loop import LoopConfig, run, setup
 
 
 def level_prior_configs(model_cfg: HierarchyConfig, base: PriorConfig, conditioned: bool = True) -> list[PriorConfig]:
@@ -145,14 +146,10 @@ class HierarchyPriorTask:
 
 
 def train(autoencoder: str, config_path: str, folders: list[str], out: str, progress: bool = True) -> dict:
-    from .loop import LoopConfig, run
-
-    data = json.loads(Path(config_path).read_text())
-    prior_cfg = _tupleize(PriorConfig, data.get("prior", {}))
-    loop_cfg = _tupleize(LoopConfig, data.get("loop", {}))
-    torch.manual_seed(loop_cfg.seed)
-    task = HierarchyPriorTask(autoencoder, folders, prior_cfg, **data.get("data", {}))
-    return run(task, loop_cfg, out, description="priors", progress=progress)
+    cfg = read_sections(config_path, {"prior": PriorConfig, "loop": LoopConfig, "data": dict})
+    setup(cfg["loop"])
+    task = HierarchyPriorTask(autoencoder, folders, cfg["prior"], **cfg["data"])
+    return run(task, cfg["loop"], out, description="priors", progress=progress)
 
 
 if __name__ == "__main__":

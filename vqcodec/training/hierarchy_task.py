@@ -16,73 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from safetensors.torch import save as save_safetensors
 
 from ..config import HierarchyConfig
 from ..fileio import atomic_write_bytes
-from ..images import find_images
 from ..nn.hierarchy import HierarchicalVQ
-
-
-EVAL_SIDE = 512  # held-out photos are evaluated on their central EVAL_SIDE square, for speed
-
-
-def split_by_name(folders: list[str | Path], held_out_per_folder: int) -> tuple[list[Path], list[Path]]:
-    """(training files, held-out files): in every folder that holds images directly, the last
-    held_out_per_folder files by name are held out (photos/047-049 with the default 3)."""
-    train, held = [], []
-    by_folder: dict[Path, list[Path]] = {}
-    for path in find_images([str(f) for f in folders]):
-        by_folder.setdefault(path.parent, []).append(path)
-    for files in by_folder.values():
-        files = sorted(files)
-        cut = len(files) - held_out_per_folder
-        train += files[:cut]
-        held += files[cut:]
-    return train, held
-
-
-def load_pool(files: list[Path], scales: tuple[float, ...], min_side: int) -> list[torch.Tensor]:
-    """Every image decoded once to a uint8 (3, H, W) tensor, plus downscaled copies."""
-    pool = []
-    for path in files:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            for scale in (1.0, *scales):
-                size = (round(im.width * scale), round(im.height * scale))
-                if min(size) >= min_side:
-                    scaled = im if scale == 1.0 else im.resize(size, Image.LANCZOS)
-                    pool.append(torch.from_numpy(np.asarray(scaled).copy()).permute(2, 0, 1).contiguous())
-    return pool
-
-
-def random_crops(pool: list[torch.Tensor], count: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """count random size x size crops (random image, position, horizontal flip), floats in [0,1]."""
-    crops = []
-    for i in torch.randint(len(pool), (count,), generator=generator).tolist():
-        _, h, w = pool[i].shape
-        top = int(torch.randint(h - size + 1, (1,), generator=generator))
-        left = int(torch.randint(w - size + 1, (1,), generator=generator))
-        crop = pool[i][:, top:top + size, left:left + size]
-        crops.append(crop.flip(2) if float(torch.rand(1, generator=generator)) < 0.5 else crop)
-    return torch.stack(crops).float() / 255.0
-
-
-def central_crop(image: torch.Tensor, multiple: int, side: int = EVAL_SIDE) -> torch.Tensor:
-    """(1, 3, h, w) floats in [0,1]: the central side x side of a uint8 (3, H, W) image (or less),
-    cut to a multiple of `multiple`: the held-out evaluation's view of a photo."""
-    h = min(side, image.shape[1]) // multiple * multiple
-    w = min(side, image.shape[2]) // multiple * multiple
-    top, left = (image.shape[1] - h) // 2, (image.shape[2] - w) // 2
-    return image[:, top:top + h, left:left + w].unsqueeze(0).float() / 255
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = F.mse_loss(a, b).item()
-    return 10 * math.log10(1.0 / max(mse, 1e-12))
-
+from .data import central_crop, load_pool, psnr, random_crops, read_sections, split_by_name
+from .loop import LoopConfig, run, setup
 
 class HierarchyTask:
     def __init__(self, cfg: HierarchyConfig, folders: list[str], *, batch_size: int = 16, crop_size: int = 128,
@@ -139,24 +79,15 @@ class HierarchyTask:
         atomic_write_bytes(path, save_safetensors(tensors, metadata=metadata))
 
 
-def read_config(path: str | Path) -> tuple[HierarchyConfig, "LoopConfig", dict]:
+def read_config(path: str | Path) -> tuple[HierarchyConfig, LoopConfig, dict]:
     """A JSON file {"model": {...}, "loop": {...}, "data": {...}}; missing keys keep defaults."""
-    from ..config import _tupleize
-    from .loop import LoopConfig
-
-    data = json.loads(Path(path).read_text())
-    unknown = set(data) - {"model", "loop", "data"}
-    if unknown:
-        raise ValueError(f"{path}: unknown sections {sorted(unknown)}")
-    return (_tupleize(HierarchyConfig, data.get("model", {})), _tupleize(LoopConfig, data.get("loop", {})),
-            data.get("data", {}))
+    sections = read_sections(path, {"model": HierarchyConfig, "loop": LoopConfig, "data": dict})
+    return sections["model"], sections["loop"], sections["data"]
 
 
 def train(config_path: str | Path, folders: list[str], out: str | Path, progress: bool = True) -> dict:
-    from .loop import run
-
     model_cfg, loop_cfg, data_cfg = read_config(config_path)
-    torch.manual_seed(loop_cfg.seed)
+    setup(loop_cfg)
     task = HierarchyTask(model_cfg, folders, **data_cfg)
     return run(task, loop_cfg, out, description="autoencoder (rate term)", progress=progress)
 

@@ -2,12 +2,19 @@
 
     task.batch_loss(step, generator) ──> loss ──backward, clip, Adam──> parameters
        │ warm-up + cosine learning rate; bf16 autocast where the CPU has native bf16
-       │ every checkpoint_every steps: <dir>/checkpoint.pt (model, optimizer, generator, step)
-       │   and task.save_weights(<dir>/weights.safetensors); a kill loses at most that much
-       │ every eval_every steps: task.evaluate() appended to <dir>/log.jsonl
+       │ every checkpoint_every steps: task.save_weights(<dir>/weights.safetensors), then
+       │   <dir>/checkpoint.pt (model, optimizer, generator, step, log); a kill loses at most that much
+       │ every eval_every steps: task.evaluate() appended to <dir>/log.jsonl (and to the record)
        │ divergence (recent loss far above its long-run mean, or non-finite): back to the last
        v   checkpoint with half the learning rate
     resumed from <dir>/checkpoint.pt when it exists
+
+The files can also be named one by one (RunFiles: a checkpoint next to a weights file, say),
+and a task whose weights file may be its own input writes it only at the end. Under torchrun
+(torch.distributed initialised, see setup_distributed) every process runs the loop with its
+own random crops; the task's forward pass syncs gradients (DistributedDataParallel), the
+divergence test sees the loss averaged over processes, and process 0 alone evaluates and
+writes files (the checkpoint holds every process's generator).
 
 A task owns its model, data and metrics; this module knows none of them (the split of
 nanoGPT's train.py: one loop, one checkpoint dict).
@@ -17,12 +24,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from ..fileio import atomic_write_bytes
@@ -44,13 +53,74 @@ class LoopConfig:
     # last 20 steps exceeds spike_factor times its long-run mean; 0 disables it
     spike_factor: float = 3.0
 
+    @classmethod
+    def of(cls, config, **rest) -> "LoopConfig":
+        """The loop settings of a phase's own train config (TrainConfig, PriorTrainConfig): its
+        fields of the same names, and `rest` for those it does not have."""
+        names = {f.name for f in fields(cls)}
+        own = {f.name: getattr(config, f.name) for f in fields(config) if f.name in names}
+        if set(own) & set(rest):
+            raise ValueError(f"{type(config).__name__} already sets {sorted(set(own) & set(rest))}")
+        return cls(**own, **rest)
+
 
 class Task(Protocol):
     model: torch.nn.Module
+    # optional: checkpoint_key (a JSON-able dict: a checkpoint made with another one is refused)
+    # and summary(entry) -> dict (what the progress line shows of an evaluation)
 
     def batch_loss(self, step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]: ...
     def evaluate(self) -> dict: ...
     def save_weights(self, path: Path, record: dict) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a run keeps its files. weights_at_checkpoints False: the weights are written once,
+    at the end (for a task whose output may replace its own input)."""
+
+    checkpoint: Path
+    log: Path
+    weights: Path
+    weights_at_checkpoints: bool = True
+    resume: Path | None = None  # a checkpoint to start from instead of `checkpoint`
+
+    @classmethod
+    def in_folder(cls, folder: str | Path) -> "RunFiles":
+        folder = Path(folder)
+        return cls(folder / "checkpoint.pt", folder / "log.jsonl", folder / "weights.safetensors")
+
+    @classmethod
+    def beside(cls, out: str | Path, tag: str = "", **options) -> "RunFiles":
+        """<out> with <out>.<tag>ckpt and <out>.<tag>log.jsonl next to it (tag "" or "prior.", ...)."""
+        out = Path(out)
+        return cls(out.with_suffix(f".{tag}ckpt"), out.with_suffix(f".{tag}log.jsonl"), out, **options)
+
+
+def setup(cfg: LoopConfig) -> None:
+    """Before a task is built: torch's thread count, and its global seed (model initialisation)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+
+
+def setup_distributed(device: str) -> tuple[int, int]:
+    """Under torchrun (WORLD_SIZE > 1) join the process group; returns (rank, world size)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def is_main_process() -> bool:
+    """True except in the non-zero ranks of a torchrun launch (RANK is set by torchrun)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def cpu_has_native_bf16() -> bool:
@@ -95,46 +165,71 @@ class SpikeGuard:
         return self.seen > 100 and self.recent > self.factor * self.long
 
 
-def run(task: Task, cfg: LoopConfig, folder: str | Path, *, description: str = "training",
+def run(task: Task, cfg: LoopConfig, where: str | Path | RunFiles, *, description: str = "training",
         progress: bool = True) -> dict:
-    """Train `task` for cfg.steps steps in `folder` (created), resuming from its checkpoint.
-    Returns the last evaluation."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    checkpoint_path, log_path = folder / "checkpoint.pt", folder / "log.jsonl"
+    """Train `task` for cfg.steps steps, its files in folder `where` (created) or as RunFiles
+    name them, resuming from its checkpoint. Returns the last evaluation."""
+    files = where if isinstance(where, RunFiles) else RunFiles.in_folder(where)
+    files.checkpoint.parent.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    rank, world = _rank_and_world()
+    main = rank == 0
     model = task.model
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed + 1000 * rank)
     bf16 = cfg.bf16 and cpu_has_native_bf16()
-    state = {"step": 0, "elapsed": 0.0, "lr_scale": 1.0, "rollbacks": [], "last_eval": {}}
+    key = getattr(task, "checkpoint_key", None)
+    state = {"step": 0, "elapsed": 0.0, "lr_scale": 1.0, "rollbacks": [], "last_eval": {}, "log": []}
 
-    def load(blob: dict) -> None:
+    def load(blob: dict, origin: Path) -> None:
+        if "state" not in blob:
+            raise ValueError(f"{origin} is a checkpoint of an older vqcodec trainer, which cannot be "
+                             "resumed: delete it to start over")
+        if key is not None and blob.get("task", key) != key:
+            raise ValueError(f"{origin} was made with another configuration; pass the same --config, "
+                             "or delete it to start over")
         model.load_state_dict(blob["model"])
         optimizer.load_state_dict(blob["optimizer"])
-        generator.set_state(blob["generator"])
+        generators = blob.get("generators", [blob["generator"]])
+        generator.set_state(generators[rank] if rank < len(generators) else generators[0])
         state.update(blob["state"])
 
     def save() -> bytes:
+        generators = [generator.get_state()]
+        if world > 1:
+            generators = [torch.empty_like(generators[0]) for _ in range(world)]
+            dist.all_gather(generators, generator.get_state())
+        blob = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generators[0],
+                "state": state, "loop_config": asdict(cfg)}
+        if world > 1:
+            blob["generators"] = generators
+        if key is not None:
+            blob["task"] = key
         buffer = io.BytesIO()
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(), "state": state, "loop_config": asdict(cfg)}, buffer)
+        torch.save(blob, buffer)
         data = buffer.getvalue()
-        atomic_write_bytes(checkpoint_path, data)
-        task.save_weights(folder / "weights.safetensors", record())
+        if main:
+            if files.weights_at_checkpoints:
+                task.save_weights(files.weights, record())
+            atomic_write_bytes(files.checkpoint, data)
         return data
 
     def record() -> dict:
         return {"steps": state["step"], "wall_seconds": round(state["elapsed"], 1), "bf16": bf16,
                 "lr_scale": state["lr_scale"], "rollbacks": state["rollbacks"], "loop": asdict(cfg),
-                "last_eval": state["last_eval"]}
+                "last_eval": state["last_eval"], "log": state["log"]}
 
-    if checkpoint_path.exists():
-        load(torch.load(checkpoint_path, weights_only=True))
-    last_good = save() if state["step"] == 0 else checkpoint_path.read_bytes()
+    def restore(data: bytes, origin: Path) -> None:
+        load(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), origin)
+
+    start = files.resume or files.checkpoint
+    if start.exists():
+        restore(start.read_bytes(), start)
+    last_good = save() if state["step"] == 0 or start != files.checkpoint else files.checkpoint.read_bytes()
     guard = SpikeGuard(cfg.spike_factor)
-    bar = tqdm(total=cfg.steps, initial=state["step"], disable=not progress, dynamic_ncols=True, desc=description)
+    bar = tqdm(total=cfg.steps, initial=state["step"], disable=not progress or not main, dynamic_ncols=True,
+               desc=description)
     model.train()
     while state["step"] < cfg.steps:
         started = time.perf_counter()
@@ -148,9 +243,9 @@ def run(task: Task, cfg: LoopConfig, folder: str | Path, *, description: str = "
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         if torch.isfinite(loss) and torch.isfinite(grad_norm):
             optimizer.step()
-        if guard.diverging(loss.item()):
+        if guard.diverging(_mean_over_ranks(loss.detach(), world)):
             at = step
-            load(torch.load(io.BytesIO(last_good), weights_only=True))
+            restore(last_good, files.checkpoint)
             state["lr_scale"] /= 2
             state["rollbacks"].append({"at_step": at, "back_to": state["step"]})
             guard.reset()
@@ -164,16 +259,29 @@ def run(task: Task, cfg: LoopConfig, folder: str | Path, *, description: str = "
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()})
         step = state["step"]
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if main and (step % cfg.eval_every == 0 or step == cfg.steps):
             model.eval()
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 state["last_eval"] = task.evaluate()
             model.train()
             entry = {"step": step, "wall_seconds": round(state["elapsed"], 1), **state["last_eval"]}
-            with open(log_path, "a") as f:
+            state["log"].append(entry)
+            with open(files.log, "a") as f:
                 f.write(json.dumps(entry) + "\n")
-            bar.write(json.dumps(entry))
+            summary = getattr(task, "summary", None)
+            bar.write(json.dumps(summary(entry) if summary else entry))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             last_good = save()
     bar.close()
+    if main and not files.weights_at_checkpoints:
+        task.save_weights(files.weights, record())
     return state["last_eval"]
+
+
+def _mean_over_ranks(value: torch.Tensor, world: int) -> float:
+    """The loss averaged over all processes, so every process makes the same rollback decision."""
+    if world > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world
+    return value.item()
