@@ -279,3 +279,63 @@ def test_held_out_spread_and_a_class_conditional_prior(tmp_path, monkeypatch):
     assert codec._sample_classes(3, 7, 0, None, "m").bincount().tolist() in ([3, 2, 2], [2, 3, 2], [2, 2, 3])
     with pytest.raises(ValueError, match="label must be an integer from 0 to 2"):
         codec.generate(1, model="tinyc", label=3)
+
+
+@pytest.mark.parametrize("trainer", ["train", "train-prior", "train-enhance"])
+def test_every_trainer_resumes_a_killed_run_to_the_same_weights(folder, monkeypatch, trainer):
+    """Killed during step 3 (the last checkpoint: step 2), rerun: the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+    from vqcodec import train_enhance, train_prior
+    from vqcodec.config import EnhanceConfig, PriorTrainConfig
+    from vqcodec.training.enhance_task import EnhanceTask
+    from vqcodec.training.prior_task import PriorTask
+    from vqcodec.training.vqvae_task import VQVAETask
+
+    model_config, train_config = training.read_config_file(folder / "tiny.json")
+    train_config = replace(train_config, steps=4)
+    base = folder / "base.safetensors"
+    if trainer != "train":
+        training.train(folder / "data", base, model_config=model_config, train_config=replace(train_config, steps=1),
+                       name="tiny", description="tiny", progress=False)
+
+    def run(out):
+        if trainer == "train":
+            training.train(folder / "data", out, model_config=model_config, train_config=train_config,
+                           name="tiny", description="tiny", progress=False)
+        elif trainer == "train-prior":
+            prior_config = PriorTrainConfig(**{**TINY_PRIOR["train"], "extra_scales": ()})
+            train_prior.train_prior(base, folder / "data", out, prior_fields=TINY_PRIOR["prior"],
+                                    train_config=prior_config, progress=False)
+        else:
+            train_enhance.train_enhance(base, folder / "data", out, train_config=train_config, progress=False,
+                                        enhance_config=EnhanceConfig(**{**TINY_ENHANCE["enhance"], "widths": (8,)}))
+
+    task = {"train": VQVAETask, "train-prior": PriorTask, "train-enhance": EnhanceTask}[trainer]
+    run(folder / "a" / "x.safetensors")
+    batch_loss = task.batch_loss
+
+    def killed_at_step_3(self, step, generator):
+        if step == 3:
+            raise KeyboardInterrupt
+        return batch_loss(self, step, generator)
+    monkeypatch.setattr(task, "batch_loss", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(folder / "b" / "x.safetensors")
+    monkeypatch.setattr(task, "batch_loss", batch_loss)
+    run(folder / "b" / "x.safetensors")
+    straight, resumed = (load_file(str(folder / run / "x.safetensors")) for run in ("a", "b"))
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    key = {"train": "training", "train-prior": "prior_training", "train-enhance": "enhance_training"}[trainer]
+    record = json.loads(read_metadata(folder / "b" / "x.safetensors")[key])
+    assert record["steps"] == 4 and record["held_out_images"] == ["2.png"]
+
+
+def test_a_checkpoint_of_the_old_trainers_is_refused(folder):
+    model_config, train_config = training.read_config_file(folder / "tiny.json")
+    (folder / "w").mkdir()
+    torch.save({"model": {}, "step": 2, "elapsed": 1.0}, folder / "w" / "x.ckpt")
+    with pytest.raises(ValueError, match="older vqcodec trainer"):
+        training.train(folder / "data", folder / "w" / "x.safetensors", model_config=model_config,
+                       train_config=train_config, name="x", description="x", progress=False)

@@ -198,5 +198,6 @@ def cached(path: Path, key: list, compute: Callable[[], dict]) -> dict:
     cache = {**compute(), "key": key}
     buffer = io.BytesIO()
     torch.save(cache, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
     return cache

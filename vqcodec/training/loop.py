@@ -3,7 +3,8 @@
     task.batch_loss(step, generator) ──> loss ──backward, clip, Adam──> parameters
        │ warm-up + cosine learning rate; bf16 autocast where the CPU has native bf16
        │ every checkpoint_every steps: task.save_weights(<dir>/weights.safetensors), then
-       │   <dir>/checkpoint.pt (model, optimizer, generator, step, log); a kill loses at most that much
+       │   <dir>/checkpoint.pt (model, optimizer, random states, step, log); a kill loses at most
+       │   that much, and the resumed run ends with the weights of an uninterrupted one
        │ every eval_every steps: task.evaluate() appended to <dir>/log.jsonl (and to the record)
        │ divergence (recent loss far above its long-run mean, or non-finite): back to the last
        v   checkpoint with half the learning rate
@@ -191,19 +192,23 @@ def run(task: Task, cfg: LoopConfig, where: str | Path | RunFiles, *, descriptio
                              "or delete it to start over")
         model.load_state_dict(blob["model"])
         optimizer.load_state_dict(blob["optimizer"])
-        generators = blob.get("generators", [blob["generator"]])
-        generator.set_state(generators[rank] if rank < len(generators) else generators[0])
+        for name, set_state in (("generator", generator.set_state), ("torch_rng", torch.set_rng_state)):
+            if name in blob:  # a list per process under torchrun
+                states = blob.get(name + "s", [blob[name]])
+                set_state(states[rank] if rank < len(states) else states[0])
         state.update(blob["state"])
 
     def save() -> bytes:
-        generators = [generator.get_state()]
-        if world > 1:
-            generators = [torch.empty_like(generators[0]) for _ in range(world)]
-            dist.all_gather(generators, generator.get_state())
-        blob = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generators[0],
-                "state": state, "loop_config": asdict(cfg)}
-        if world > 1:
-            blob["generators"] = generators
+        # the task's generator, and torch's global one (k-means seeds, dead-code restarts)
+        blob = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                "loop_config": asdict(cfg)}
+        for name, mine in (("generator", generator.get_state()), ("torch_rng", torch.get_rng_state())):
+            states = [mine]
+            if world > 1:
+                states = [torch.empty_like(mine) for _ in range(world)]
+                dist.all_gather(states, mine)
+                blob[name + "s"] = states
+            blob[name] = states[0]
         if key is not None:
             blob["task"] = key
         buffer = io.BytesIO()
