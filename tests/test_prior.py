@@ -7,8 +7,9 @@ import torch
 from vqcodec import entropy
 from vqcodec.config import PriorConfig
 from vqcodec.nn import prior as prior_module
-from vqcodec.nn.prior import (ContextPrior, IntegerPrior, _conv3x3_by_shifts, _exact_conv3x3, decode_passes,
-                              encode_passes, frequency_table, group_map, pass_schedule)
+from vqcodec.nn.prior import (ContextPrior, IntegerPrior, coding, decode_passes, encode_passes, frequency_table,
+                              group_map, pass_schedule)
+from vqcodec.nn.prior.exact import conv3x3_by_shifts, exact_conv3x3, exact_float32
 
 SMALL = PriorConfig(num_stages=3, codebook_size=16, channels=8, layers=2)
 
@@ -118,7 +119,7 @@ def test_passes_evaluated_together_or_alone_or_beside_another_image_agree(monkey
     prior = IntegerPrior(SMALL, trained_like(SMALL).to_integer())
     grid = torch.randint(0, SMALL.codebook_size, (3, 10, 11))
     together = encode_passes(prior, grid)
-    monkeypatch.setattr(prior_module, "PASS_CHUNK_POSITIONS", 1)  # one pass per network call
+    monkeypatch.setattr(coding, "PASS_CHUNK_POSITIONS", 1)  # one pass per network call
     alone = encode_passes(prior, grid)
     for (s1, sym1, f1), (s2, sym2, f2) in zip(together, alone, strict=True):
         assert s1 == s2 and np.array_equal(sym1, sym2) and np.array_equal(f1, f2)
@@ -191,8 +192,8 @@ def test_exact_conv_and_its_fallback_match_float64():
     act = torch.randint(0, 256, (2, 8, 9, 7)).float()
     weight = torch.randint(-127, 128, (8, 72)).float()
     bias = torch.randint(-(1 << 22), 1 << 22, (8,)).float()
-    fast = _exact_conv3x3(act, weight, bias)
-    slow = _conv3x3_by_shifts(act, weight.view(8, 8, 3, 3)) + bias.view(1, -1, 1, 1)
+    fast = exact_conv3x3(act, weight, bias)
+    slow = conv3x3_by_shifts(act, weight.view(8, 8, 3, 3)) + bias.view(1, -1, 1, 1)
     padded = torch.nn.functional.pad(act, (1, 1, 1, 1))
     reference = bias.double().view(1, -1, 1, 1).expand_as(fast).clone()
     kernel = weight.view(8, 8, 3, 3).double()
@@ -200,6 +201,23 @@ def test_exact_conv_and_its_fallback_match_float64():
         for dx in range(3):
             reference += torch.einsum("oc,pchw->pohw", kernel[:, :, dy, dx], padded[:, :, dy:dy + 9, dx:dx + 7].double())
     assert torch.equal(fast.double(), reference) and torch.equal(slow.double(), reference)
+
+
+def test_coding_is_exact_and_leaves_torch_settings_as_they_were():
+    prior = IntegerPrior(SMALL, trained_like(SMALL).to_integer())
+    grid = torch.randint(0, SMALL.codebook_size, (3, 8, 9))
+    expected = encode_passes(prior, grid)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # bf16 / TF32 matmuls where the hardware has them
+    try:
+        with exact_float32():
+            if hasattr(torch.backends, "fp32_precision"):
+                assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"
+        for (s1, sym1, f1), (s2, sym2, f2) in zip(expected, encode_passes(prior, grid), strict=True):
+            assert s1 == s2 and np.array_equal(sym1, sym2) and np.array_equal(f1, f2)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def test_frequencies_stay_in_range():

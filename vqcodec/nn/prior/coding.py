@@ -1,0 +1,104 @@
+"""Coding drivers: run the integer prior pass by pass over index grids, yielding the frequency
+tables the range coder (or a sampler) consumes, in the order the decoder rebuilds the grids."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .integer_model import IntegerPrior
+from .schedule import pass_schedule
+
+
+def empty_embedding(count: int | None, channels: int, rows: int, cols: int) -> torch.Tensor:
+    """Zeros (count, C, H, W) (or (C, H, W) for None) laid out channels-last in memory, the
+    layout the trunk's convolutions are fastest in; the embeddings added to it keep it."""
+    shape = (rows, cols, channels) if count is None else (count, rows, cols, channels)
+    return torch.zeros(shape).movedim(-1, -3)
+
+
+PASS_CHUNK_POSITIONS = 1 << 16  # encoder: passes evaluated together, bounded by rows*cols*passes
+
+
+def encode_passes(prior: IntegerPrior, indices: torch.Tensor, coarse: list[torch.Tensor] | None = None) -> list:
+    """Known indices (q, H, W) -> [(stage, symbols (n,), frequencies (n, K))] in coding order.
+    coarse: the coarser levels' grids of a hierarchical model (prior.config.coarse_factors)."""
+    return list(iter_passes(prior, indices, coarse))
+
+
+def _starting_embedding(prior: IntegerPrior, count: int | None, rows: int, cols: int,
+                        coarse: list[torch.Tensor] | None) -> torch.Tensor:
+    previous = empty_embedding(count, prior.config.channels, rows, cols)
+    if len(prior.config.coarse_factors) != len(coarse or []):
+        raise ValueError(f"the prior conditions on {len(prior.config.coarse_factors)} coarser grids, "
+                         f"got {len(coarse or [])}")
+    return previous + prior.coarse_context(coarse) if coarse else previous
+
+
+def iter_passes(prior: IntegerPrior, indices: torch.Tensor, coarse: list[torch.Tensor] | None = None,
+                label: int | None = None):
+    """encode_passes one pass at a time, so that a caller streaming them to the range coder holds
+    only a few passes' inputs and frequency tables at once, whatever the image size.
+
+    Passes are evaluated a few at a time in batched network calls; the integer arithmetic makes
+    that identical to the decoder's one pass at a time. label: the grid's class under a
+    class-conditional prior (measuring only: files are coded without one)."""
+    q, rows, cols = indices.shape
+    indices = indices.long()
+    chunk = max(1, PASS_CHUNK_POSITIONS // (rows * cols))
+    previous = _starting_embedding(prior, None, rows, cols, coarse)
+    if label is not None:
+        previous = previous + prior.class_context(torch.tensor([label]))[0]
+    pending = []  # (inputs, stage, coded mask, context) of passes not yet evaluated
+
+    def evaluate() -> list:
+        inputs, stages, masks, contexts = zip(*pending)
+        freqs = prior.frequencies(torch.stack(inputs), list(stages), list(masks), list(contexts))
+        done = [(stage, indices[stage][mask].numpy(), f.numpy()) for f, stage, mask in zip(freqs, stages, masks)]
+        pending.clear()
+        return done
+
+    last_stage = 0
+    for stage, known, coded, far in pass_schedule(prior.config, q, rows, cols):
+        if stage != last_stage:
+            previous = previous + prior.stage_embedding(last_stage, indices[last_stage])
+            last_stage = stage
+        pending.append((prior.pass_inputs(previous, indices[stage], stage, known), stage, coded, (indices, known, far)))
+        if len(pending) == chunk:
+            yield from evaluate()
+    if pending:
+        yield from evaluate()
+
+
+def decode_passes(prior: IntegerPrior, num_stages: int, rows: int, cols: int, next_symbols,
+                  count: int = 1, coarse: list[torch.Tensor] | None = None,
+                  classes: torch.Tensor | None = None) -> torch.Tensor:
+    """Rebuild `count` grids (count, q, H, W) pass by pass. next_symbols(frequencies (n, K))
+    -> (n,) ints is the range decoder, or a sampler, which turns this into generation
+    (the count grids of a pass are then evaluated in one network call, rows grid-major).
+    coarse: the coarser levels' grids (count, H/f, W/f) of a hierarchical model.
+    classes: (count,) the class of each grid for a class-conditional prior (generation; -1 or
+    None: no class, which is how files are coded)."""
+    indices = torch.zeros(count, num_stages, rows, cols, dtype=torch.long)
+    previous = _starting_embedding(prior, count, rows, cols, coarse)
+    if classes is not None:
+        if not prior.config.num_classes:
+            raise ValueError("the prior is not class-conditional")
+        classes = torch.as_tensor(classes, dtype=torch.long).view(count)
+        if int(classes.max()) >= prior.config.num_classes:
+            raise ValueError(f"class must be below {prior.config.num_classes}")
+        previous = previous + prior.class_context(classes)
+    last_stage = 0
+    for stage, known, coded, far in pass_schedule(prior.config, num_stages, rows, cols):
+        if stage != last_stage:
+            previous = previous + prior.stage_embedding(last_stage, indices[:, last_stage])
+            last_stage = stage
+        x = prior.pass_inputs(previous, indices[:, stage], stage, known)
+        contexts = [(indices[i], known, far) for i in range(count)]
+        parts = prior.frequencies(x, [stage] * count, [coded] * count, contexts)
+        freqs = parts[0] if count == 1 else torch.cat(parts)
+        symbols = torch.as_tensor(np.asarray(next_symbols(freqs.numpy())), dtype=torch.long)
+        n = int(coded.sum())
+        if symbols.shape != (count * n,) or int(symbols.min()) < 0 or int(symbols.max()) >= prior.config.codebook_size:
+            raise ValueError("decoded symbols do not fit the pass")
+        indices[:, stage][:, coded] = symbols.view(count, n)
+    return indices

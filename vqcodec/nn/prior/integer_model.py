@@ -1,0 +1,236 @@
+"""The integer model: the prior as shipped, integer tensors evaluated exactly (IntegerPrior),
+and the integer grid that the float model trains on."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ...config import PriorConfig
+from .exact import exact_conv3x3, exact_float32, power_of_two
+from .schedule import SCHEDULES
+
+ACTIVATION_BITS = 5  # activations are integers a with real value a / 2**5
+ACTIVATION_MAX = 255  # ... in [0, 255]: a bounded ReLU
+WEIGHT_MAX = 127  # integer weights in [-127, 127], one power-of-two scale per output
+LOGIT_STEPS = 16  # integer logits count 1/16 bit: p(k) proportional to 2 ** (logit_k / 16)
+FREQ_BITS = 15  # the most likely symbol gets frequency 2**15
+TABLE_SIZE = FREQ_BITS * LOGIT_STEPS + 1  # table[d] = round(2**15 * 2**(-d/16)); d >= 240 -> 1
+MAX_EXPONENT = 12  # weight scales 2**0 .. 2**12
+EMBED_MAX = 1 << 12  # bound on integer embedding entries and pass biases
+MATCH_RADIUS = 2  # the match term looks at known positions up to 2 away (a 5x5 window)
+FAR_DILATION = 2  # ... or, in far passes (coarse_groups), at offsets twice as large
+MATCH_SCALE = 8.0  # training parameterization of the match weights (bits per unit)
+GATE_STEPS = 16  # the match gate g is an integer in [0, GATE_MAX]: the match term is scaled by g / 16
+GATE_MAX = 63
+BIAS_MAX = 1 << 22  # bound on integer conv and head biases: |sum + bias| < 2**24 stays exact
+
+
+def check_config(cfg: PriorConfig) -> None:
+    """A known schedule, and the largest partial sum of a 3x3 conv below 2**24 (exact float32)."""
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown prior schedule '{cfg.schedule}'; known: {', '.join(SCHEDULES)}")
+    if cfg.nested_stages < 1:
+        raise ValueError(f"prior nested_stages must be at least 1, got {cfg.nested_stages}")
+    if ACTIVATION_MAX * WEIGHT_MAX * 9 * cfg.channels + BIAS_MAX >= 1 << 24:
+        raise ValueError(f"prior channels={cfg.channels} is too wide for exact float32 arithmetic")
+
+
+def frequency_table() -> torch.Tensor:
+    """table[d] = max(1, round(2**15 * 2**(-d/16))) for d = 0..240 (int32)."""
+    d = torch.arange(TABLE_SIZE, dtype=torch.float64)
+    return torch.clamp(torch.round(2.0 ** FREQ_BITS * torch.exp2(-d / LOGIT_STEPS)), min=1).to(torch.int32)
+
+
+class IntegerPrior:
+    """Integer-exact evaluation of a trained prior: integer CDF frequencies per pass.
+
+    All tensors hold integers (float32 for fast exact matmuls); see the package docstring."""
+
+    def __init__(self, cfg: PriorConfig, tensors: dict[str, torch.Tensor]):
+        check_config(cfg)
+        self.config = cfg
+        s, k, c = cfg.num_stages, cfg.codebook_size, cfg.channels
+        expected = {"previous_embed": (s, k, c), "current_embed": (s, k, c), "stage_bias": (s, c), "unknown_embed": (s, c),
+                    "freq_table": (TABLE_SIZE,), "head_weight": (s, k, c), "head_bias": (s, k),
+                    "head_exponent": (s, k), "match_weight": (s, (2 * MATCH_RADIUS + 1) ** 2),
+                    "gate_weight": (s, 1, c), "gate_bias": (s, 1), "gate_exponent": (s, 1)}
+        if cfg.conditional_match:
+            expected["diverged_match_weight"] = expected["match_weight"]
+        if cfg.coarse_groups:
+            expected["far_match_weight"] = ((2 * MATCH_RADIUS + 1) ** 2,)
+        for i, f in enumerate(cfg.coarse_factors):
+            expected[f"coarse_embed{i}"] = (k, f * f, c)
+        if cfg.num_classes:
+            expected["class_embed"] = (cfg.num_classes, c)
+        for i in range(cfg.layers):
+            expected.update({f"conv{i}_weight": (c, 9 * c), f"conv{i}_bias": (c,), f"conv{i}_exponent": (c,)})
+        for name, shape in expected.items():
+            if name not in tensors or tuple(tensors[name].shape) != shape:
+                raise ValueError(f"prior tensor {name}: expected shape {shape}")
+        limits = {"weight": WEIGHT_MAX, "exponent": MAX_EXPONENT, "embed": EMBED_MAX, "stage_bias": EMBED_MAX,
+                  "_bias": BIAS_MAX}
+        for name in expected:
+            t = tensors[name]
+            bound = next((v for key, v in limits.items() if name.endswith(key)), None)
+            if bound is not None and int(t.abs().max()) > bound or name.endswith("exponent") and int(t.min()) < 0:
+                raise ValueError(f"prior tensor {name} is out of range")
+        table = tensors["freq_table"]
+        if int(table.min()) < 1 or int(table.max()) > 1 << FREQ_BITS:
+            raise ValueError("prior frequency table is out of range")
+        self.t = {name: tensors[name].to(torch.float32) for name in expected}
+        self.freq_table = table.to(torch.float32)
+        self._pairs: dict = {}  # the same few (coded, known) masks recur in every stage and image
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: t.to(torch.int32) for name, t in self.t.items()}
+
+    def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """x (P, C, H, W) integer pre-activations -> (P, C, H, W) integer activations."""
+        act = x.clamp(0, ACTIVATION_MAX).contiguous(memory_format=torch.channels_last)  # faster convolutions
+        for i in range(self.config.layers):
+            weight, bias = self.t[f"conv{i}_weight"], self.t[f"conv{i}_bias"]
+            shift = power_of_two(-self.t[f"conv{i}_exponent"]).view(1, -1, 1, 1)
+            act = exact_conv3x3(act, weight, bias).mul_(shift).floor_().clamp_(0, ACTIVATION_MAX)
+        return act
+
+    def pass_inputs(self, previous: torch.Tensor, indices_stage: torch.Tensor, stage: int,
+                    known: torch.Tensor) -> torch.Tensor:
+        """Pre-activation (..., C, H, W) of one pass, for one grid or a batch of them.
+
+        previous: (..., C, H, W) sum of the earlier stages' embeddings; indices_stage: (..., H, W)
+        this stage's indices, of which only the `known` (H, W) positions are read."""
+        current = self.t["current_embed"][stage][indices_stage * known].movedim(-1, -3)
+        unknown = self.t["unknown_embed"][stage].view(-1, 1, 1)
+        return previous + self.t["stage_bias"][stage].view(-1, 1, 1) + torch.where(known, current, unknown)
+
+    def coarse_context(self, coarse: list[torch.Tensor]) -> torch.Tensor:
+        """(..., C, H, W) integer embedding of the coarser stages' grids (..., H/f, W/f): the
+        starting `previous` of this level's passes (exact: sums of integers below 2**24)."""
+        total = None
+        for i, (grid, f) in enumerate(zip(coarse, self.config.coarse_factors)):
+            part = spread(self.t[f"coarse_embed{i}"][grid.long()], f)
+            total = part if total is None else total + part
+        return total.movedim(-1, -3)
+
+    def class_context(self, classes: torch.Tensor) -> torch.Tensor:
+        """(count, C, 1, 1) integer embedding of each grid's class (count,), zero for class -1."""
+        rows = self.t["class_embed"][classes.long().clamp(min=0)]
+        return torch.where((classes >= 0).view(-1, 1), rows, 0.0).view(len(classes), -1, 1, 1)
+
+    def stage_embedding(self, stage: int, indices_stage: torch.Tensor) -> torch.Tensor:
+        """(..., C, H, W) embedding of one stage's indices (..., H, W), added to `previous` once known."""
+        return self.t["previous_embed"][stage][indices_stage].movedim(-1, -3)
+
+    def frequencies(self, inputs: torch.Tensor, stages: list[int], masks: list[torch.Tensor],
+                    contexts: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> list[torch.Tensor]:
+        """For P passes at once: inputs (P, C, H, W), and per pass its stage, the positions
+        (H, W) bool it codes, and (its grid's indices (S', H, W) with S' > stage, of which
+        stages up to this one are read, known positions of this stage (H, W), whether it is a
+        far pass) for the match term. Returns per pass an (n, K) array of integer frequencies
+        in [1, 2**15] (as float32), rows in row-major position order. Identical whether passes
+        are evaluated together or not (runs of passes that share stage, mask and known
+        positions, such as the grids of one generate call, share their head and match
+        computations)."""
+        return [self.frequencies_of(d) for d in self.logit_distances(inputs, stages, masks, contexts)]
+
+    def frequencies_of(self, distances: torch.Tensor) -> torch.Tensor:
+        """Frequencies table[d] of logit distances d (see logit_distances)."""
+        return self.freq_table.index_select(0, distances.view(-1)).view(distances.shape)
+
+    def logit_distances(self, inputs: torch.Tensor, stages: list[int], masks: list[torch.Tensor],
+                        contexts: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> list[torch.Tensor]:
+        """As frequencies, but each code's distance d = min(max logit - logit, 240) in 1/16 bit
+        (int32): its code length is d / 16 bits more than the likeliest code's, up to the
+        rounding of the frequency table."""
+        with exact_float32():
+            act = self._trunk(inputs)
+            out: list[torch.Tensor] = []
+            p = 0
+            while p < len(stages):
+                end = p + 1
+                while (end < len(stages) and stages[end] == stages[p] and masks[end] is masks[p]
+                       and contexts[end][1] is contexts[p][1]):
+                    end += 1
+                grids = torch.stack([contexts[i][0][:stages[p] + 1] for i in range(p, end)])
+                out.extend(self._head(act[p:end], stages[p], masks[p], grids, contexts[p][1], contexts[p][2]))
+                p = end
+        return out
+
+    def _head(self, act: torch.Tensor, stage: int, mask: torch.Tensor, grids: torch.Tensor,
+              known: torch.Tensor, far: bool) -> list[torch.Tensor]:
+        """Logit distances (n, K) for each of G passes: act (G, C, H, W), grids (G, stage + 1, H, W)."""
+        count, k = act.shape[0], self.config.codebook_size
+        h = act[:, :, mask].transpose(1, 2).reshape(-1, act.shape[1])  # (G * n, C)
+        steps = int(math.log2(LOGIT_STEPS)) - ACTIVATION_BITS
+        shift = power_of_two(steps - self.t["head_exponent"][stage])
+        logits = torch.addmm(self.t["head_bias"][stage], h, self.t["head_weight"][stage].t()).mul_(shift).floor_()
+        g_shift = power_of_two(int(math.log2(GATE_STEPS)) - ACTIVATION_BITS - self.t["gate_exponent"][stage])
+        gate = torch.addmm(self.t["gate_bias"][stage], h, self.t["gate_weight"][stage].t()).mul_(g_shift)
+        gate = gate.floor_().clamp_(0, GATE_MAX).view(-1)  # (G * n,)
+        cells, match = self._matches(stage, mask, grids, known, far)  # flat (row * K + k) and its sum
+        if len(cells):  # only where a neighbour holds the index (repeated cells write equal values)
+            flat = logits.view(-1)
+            flat[cells] = flat[cells] + torch.floor(match * gate[cells // k] * (1.0 / GATE_STEPS))
+        peak = logits.amax(dim=1, keepdim=True)
+        distance = logits.neg_().add_(peak).clamp_(max=TABLE_SIZE - 1)
+        return list(distance.int().view(count, -1, k))
+
+    def _matches(self, stage: int, mask: torch.Tensor, grids: torch.Tensor, known: torch.Tensor,
+                 far: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The match term M of the coded positions (rows g * n + i for position i of grid g),
+        sparse: (cells row * K + k, M there), where M[row, k] = sum over the known neighbours
+        of the position that hold index k of v[stage, offset], or with conditional_match, of
+        the diverged weight where the neighbour's earlier-stage indices differ from the
+        position's; in a far pass, of the far weights at offsets FAR_DILATION times larger.
+        Cells may repeat (each with the full sum); M is 0 everywhere else."""
+        count, k = grids.shape[0], self.config.codebook_size
+        v = self.t["far_match_weight"] if far else self.t["match_weight"][stage]
+        conditional = self.config.conditional_match and stage > 0 and not far
+        v_diverged = self.t["diverged_match_weight"][stage] if conditional else v
+        used = torch.arange(len(v))[(v != 0) | (v_diverged != 0)]
+        n, which, position, neighbour, here = self._neighbour_pairs(mask, known, used, FAR_DILATION if far else 1)
+        if not len(which):
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0)
+        flat_grids = grids.flatten(2)  # (G, stage + 1, H*W)
+        row = (torch.arange(count) * n).view(-1, 1) + position.view(1, -1)
+        cells = (row * k + flat_grids[:, stage, neighbour]).flatten()
+        value = v[used[which]].expand(count, -1)
+        if conditional:
+            earlier = flat_grids[:, :stage]
+            same_prefix = (earlier[:, :, neighbour] == earlier[:, :, here]).all(1)  # (G, pairs)
+            value = torch.where(same_prefix, value, v_diverged[used[which]])
+        total = torch.zeros(count * n * k).index_put_((cells,), value.flatten(), accumulate=True)
+        return cells, total[cells]
+
+    def _neighbour_pairs(self, mask: torch.Tensor, known: torch.Tensor, used: torch.Tensor, dilation: int):
+        """For the coded positions (row-major) of `mask` and the match offsets `used` (times
+        dilation): (n coded positions, and per (offset, position) pair whose neighbour is inside
+        the grid and known: the offset number, the position number, the neighbour's and the
+        position's flat index)."""
+        key = (tuple(mask.shape), mask.numpy().tobytes(), known.numpy().tobytes(), tuple(used.tolist()), dilation)
+        pairs = self._pairs.get(key)
+        if pairs is None:
+            rows, cols = mask.shape
+            width = 2 * MATCH_RADIUS + 1
+            positions = mask.nonzero()  # (n, 2), row-major
+            r = positions[:, 0].view(1, -1) + ((used // width - MATCH_RADIUS) * dilation).view(-1, 1)  # (offsets, n)
+            c = positions[:, 1].view(1, -1) + ((used % width - MATCH_RADIUS) * dilation).view(-1, 1)
+            inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+            flat = r.clamp(0, rows - 1) * cols + c.clamp(0, cols - 1)
+            which, position = (inside & known.flatten()[flat]).nonzero(as_tuple=True)
+            here = positions[position, 0] * cols + positions[position, 1]
+            pairs = (len(positions), which, position, flat[which, position], here)
+            if len(self._pairs) >= 64:
+                self._pairs.clear()
+            self._pairs[key] = pairs
+        return pairs
+
+
+def spread(embedded: torch.Tensor, factor: int) -> torch.Tensor:
+    """(..., h, w, f*f, C) per-sub-position embeddings -> (..., h*f, w*f, C)."""
+    *lead, h, w, _, c = embedded.shape
+    x = embedded.reshape(*lead, h, w, factor, factor, c)
+    n = len(lead)
+    x = x.permute(*range(n), n, n + 2, n + 1, n + 3, n + 4)
+    return x.reshape(*lead, h * factor, w * factor, c)
