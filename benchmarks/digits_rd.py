@@ -16,7 +16,7 @@ so its last 500 are all 9s), the digits the `digits` model holds out (configs/di
 * PNG: Pillow, optimize=True (lossless: bytes only).
 
 PSNR is on the gray values (peak 255), per digit, then averaged; bytes are averaged. BD-rate
-(vqcodec/bench.py: PCHIP fit of log-rate over PSNR, over the PSNR range both curves cover) of
+(vqcodec/metrics.py: PCHIP fit of log-rate over PSNR, over the PSNR range both curves cover) of
 vqcodec against each lossy codec, with no cap on the rate (28x28 images are far above 1 bpp).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 import vqcodec
-from vqcodec import bench, container, zoo
+from vqcodec import bench, container, metrics, zoo
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "mnist5k" / "mnist5k.npz"
@@ -97,7 +97,7 @@ def run(model: str, digits: np.ndarray, rate_tradeoff: float | None = None) -> d
     def curve(name):
         return [(r["bytes"] * 8 / pixels, r["psnr"]) for r in rows[name]]
 
-    bd = {name: bench.bd_rate(curve(name), curve("vqcodec"), max_bpp=math.inf) for name in ("WebP", "AVIF")
+    bd = {name: metrics.bd_rate(curve(name), curve("vqcodec"), max_bpp=math.inf) for name in ("WebP", "AVIF")
           if rows[name]}
     return {"model": entry.name, "sha256": entry.sha256, "digits": int(len(digits)), "rows": rows,
             "bd_rate_percent": bd, "rate_tradeoff": rate_tradeoff, "versions": bench.versions()}

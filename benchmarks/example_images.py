@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 
 import vqcodec
 from vqcodec import images
+from vqcodec.metrics import psnr
 
 
 def main() -> int:
@@ -37,9 +38,9 @@ def main() -> int:
     jpeg = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
     panels = [(original, "original"),
               (ours, f"vqcodec q{args.quality}: {len(data) * 8 / pixels:.3f} bpp, "
-                     f"{images.psnr(rgb, np.asarray(ours)):.2f} dB"),
+                     f"{psnr(rgb, np.asarray(ours)):.2f} dB"),
               (jpeg, f"JPEG q{jpeg_quality}: {buffer.tell() * 8 / pixels:.3f} bpp, "
-                     f"{images.psnr(rgb, np.asarray(jpeg)):.2f} dB")]
+                     f"{psnr(rgb, np.asarray(jpeg)):.2f} dB")]
     box = tuple(int(v) for v in args.crop.split(",")) if args.crop else (0, 0, original.width, original.height)
     x, y, w, h = box
     label = 18

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqcodec import bench, codec
+from vqcodec import bench, codec, metrics
 from vqcodec.training.data import EVAL_SIDE, central_crop, load_pool, split_by_name
 
 
@@ -141,7 +141,7 @@ def main():
         curves.update(hierarchy(images, args.hierarchy, args.priors))
     print(f"held-out: {len(images)} crops: {', '.join(names)}")
     for label, pts in curves.items():
-        bd = bench.bd_rate(curves["webp"], pts)
+        bd = metrics.bd_rate(curves["webp"], pts)
         bd_text = "n/a" if bd is None else f"{bd:+.1f}%"
         print(f"{label:34s} BD-rate vs WebP {bd_text:>8s}  " + "  ".join(f"{b:.3f}/{p:.2f}" for b, p in pts))
     if args.json:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vqcodec import entropy, images
-from vqcodec.bench import bd_rate
+from vqcodec.metrics import bd_rate, psnr
 from vqcodec.nn.rdoq import rate_distortion_indices
 from vqcodec.weights_io import load_vqvae, prior_from_bytes
 
@@ -51,7 +51,7 @@ def main() -> int:
                 payload = entropy.range_encode([(s, f) for stage, s, f in passes if stage < q])
                 zstd = entropy.zstd_encode(list(indices[:q].numpy()))
                 out = vqvae.decode_indices(indices[:q].unsqueeze(0))[0].permute(1, 2, 0).mul(255).round().byte().numpy()
-                points[t][q].append((len(payload) * 8 / (h * w), images.psnr(rgb, out[:h, :w])))
+                points[t][q].append((len(payload) * 8 / (h * w), psnr(rgb, out[:h, :w])))
                 tally = bits[t][q]
                 tally[0] += len(payload) * 8
                 tally[1] += len(zstd) * 8

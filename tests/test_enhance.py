@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import vqcodec
-from vqcodec import codec, container, entropy, images, zoo
+from vqcodec import codec, container, entropy, zoo
 from vqcodec.config import EnhanceConfig
 from vqcodec.container import VqzError
+from vqcodec.metrics import psnr
 from vqcodec.nn.enhance import EnhanceLayer
 
 from conftest import installed_model, photo_crop
@@ -47,7 +48,7 @@ def test_each_level_above_the_base_adds_bytes_and_detail(photo, layer, base_stag
     results = []
     for quality in range(base_stages, base_stages + layer.config.num_stages + 1):
         data = vqcodec.encode(pixels, quality=quality)
-        results.append((len(data), images.psnr(pixels, np.asarray(vqcodec.decode(data)))))
+        results.append((len(data), psnr(pixels, np.asarray(vqcodec.decode(data)))))
     sizes, psnrs = zip(*results)
     assert list(sizes) == sorted(sizes) and len(set(sizes)) == len(sizes)
     assert psnrs[1] > psnrs[0] + 0.5  # the first enhancement level is a real step up
@@ -82,8 +83,8 @@ def test_enhancement_tiles_have_no_visible_seams(photo, entry, layer, base_stage
     base = vqvae.decode_pixels(vqvae.quantizer.quantize(vqvae.encode_latents(pixels), base_stages))
     whole = layer.decode_pixels(layer.encode_pixels(pixels, base, 2), base)
     tiled = layer.decode_pixels(layer.encode_pixels(pixels, base, 2, tile=16), base, tile=16)
-    assert abs(images.psnr(pixels, whole) - images.psnr(pixels, tiled)) < 0.1
-    assert images.psnr(whole, tiled) > 40
+    assert abs(psnr(pixels, whole) - psnr(pixels, tiled)) < 0.1
+    assert psnr(whole, tiled) > 40
 
 
 @pytest.mark.usefixtures("layer")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import pathlib
 
 import numpy as np
@@ -21,7 +20,6 @@ from vqcodec.images import (
     merge_planes,
     normalize_mode,
     pad_to_multiple,
-    psnr,
     sample_image_path,
     save_image,
     split_alpha,
@@ -467,25 +465,7 @@ def test_encode_image_bytes() -> None:
         encode_image_bytes(Image.fromarray(_rgb()), "NOSUCHFORMAT")
 
 
-# ---------------------------------------------------------------- psnr / data
-
-def test_psnr_known_values() -> None:
-    a = np.zeros((4, 4), np.uint8)
-    assert psnr(a, a) == float("inf")
-    b = np.full((4, 4), 1, np.uint8)
-    assert psnr(a, b) == pytest.approx(20 * math.log10(255))  # MSE 1 -> 48.13 dB
-    c = np.full((4, 4), 255, np.uint8)
-    assert psnr(a, c) == pytest.approx(0.0)
-    d = a.copy()
-    d[0, 0] = 16  # MSE = 256 / 16 = 16
-    assert psnr(a, d) == pytest.approx(10 * math.log10(255**2 / 16))
-    assert psnr(a, b) == psnr(b, a)
-
-
-def test_psnr_shape_mismatch() -> None:
-    with pytest.raises(ValueError):
-        psnr(np.zeros((2, 2), np.uint8), np.zeros((2, 3), np.uint8))
-
+# ---------------------------------------------------------------- data
 
 def test_sample_image() -> None:
     path = sample_image_path()

@@ -634,7 +634,8 @@ def models(as_json):
 def demo(input, model_name, qualities, output_dir):
     """Encode and decode an image (default: the sample shipped with vqcodec) at each
     quality level and print bytes, bits per pixel, PSNR and seconds."""
-    from . import codec, images, zoo
+    from . import bench as benchmark
+    from . import images, zoo
 
     source = Path(input) if input else images.sample_image_path()
     if input:
@@ -647,16 +648,11 @@ def demo(input, model_name, qualities, output_dir):
     click.echo(f"{source} ({original.width}x{original.height} {original.mode}), model {entry.name}")
     click.echo(f"{'quality':>7} {'bytes':>8} {'bpp':>7} {'PSNR dB':>8} {'encode s':>9} {'decode s':>9}")
     for level in levels:
-        t0 = time.perf_counter()
-        result = codec.encode_image(original, quality=level, model=entry.name)
-        t1 = time.perf_counter()
-        decoded = codec.decode(result.data)
-        t2 = time.perf_counter()
-        quality_db = images.psnr(*(images.split_alpha(im)[0] for im in (original, decoded)))
-        click.echo(f"{level:>7} {len(result.data):>8} {result.bpp:>7.4f} {quality_db:>8.2f} "
-                   f"{t1 - t0:>9.3f} {t2 - t1:>9.3f}")
+        trip = benchmark.round_trip(original, level, entry.name)
+        click.echo(f"{level:>7} {len(trip.data):>8} {trip.bpp:>7.4f} {trip.psnr:>8.2f} "
+                   f"{trip.encode_s:>9.3f} {trip.decode_s:>9.3f}")
         if output_dir:
-            decoded.save(Path(output_dir) / f"{source.stem}_q{level}.png")
+            trip.decoded.save(Path(output_dir) / f"{source.stem}_q{level}.png")
 
 
 def _registration_options(command):
@@ -896,7 +892,7 @@ def bench(dirs, model_name, codecs, json_out, plot_out, markdown, limit, progres
     image, then the BD-rate of vqcodec against each classic codec (PSNR, up to 1 bpp unless
     --bd-max-bpp says otherwise)."""
     from . import bench as benchmark
-    from . import images
+    from . import images, plot
 
     chosen = benchmark.parse_codecs(codecs)
     sources = list(dirs) or sorted(str(p) for p in images.sample_image_path().parent.glob("*.png"))
@@ -910,7 +906,7 @@ def bench(dirs, model_name, codecs, json_out, plot_out, markdown, limit, progres
                 raise Failure(f"folder {path.parent} of output {path} does not exist")
     if plot_out is not None:
         try:
-            benchmark.require_matplotlib()
+            plot.require_matplotlib()
         except ImportError as error:
             raise Failure(str(error)) from None
     if threads is not None:
@@ -924,7 +920,7 @@ def bench(dirs, model_name, codecs, json_out, plot_out, markdown, limit, progres
 
         atomic_write_bytes(json_out, (json.dumps(results, indent=2) + "\n").encode())
     if plot_out is not None:
-        benchmark.plot_rd(results, plot_out)
+        plot.plot_rd(results, plot_out)
     click.echo(benchmark.format_table(results, markdown=markdown), nl=False)
 
 

@@ -286,6 +286,7 @@ def encode_to_target(image, *, target_bpp: float | None = None, target_psnr: flo
     import warnings
 
     from . import ratecontrol
+    from .metrics import psnr
 
     if (target_bpp is None) == (target_psnr is None):
         raise ValueError("give exactly one of target_bpp and target_psnr")
@@ -305,7 +306,7 @@ def encode_to_target(image, *, target_bpp: float | None = None, target_psnr: flo
         reference = images.split_alpha(images.load_image(image))[0]
 
         def quality_of(level: int) -> float:
-            return images.psnr(reference, images.split_alpha(decode(encoded(level).data))[0])
+            return psnr(reference, images.split_alpha(decode(encoded(level).data))[0])
 
         choice = ratecontrol.for_target_psnr(levels, quality_of, target_psnr)
         wanted = f"{target_psnr:g} dB"

@@ -84,7 +84,6 @@ __all__ = [
     "save_image",
     "encode_image_bytes",
     "format_for_path",
-    "psnr",
     "find_images",
     "IMAGE_SUFFIXES",
     "sample_image_path",
@@ -481,22 +480,8 @@ def save_image(img: Image.Image, path: "str | os.PathLike[str]", *,
 
 
 # --------------------------------------------------------------------------
-# Metrics and data
+# Data
 # --------------------------------------------------------------------------
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB between two 8-bit arrays (peak 255); ``inf`` if identical."""
-    a = np.asarray(a)
-    b = np.asarray(b)
-    if a.shape != b.shape:
-        raise ValueError(f"psnr needs arrays of the same shape, got {a.shape} and {b.shape}")
-    if a.size == 0:
-        raise ValueError("psnr of empty arrays is undefined")
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    if mse == 0.0:
-        return float("inf")
-    return float(10.0 * np.log10(255.0 ** 2 / mse))
-
 
 def find_images(paths) -> list[pathlib.Path]:
     """Image files named by `paths`: files as given, folders searched recursively for
