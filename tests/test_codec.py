@@ -23,7 +23,7 @@ def top(default_model) -> int:
 @pytest.fixture(scope="module")
 def base_top(default_model) -> int:
     """The default model's top level without the enhancement layer."""
-    return zoo.levels_of(zoo.load(default_model), zoo.load_enhance(default_model))[1]
+    return zoo.levels_of(zoo.load(default_model), zoo.load_enhance(default_model)).base
 
 
 def round_trip(image, **kwargs):

@@ -33,7 +33,7 @@ def layer(entry):
 @pytest.fixture(scope="module")
 def base_stages(entry, layer):
     """Quality 1..base_stages: the base model alone."""
-    return zoo.levels_of(zoo.load(entry), layer)[1]
+    return zoo.levels_of(zoo.load(entry), layer).base
 
 
 def test_an_untrained_layer_returns_the_base_image():

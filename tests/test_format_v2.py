@@ -46,7 +46,8 @@ def test_header_of_a_plain_kodak_size_file_is_at_most_32_bytes(kodak_size, photo
 
 def test_the_header_states_the_layers_in_coding_order(photo, photo_model):
     vqvae, enhance = zoo.load(photo_model), zoo.load_enhance(photo_model)
-    levels, base = zoo.levels_of(vqvae, enhance)
+    levels = zoo.levels_of(vqvae, enhance)
+    levels, base = levels.count, levels.base
     for quality in sorted({1, base, levels}):
         header = container.unpack(vqcodec.encode(photo_crop(photo, 24, 16), quality=quality)).header
         expected = [Layer(vqvae.config.stride, min(quality, base))]

@@ -31,7 +31,8 @@ def test_bundled_default_model_loads_and_matches_manifest():
     info = entry.info()  # from the file's metadata, without loading the networks
     assert info["stride"] >= 1
     model, enhance = zoo.load(entry), zoo.load_enhance(entry)
-    levels, base = zoo.levels_of(model, enhance)
+    levels = zoo.levels_of(model, enhance)
+    levels, base = levels.count, levels.base
     # quality 1..base keep that many of the base model's residual stages; each level above adds one
     # stage of the enhancement layer to level `base`
     assert 1 <= base <= model.config.num_stages

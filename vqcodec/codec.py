@@ -1,7 +1,7 @@
 """The one place that joins image I/O, model, prior, entropy coder and container.
 
     encode: image ─images.load_image_with_metadata─> RGB (+ alpha, ICC/EXIF/XMP)
-            ─pad to the model's padding─> quality ─_structure─> layers [(stride, stages), ...]
+            ─pad to the model's padding─> quality ─Levels.stages─> layers [(stride, stages), ...]
             ─> base layer: VQVAE.encode_latents (tiled) ─> residual VQ (rate-aware under the
             │  prior: nn.rdoq); enhancement layer (quality above its base level b): the base
             │  image, then EnhanceLayer.encode_pixels(image, base) ─> finer grids
@@ -35,8 +35,9 @@ from . import container, entropy, fileio, images, zoo
 from .container import Header, HeaderV1, Layer, VqzError
 from .nn.prior import GuidedSampler, Sampler, decode_passes, iter_passes
 from .nn.rdoq import rate_distortion_indices
+from .quality import Levels, default_quality
 
-CODERS = ("prior", "zstd")
+CODERS = tuple(sorted(container.CODERS))  # the coders the container has ids for: "prior", "zstd"
 # With the prior, the encoder picks indices by distortion + RATE_TRADEOFF x bits (nn.rdoq),
 # in units of each stage's mean nearest-code distance per bit; chosen on held-out training
 # photos with benchmarks/rdo_tradeoff.py (docs/EXPERIMENTS.md). 0 = nearest code.
@@ -83,6 +84,7 @@ class _Model:
     vqvae: Any
     enhance: Any
     layers: tuple[_ModelLayer, ...]
+    levels: Levels
 
     @property
     def padding(self) -> int:
@@ -97,31 +99,21 @@ def _load_model(entry: zoo.ModelEntry) -> _Model:
     """The base VQ-VAE is the first layer; an enhancement layer, if any, the second, coded
     over the base's level b."""
     vqvae, enhance = zoo.load(entry), zoo.load_enhance(entry)
-    cfg = vqvae.config
+    cfg, levels = vqvae.config, zoo.levels_of(vqvae, enhance)
     layers = [_ModelLayer(cfg.stride, cfg.num_stages, cfg.codebook_size, zoo.load_prior(entry))]
     if enhance is not None:
         layers.append(_ModelLayer(enhance.config.stride, enhance.config.num_stages, enhance.config.codebook_size,
-                                  zoo.load_enhance_prior(entry), zoo.levels_of(vqvae, enhance)[1]))
-    return _Model(entry, vqvae, enhance, tuple(layers))
+                                  zoo.load_enhance_prior(entry), levels.base))
+    return _Model(entry, vqvae, enhance, tuple(layers), levels)
 
 
 def _model_for(model: str | None) -> _Model:
     return _load_model(zoo.find(model))
 
 
-def _structure(model: _Model, quality: int) -> tuple[Layer, ...]:
-    """The layers quality level `quality` codes: the model's stages in coding order, each layer
-    filled up to the stages the next one builds on (or its own maximum) before the next starts."""
-    layers, remaining = [], quality
-    for i, layer in enumerate(model.layers):
-        following = model.layers[i + 1] if i + 1 < len(model.layers) else None
-        cap = following.after_stages if following is not None and following.after_stages else layer.max_stages
-        take = min(remaining, cap)
-        layers.append(Layer(layer.stride, take))
-        remaining -= take
-        if not remaining:
-            return tuple(layers)
-    raise ValueError(f"quality {quality} is above the model's levels")  # _check_quality prevents it
+def _structure(model: _Model, level: int) -> tuple[Layer, ...]:
+    """The layers quality level `level` codes (quality.Levels.stages)."""
+    return tuple(Layer(layer.stride, stages) for layer, stages in zip(model.layers, model.levels.stages(level)))
 
 
 def _check_structure(layers: tuple[Layer, ...], model: _Model, exact: bool = True) -> None:
@@ -157,9 +149,9 @@ def _grid_shape(model: _Model, layer: Layer, height: int, width: int) -> tuple[i
 
 
 def _check_quality(quality: int | None, model: _Model) -> int:
-    levels = zoo.levels_of(model.vqvae, model.enhance)[0]
+    levels = model.levels.count
     if quality is None:
-        return zoo.default_quality(model.vqvae.config.num_stages)
+        return default_quality(model.vqvae.config.num_stages)
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= levels:
         raise ValueError(f"quality must be an integer from 1 to {levels} for model '{model.entry.name}', "
                          f"got {quality!r}")
@@ -291,7 +283,7 @@ def encode_to_target(image, *, target_bpp: float | None = None, target_psnr: flo
     if (target_bpp is None) == (target_psnr is None):
         raise ValueError("give exactly one of target_bpp and target_psnr")
     chosen = _model_for(model)
-    levels = list(range(1, zoo.levels_of(chosen.vqvae, chosen.enhance)[0] + 1))
+    levels = list(range(1, chosen.levels.count + 1))
     results: dict[int, EncodeResult] = {}
 
     def encoded(level: int) -> EncodeResult:
@@ -358,7 +350,7 @@ def _v1_layers(header: HeaderV1, model: _Model) -> tuple[Layer, ...]:
     """The layers of a version-1 file, which lists only grid shapes: the grid count is the
     quality and each grid's shape what the image size implies, 1..S base grids, or the
     enhancement layer's base level of them followed by 1..E finer grids."""
-    levels, base_level = zoo.levels_of(model.vqvae, model.enhance)
+    levels, base_level = model.levels.count, model.levels.base
     base_spec = model.layers[0]
     shapes = [tuple(shape) for shape in header.grid_shapes]
     too_many = VqzError(f"file claims quality {header.quality} with {len(shapes)} index grids; "
@@ -403,8 +395,6 @@ def _indices_of(parsed: container.Container):
     checked against its index CRC."""
     header = parsed.header
     entry, exact = _find_model(header)
-    if header.coder not in CODERS:
-        raise VqzError(f"file uses entropy coder '{header.coder}', which this version cannot decode")
     model = _load_model(entry)
     layers = _layers_of(header, model, exact)
     specs = model.layers[:len(layers)]

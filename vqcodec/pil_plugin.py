@@ -3,7 +3,7 @@
     >>> import vqcodec
     >>> from PIL import Image
     >>> im = Image.open("photo.vqz")                   # decodes on first pixel access
-    >>> im.save("copy.vqz", quality=4)                  # also model="photo", coder="zstd"
+    >>> im.save("copy.vqz", quality=4)                  # also model="photo", coder="zstd", ...
 
 Opening a file reads and checks the whole container (magic, lengths, check, header
 fields, metadata) but runs no model: `size`, `mode`, `info["vqz"]` (the header fields) and
@@ -13,7 +13,8 @@ pixels are needed (`load()`) or on save. Malformed, corrupt or unsupported files
 :class:`vqcodec.VqzError` (a ValueError), from `Image.open` for a broken container and from
 `load()` for what only decoding finds (for instance a model that is not installed). Save
 parameters: `quality` (1..N, default the model's default level), `model` (a bundled model
-name, default the default model), `coder` (an entropy coder, default the model's),
+name, default the default model), `coder` ("prior" or "zstd", vqcodec.codec.CODERS;
+default the model's learned prior when it has one, else zstd),
 `metadata` ("all", the default, "none" or a comma list of icc, exif, xmp: which of the
 image's metadata to keep) and, as for Pillow's own formats, `icc_profile`, `exif` and `xmp`
 to store instead of the image's own.

@@ -20,8 +20,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import quality
+from .container import CODERS
 from .fileio import atomic_write_bytes
-from .nn.enhance import base_level
 from .weights_io import enhance_from_bytes, prior_from_bytes, read_metadata, sha256_of_file, vqvae_from_bytes
 
 MANIFEST = "models.json"
@@ -46,32 +47,26 @@ class ModelEntry:
         """The public description (same fields as `vqcodec models --json`)."""
         metadata = read_metadata(self.path)
         config = json.loads(metadata["model_config"])
-        enhance = json.loads(metadata.get("enhance_config", "null"))
-        base = (enhance.get("base_stages") or config["num_stages"]) if enhance else config["num_stages"]
-        levels = base + (enhance["num_stages"] if enhance else 0)
+        enhance = json.loads(metadata.get("enhance_config", "null")) or {}
+        levels = quality.levels(config["num_stages"], enhance.get("num_stages", 0), enhance.get("base_stages", 0))
         return {
             "name": self.name,
             "sha256": self.sha256,
-            "quality_levels": list(range(1, levels + 1)),
-            # levels above `base` add the enhancement layer (nn/enhance.py) to base level `base`
-            "enhancement_levels": list(range(base + 1, levels + 1)),
-            "default_quality": default_quality(config["num_stages"]),
+            "quality_levels": list(range(1, levels.count + 1)),
+            # levels above the base level add the enhancement layer (nn/enhance.py) to it
+            "enhancement_levels": list(range(levels.base + 1, levels.count + 1)),
+            "default_quality": quality.default_quality(config["num_stages"]),
             "default": self.default,
             "description": self.description,
             "stride": 2 ** len(config["widths"]),
             "codebook_size": config["codebook_size"],
-            "coders": ["prior", "zstd"] if "prior_config" in metadata else ["zstd"],
+            "coders": sorted(c for c in CODERS if c != "prior" or "prior_config" in metadata),
             "sample_temperature": json.loads(metadata.get("prior_training", "{}")).get("sample_temperature"),
             # class-conditional priors (digits): how many classes, and the default guidance of generate
             "sample_classes": json.loads(metadata.get("prior_config", "{}")).get("num_classes") or None,
             "sample_guidance": json.loads(metadata.get("prior_training", "{}")).get("sample_guidance"),
             "file": str(self.path),
         }
-
-
-def default_quality(num_stages: int) -> int:
-    """The level used when none is asked for: half of the stages, rounded up."""
-    return (num_stages + 1) // 2
 
 
 def weights_dirs() -> list[Path]:
@@ -182,13 +177,11 @@ def load_enhance_prior(entry: ModelEntry):
     return _load_checked(entry.path, entry.sha256)[3]
 
 
-def levels_of(vqvae, enhance) -> tuple[int, int]:
-    """(quality levels, base level): quality 1..base are the base model's own levels, and the
-    levels above it add the enhancement layer's stages to that base level."""
+def levels_of(vqvae, enhance) -> quality.Levels:
+    """The quality levels of a base model and its enhancement layer (None: none)."""
     if enhance is None:
-        return vqvae.config.num_stages, vqvae.config.num_stages
-    base = base_level(vqvae.config, enhance.config)
-    return base + enhance.config.num_stages, base
+        return quality.levels(vqvae.config.num_stages)
+    return quality.levels(vqvae.config.num_stages, enhance.config.num_stages, enhance.config.base_stages)
 
 
 def register(weights_path: str | os.PathLike, *, default: bool = False) -> ModelEntry:
