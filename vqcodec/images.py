@@ -84,6 +84,7 @@ __all__ = [
     "save_image",
     "encode_image_bytes",
     "format_for_path",
+    "suffix_for_format",
     "find_images",
     "IMAGE_SUFFIXES",
     "sample_image_path",
@@ -422,6 +423,18 @@ def format_for_path(path: "str | os.PathLike[str]") -> str:
         f"cannot choose an output format for {os.fspath(path)!r} ({what}); "
         f"use a supported one such as {examples}"
     )
+
+
+#: The usual suffix of the formats that Pillow knows several suffixes for.
+_USUAL_SUFFIXES = {"JPEG": ".jpg", "TIFF": ".tif", "JPEG2000": ".jp2"}
+
+
+def suffix_for_format(image_format: str) -> str:
+    """The usual file suffix of a Pillow format ("PNG" -> ".png", "JPEG" -> ".jpg")."""
+    if image_format in _USUAL_SUFFIXES:
+        return _USUAL_SUFFIXES[image_format]
+    return next((ext for ext, fmt in Image.registered_extensions().items() if fmt == image_format),
+                "." + image_format.lower())
 
 
 def _fallback_modes(img: Image.Image) -> list[str]:

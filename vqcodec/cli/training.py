@@ -1,0 +1,154 @@
+"""The training commands: train (the VQ-VAE), train-prior and train-enhance."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .batch import reports_errors
+
+
+def _files_options(data: str, out: str, config: str):
+    """--data, --out, --config and --steps, with the command's own help for the first three."""
+    options = [
+        click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=str), help=data),
+        click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str), help=out),
+        click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=str),
+                     default=None, help=config),
+        click.option("--steps", type=int, default=None, help="Training steps (overrides the config)."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
+
+
+def _out_path(out: str) -> Path:
+    """OUT as a path, its folder created if missing."""
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    return out_path
+
+
+def _registration_options(command):
+    """--register/--no-register and --default-model, for the training commands."""
+    command = click.option("--default-model", is_flag=True,
+                           help="Mark the result as the default model in models.json.")(command)
+    return click.option("--register/--no-register", default=True, show_default=True,
+                        help="Add the result to models.json in OUT's folder, so `vqcodec models` lists it.")(command)
+
+
+def _register(out_path: Path, default: bool) -> None:
+    from .. import zoo
+
+    entry = zoo.register(out_path, default=default)
+    click.echo(f"wrote {out_path} (sha256 {entry.sha256})")
+
+
+@click.command()
+@_files_options(data="Folder of training images (searched recursively; PNG, JPEG, WebP, ...), or a .npz "
+                     "file with an 'images' uint8 array (N,H,W[,3]) such as mnist5k.npz. The last images "
+                     "(by name, or in the array) are held out for the periodic check.",
+                out="Weights file to write, e.g. weights/NAME.safetensors. A resumable checkpoint "
+                    "goes next to it as NAME.ckpt and a log as NAME.log.jsonl.",
+                config='JSON file {"model": {...}, "train": {...}} overriding the defaults '
+                       "of vqcodec.config.ModelConfig and TrainConfig.")
+@click.option("--batch-size", type=int, default=None, help="Crops per step (overrides the config).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where to train.")
+@click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
+              help="Checkpoint to resume from. Default: OUT's .ckpt if it exists.")
+@click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
+              help="Warm start from an earlier model's weights (.safetensors); tensors of another shape, "
+                   "such as a wider latent, get the overlapping part. Ignored when resuming.")
+@click.option("--name", default=None, help="Model name stored in the weights. Default: OUT's file stem.")
+@click.option("--description", default="VQ-VAE image codec", show_default=True,
+              help="One-line description stored in the weights.")
+@_registration_options
+@reports_errors
+def train(data_dir, out, config_file, steps, batch_size, device, resume, init_from, name, description,
+          register, default_model):
+    """Train a VQ-VAE codec on a folder of images (also under torchrun for several processes)."""
+    from dataclasses import replace
+
+    from .. import train as training
+
+    model_config, train_config = training.read_config_file(config_file)
+    overrides = {k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None}
+    train_config = replace(train_config, **overrides)
+    out_path = _out_path(out)
+    training.train(data_dir, out_path, model_config=model_config, train_config=train_config,
+                   name=name or out_path.stem, description=description, device_name=device,
+                   resume=resume, init_from=init_from)
+    if register and training.is_main_process():
+        _register(out_path, default_model)
+
+
+@click.command("train-prior")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Weights of the trained VQ-VAE whose index grids the prior learns. A prior already in "
+                   "the file is replaced, or, with rate_tradeoff > 0 in the config's train section, refined: "
+                   "training continues from it on the indices the rate-aware encoder makes with it.")
+@_files_options(data="Training images, as for `vqcodec train` (use the VQ-VAE's data: the same images are "
+                     "held out).",
+                out="Weights file to write: the VQ-VAE plus the prior, under one sha256. May equal --weights. "
+                    "A resumable checkpoint goes next to it as NAME.prior.ckpt, the index grids as NAME.grids.pt.",
+                config='JSON file {"prior": {...}, "train": {...}} overriding the defaults of '
+                       "vqcodec.config.PriorConfig and PriorTrainConfig.")
+@click.option("--layer", type=click.Choice(["base", "enhance"]), default="base", show_default=True,
+              help="Whose index grids the prior learns: the base model's, or those of the enhancement "
+                   "layer in --weights (see train-enhance), which code the quality levels above the base's.")
+@_registration_options
+@reports_errors
+def train_prior(weights, data_dir, out, config_file, steps, layer, register, default_model):
+    """Train the learned prior (entropy model and sampler) of a trained VQ-VAE, or of its
+    enhancement layer."""
+    from dataclasses import replace
+
+    from .. import train_prior as training
+
+    prior_fields, train_config = training.read_prior_config_file(config_file)
+    if steps is not None:
+        train_config = replace(train_config, steps=steps)
+    out_path = _out_path(out)
+    if layer == "enhance":
+        from ..train_enhance import train_enhance_prior as train
+    else:
+        train = training.train_prior
+    train(weights, data_dir, out_path, prior_fields=prior_fields, train_config=train_config)
+    if register:
+        _register(out_path, default_model)
+
+
+@click.command("train-enhance")
+@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Weights of the trained base model (with its prior, if any). The layer learns what the "
+                   "base model's top level, encoded as the codec encodes it, leaves out. An enhancement "
+                   "layer already in the file is replaced.")
+@_files_options(data="Training images, as for `vqcodec train` (use the base model's data: the same images are "
+                     "held out).",
+                out="Weights file to write: base model, prior and enhancement layer, under one sha256. May equal "
+                    "--weights. A resumable checkpoint goes next to it as NAME.enhance.ckpt, the base "
+                    "reconstructions as NAME.pairs.pt.",
+                config='JSON file {"enhance": {...}, "train": {...}} overriding the defaults of '
+                       "vqcodec.config.EnhanceConfig and TrainConfig.")
+@click.option("--description", default=None,
+              help="One-line description stored in the weights (for `vqcodec models`). Default: the base model's.")
+@_registration_options
+@reports_errors
+def train_enhance(weights, data_dir, out, config_file, steps, description, register, default_model):
+    """Train the enhancement layer: the quality levels above the base model's top level."""
+    from dataclasses import replace
+
+    from .. import train_enhance as training
+
+    enhance_config, train_config = training.read_enhance_config_file(config_file)
+    if steps is not None:
+        train_config = replace(train_config, steps=steps)
+    out_path = _out_path(out)
+    training.train_enhance(weights, data_dir, out_path, enhance_config=enhance_config, train_config=train_config,
+                           description=description)
+    if register:
+        _register(out_path, default_model)
