@@ -1,4 +1,4 @@
-"""Large images: peak memory and speed of encode and decode (tiled, see VQVAE.encode_latents).
+"""Large images: peak memory and speed of encode and decode (tiled, see vqcodec/inference.py).
 
     python benchmarks/large_image.py [--sizes 6000x4000,3000x2000,1500x1000] [--quality 4] [--coder prior]
 

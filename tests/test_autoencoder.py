@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import vqcodec
-from vqcodec.nn.autoencoder import fast_bfloat16, subpixel_conv_transpose
+from vqcodec.inference import native_bfloat16
+from vqcodec.nn.autoencoder import subpixel_conv_transpose
 
 
 def test_the_subpixel_form_of_the_last_layer_equals_the_transposed_convolution():
@@ -16,10 +17,10 @@ def test_the_subpixel_form_of_the_last_layer_equals_the_transposed_convolution()
 
 def test_float32_switch_turns_bfloat16_off(monkeypatch):
     monkeypatch.setenv("VQCODEC_FLOAT32", "1")
-    assert not fast_bfloat16()
+    assert not native_bfloat16()
 
 
-@pytest.mark.skipif(not fast_bfloat16(), reason="this CPU has no native bfloat16")
+@pytest.mark.skipif(not native_bfloat16(), reason="this CPU has no native bfloat16")
 def test_bfloat16_and_float32_decodes_agree_closely(photo, monkeypatch):
     data = vqcodec.encode(photo.crop((0, 0, 96, 64)), quality=8)
     fast = np.asarray(vqcodec.decode(data), dtype=np.int16)

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import vqcodec
-from vqcodec import codec, container, entropy, zoo
+from vqcodec import codec, container, entropy, inference, zoo
 from vqcodec.config import EnhanceConfig
 from vqcodec.container import VqzError
+from vqcodec.inference import Policy
 from vqcodec.metrics import psnr
 from vqcodec.nn.enhance import EnhanceLayer
 
@@ -80,9 +81,14 @@ def test_an_enhancement_layer_over_another_base_level_is_refused(photo, base_sta
 def test_enhancement_tiles_have_no_visible_seams(photo, entry, layer, base_stages):
     vqvae = zoo.load(entry)
     pixels = photo_crop(photo, 320, 256)
-    base = vqvae.decode_pixels(vqvae.quantizer.quantize(vqvae.encode_latents(pixels), base_stages))
-    whole = layer.decode_pixels(layer.encode_pixels(pixels, base, 2), base)
-    tiled = layer.decode_pixels(layer.encode_pixels(pixels, base, 2, tile=16), base, tile=16)
+    policy = Policy.default()
+    z = inference.encode_latents(vqvae, pixels, policy)
+    base = inference.decode_pixels(vqvae, vqvae.quantizer.quantize(z, base_stages), policy)
+
+    def round_trip(policy: Policy) -> np.ndarray:
+        return inference.decode_detail(layer, inference.encode_detail(layer, pixels, base, 2, policy), base, policy)
+
+    whole, tiled = round_trip(policy), round_trip(Policy(policy.bfloat16, tile_pixels=64))  # tiles of 16 positions
     assert abs(psnr(pixels, whole) - psnr(pixels, tiled)) < 0.1
     assert psnr(whole, tiled) > 40
 
@@ -91,13 +97,14 @@ def test_enhancement_tiles_have_no_visible_seams(photo, entry, layer, base_stage
 def test_old_files_with_more_base_stages_than_the_layer_builds_on_still_decode(photo, entry):
     vqvae = zoo.load(entry)
     pixels = photo_crop(photo, 64, 48)
-    z = vqvae.encode_latents(pixels)
+    policy = Policy.default()
+    z = inference.encode_latents(vqvae, pixels, policy)
     grids = list(vqvae.quantizer.quantize(z, vqvae.config.num_stages)[0].numpy())  # every base stage
     header = container.Header(model_prefix=container.model_prefix(entry.sha256), width=64, height=48, mode="RGB",
                               quality=len(grids), coder="zstd", layers=((vqvae.config.stride, len(grids)),),
                               index_crc32=entropy.index_checksum(grids))
     decoded = vqcodec.decode(container.pack(header, entropy.zstd_encode(grids)))
-    expected = vqvae.decode_pixels(torch.from_numpy(np.stack(grids)).unsqueeze(0))
+    expected = inference.decode_pixels(vqvae, torch.from_numpy(np.stack(grids)).unsqueeze(0), policy)
     assert np.array_equal(np.asarray(decoded), expected)
 
 

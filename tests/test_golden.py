@@ -13,7 +13,7 @@ from PIL import Image
 import vqcodec
 from vqcodec import zoo
 from vqcodec.fileio import ImageMetadata
-from vqcodec.nn.autoencoder import fast_bfloat16
+from vqcodec.inference import native_bfloat16
 
 from golden.make_golden import PIXEL_TOLERANCE, indices_digest, pixel_digest
 
@@ -33,7 +33,7 @@ def test_golden_file_decodes_to_the_same_pixels(case, monkeypatch):
         monkeypatch.setenv("VQCODEC_FLOAT32", "1")  # the float32 decode
         assert pixel_digest(vqcodec.decode(data)) == case["pixels_sha256"]
         monkeypatch.delenv("VQCODEC_FLOAT32")
-        if fast_bfloat16():  # this machine decodes in bfloat16 by default
+        if native_bfloat16():  # this machine decodes in bfloat16 by default
             assert pixel_digest(vqcodec.decode(data)) == case["pixels_sha256_bfloat16"]
         return
     with Image.open(GOLDEN / case["reference"]) as reference:

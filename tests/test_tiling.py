@@ -1,27 +1,52 @@
 import numpy as np
+import torch
 
 import vqcodec
+from vqcodec import inference
+from vqcodec.inference import Policy
 from vqcodec.metrics import psnr
 
 from conftest import photo_crop
 
 
 def test_tiles_have_no_visible_seams(photo):
-    """Tiled encode + decode (tiles of 16 latent positions, i.e. 128 pixels) stays within 0.1 dB
+    """Tiled encode + decode (tiles of 128 pixels, i.e. 16 latent positions) stays within 0.1 dB
     of doing the whole image at once, and differs from it only slightly near tile borders."""
     vqvae = vqcodec.load_model()
     pixels = photo_crop(photo, 320, 256)
-    whole = vqvae.decode_pixels(vqvae.quantizer.quantize(vqvae.encode_latents(pixels), 8))
-    tiled = vqvae.decode_pixels(vqvae.quantizer.quantize(vqvae.encode_latents(pixels, tile=16), 8), tile=16)
+
+    def round_trip(policy: Policy) -> np.ndarray:
+        z = inference.encode_latents(vqvae, pixels, policy)
+        return inference.decode_pixels(vqvae, vqvae.quantizer.quantize(z, 8), policy)
+
+    whole, tiled = round_trip(Policy.default()), round_trip(Policy(Policy.default().bfloat16, tile_pixels=128))
     assert abs(psnr(pixels, whole) - psnr(pixels, tiled)) < 0.1
     assert psnr(whole, tiled) > 40
 
 
-def test_one_tile_is_exactly_the_untiled_model(photo, monkeypatch):
-    monkeypatch.setenv("VQCODEC_FLOAT32", "1")  # the plain float32 model on both sides
+def test_one_tile_is_exactly_the_untiled_model(photo):
     vqvae = vqcodec.load_model()
     pixels = photo_crop(photo, 64, 48)
-    import torch
     x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).float() / 255
-    assert torch.equal(vqvae.encode_latents(pixels), vqvae.encoder(x))
+    assert torch.equal(inference.encode_latents(vqvae, pixels, Policy(bfloat16=False)), vqvae.encoder(x))
 
+
+def test_tiles_cover_the_grid_once_with_their_margins():
+    covered = np.zeros((21, 10), dtype=int)
+    for (cr, cc), (pr, pc), (dr, dc) in inference.tiles(21, 10, tile=8, margin=2):
+        covered[cr, cc] += 1
+        assert pr.start == max(0, cr.start - 2) and pr.stop == min(21, cr.stop + 2)
+        assert (dr, dc) == (cr.start - pr.start, cc.start - pc.start)
+    assert (covered == 1).all()
+
+
+def test_tiled_runs_a_function_of_several_inputs_at_their_own_scales():
+    """A stride-2 'network' over an index grid and a pixel image: tiled equals untiled."""
+    grid, image = torch.arange(2 * 9 * 7).reshape(1, 2, 9, 7), torch.rand(1, 3, 18, 14)
+
+    def fn(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return g.float().repeat_interleave(2, -1).repeat_interleave(2, -2)[:, :1] + x
+
+    whole = fn(grid, image)
+    for margin in (0, 1):
+        assert torch.equal(inference.tiled(fn, [grid, image], 9, 7, tile=4, margin=margin), whole)

@@ -2,18 +2,21 @@
 
     encode: image ─images.load_image_with_metadata─> RGB (+ alpha, ICC/EXIF/XMP)
             ─pad to the model's padding─> quality ─Levels.stages─> layers [(stride, stages), ...]
-            ─> base layer: VQVAE.encode_latents (tiled) ─> residual VQ (rate-aware under the
-            │  prior: nn.rdoq); enhancement layer (quality above its base level b): the base
-            │  image, then EnhanceLayer.encode_pixels(image, base) ─> finer grids
+            ─> base layer: inference.encode_latents (tiled VQVAE.encode) ─> residual VQ (rate-aware
+            │  under the prior: nn.rdoq); enhancement layer (quality above its base level b): the
+            │  base image, then inference.encode_detail(image, base) ─> finer grids
             ─> entropy coder ─> payload ─container.pack─> .vqz bytes (version 2)
                           alpha ─zstd (lossless)─┘ metadata ─┘
     decode: .vqz ─container.unpack─> header, payloads, metadata ─find model by sha256 (prefix)─>
             layers (v2: the header's list; v1: inferred from the grid shapes), checked against
             the model's own layers (_check_structure) ─entropy decoder─> grids (checked against
-            the index CRC) ─VQVAE.decode_pixels─> base image (─EnhanceLayer.decode_pixels with
+            the index CRC) ─inference.decode_pixels─> base image (─inference.decode_detail with
             the enhancement layer's grids, if any─>) ─> crop ─> PIL image (+ info: metadata)
     read_indices / decode_indices: the same, split at the grids (Indices)
-    generate: prior ─nn.prior.decode_passes with a Sampler─> grids ─VQVAE.decode_pixels─> images
+    generate: prior ─nn.prior.decode_passes with a Sampler─> grids ─inference.decode_pixels─> images
+
+How the networks run (tiles, bfloat16 or float32) is vqcodec.inference's policy, taken once
+per call; which stages of which layer a quality level codes, vqcodec.quality's arithmetic.
 
 Entropy coders: "prior" (default when the model has one) range-codes the grids with the
 model's integer context prior, pass by pass (the frequencies of nn.rdoq / nn.prior.decode_passes
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import container, entropy, fileio, images, zoo
+from . import container, entropy, fileio, images, inference, zoo
 from .container import Header, HeaderV1, Layer, VqzError
 from .nn.prior import GuidedSampler, Sampler, decode_passes, iter_passes
 from .nn.rdoq import rate_distortion_indices
@@ -177,8 +180,8 @@ def _index_payload(model: _Model, padded: np.ndarray, layers: tuple[Layer, ...],
                    tradeoff: float) -> tuple[list[np.ndarray], bytes]:
     """The index grids of padded pixels, layer by layer in coding order, and their coded
     payload: the base model's grids, then the enhancement layer's over that base level."""
-    vqvae, base_layer = model.vqvae, model.layers[0]
-    z = vqvae.encode_latents(padded)
+    vqvae, base_layer, policy = model.vqvae, model.layers[0], inference.Policy.default()
+    z = inference.encode_latents(vqvae, padded, policy)
     encoder = entropy.RangeEncoder()
     if coder == "zstd":
         base = vqvae.quantizer.quantize(z, layers[0].stages)
@@ -187,7 +190,8 @@ def _index_payload(model: _Model, padded: np.ndarray, layers: tuple[Layer, ...],
                                        sink=lambda stage, symbols, freqs: encoder.add(symbols, freqs))[0][None]
     grids = list(base[0].numpy())
     if len(layers) > 1:
-        detail = model.enhance.encode_pixels(padded, vqvae.decode_pixels(base), layers[1].stages)[0]
+        base_pixels = inference.decode_pixels(vqvae, base, policy)
+        detail = inference.encode_detail(model.enhance, padded, base_pixels, layers[1].stages, policy)[0]
         grids += list(detail.numpy())
         if coder == "prior":  # the same range coder goes on with the enhancement layer's prior
             for _, symbols, freqs in iter_passes(model.layers[1].prior, detail):
@@ -221,9 +225,10 @@ def _pixels(model: _Model, per_layer: list[np.ndarray], height: int, width: int)
     def batch(grids: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(grids)).long().unsqueeze(0)
 
-    pixels = model.vqvae.decode_pixels(batch(per_layer[0]))
+    policy = inference.Policy.default()
+    pixels = inference.decode_pixels(model.vqvae, batch(per_layer[0]), policy)
     if len(per_layer) > 1:
-        pixels = model.enhance.decode_pixels(batch(per_layer[1]), pixels)
+        pixels = inference.decode_detail(model.enhance, batch(per_layer[1]), pixels, policy)
     return images.crop(pixels, height, width)
 
 
@@ -598,10 +603,8 @@ def generate(count: int, *, model: str | None = None, size: tuple[int, int] | No
         classes = torch.cat([classes, torch.full((count,), -1)])
     indices = decode_passes(prior, stages, rows, cols, sampler, count=len(classes) if guidance else count,
                             classes=classes)[:count]
-    pictures = []
-    for grid in indices:
-        pictures.append(Image.fromarray(vqvae.decode_pixels(grid.unsqueeze(0))))
-    return pictures
+    policy = inference.Policy.default()
+    return [Image.fromarray(inference.decode_pixels(vqvae, grid.unsqueeze(0), policy)) for grid in indices]
 
 
 def _sample_classes(num_classes: int, count: int, seed: int, label: int | None, name: str) -> torch.Tensor | None:

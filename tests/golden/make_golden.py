@@ -27,7 +27,7 @@ from PIL import Image, ImageCms
 
 import vqcodec
 from vqcodec import container, images, zoo
-from vqcodec.nn.autoencoder import fast_bfloat16
+from vqcodec.inference import native_bfloat16
 
 HERE = Path(__file__).resolve().parent
 CASES = {  # model -> (size, [(quality, coder)])
@@ -71,7 +71,7 @@ def decoded_digests(data: bytes) -> dict:
         os.environ["VQCODEC_FLOAT32"] = "1"
         digests = {"pixels_sha256": pixel_digest(vqcodec.decode(data))}
         os.environ["VQCODEC_FLOAT32"] = "0"
-        if fast_bfloat16():
+        if native_bfloat16():
             digests["pixels_sha256_bfloat16"] = pixel_digest(vqcodec.decode(data))
     finally:
         os.environ.pop("VQCODEC_FLOAT32") if saved is None else os.environ.update(VQCODEC_FLOAT32=saved)

@@ -16,10 +16,6 @@ Balle et al. 2017, "End-to-end Optimized Image Compression".
 """
 from __future__ import annotations
 
-import functools
-import os
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -94,15 +90,14 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z) + 0.5
 
-    def infer(self, z: torch.Tensor) -> torch.Tensor:
-        """forward for decoding. Where the CPU is fast at bfloat16 (fast_bfloat16), every layer
-        but the last runs in bf16, and the last makes the pixels in float32 as a sub-pixel
-        convolution (twice as fast as the transposed one it equals); elsewhere, forward."""
-        fast = fast_bfloat16()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+    def infer(self, z: torch.Tensor, bfloat16: bool = False) -> torch.Tensor:
+        """forward for decoding. With bfloat16 (for CPUs that are fast at it, inference.Policy),
+        every layer but the last runs in bf16, and the last makes the pixels in float32 as a
+        sub-pixel convolution (twice as fast as the transposed one it equals); else, forward."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             hidden = self.net[:-1](z)
         last = self.net[-1]
-        return (subpixel_conv_transpose(hidden.float(), last) if fast else last(hidden)) + 0.5
+        return (subpixel_conv_transpose(hidden.float(), last) if bfloat16 else last(hidden)) + 0.5
 
 
 def subpixel_conv_transpose(x: torch.Tensor, layer: nn.ConvTranspose2d) -> torch.Tensor:
@@ -124,40 +119,6 @@ def subpixel_conv_transpose(x: torch.Tensor, layer: nn.ConvTranspose2d) -> torch
                     kernel[:, py, px, :, jy, jx] = weight[:, :, ky, kx].t()
     bias = layer.bias.repeat_interleave(4) if layer.bias is not None else None
     return F.pixel_shuffle(F.conv2d(x, kernel.reshape(out * 4, -1, 3, 3), bias, padding=1), 2)
-
-
-TILE = 128  # latent positions per tile side (1024 pixels at stride 8): larger images go in tiles
-TILE_MARGIN = 8  # latent positions of context computed around each tile and then dropped
-
-
-def fast_bfloat16() -> bool:
-    """Whether encoding and decoding run the autoencoder in bfloat16: only on CPUs with bf16
-    dot-product instructions (AVX512-BF16 or AMX), where that halves its time at no measured
-    cost in PSNR (docs/EXPERIMENTS.md); elsewhere bf16 is emulated and slower than float32.
-    VQCODEC_FLOAT32=1 turns it off. Decoding derives the same indices either way; decoded
-    pixels differ from the float32 path by a level or two (the encoder may pick other indices)."""
-    if os.environ.get("VQCODEC_FLOAT32", "") not in ("", "0"):
-        return False
-    return _cpu_has_bf16()
-
-
-@functools.cache
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def tiles(rows: int, cols: int, tile: int, margin: int):
-    """(core slice, padded slice, core offset inside the padded one) per tile, in latent units."""
-    for top in range(0, rows, tile):
-        for left in range(0, cols, tile):
-            core = (slice(top, min(rows, top + tile)), slice(left, min(cols, left + tile)))
-            t0, l0 = max(0, top - margin), max(0, left - margin)
-            padded = (slice(t0, min(rows, top + tile + margin)), slice(l0, min(cols, left + tile + margin)))
-            yield core, padded, (top - t0, left - l0)
 
 
 class VQVAE(nn.Module):
@@ -183,37 +144,32 @@ class VQVAE(nn.Module):
         return self.quantizer.quantize(self.encoder(images), num_stages)
 
     @torch.no_grad()
-    def encode_latents(self, pixels: np.ndarray, tile: int = TILE, margin: int = TILE_MARGIN) -> torch.Tensor:
-        """uint8 pixels (H, W, 3), H and W multiples of the stride -> latents (1, D, H/s, W/s).
-
-        Images larger than `tile` latent positions are encoded in tiles, each with `margin`
-        positions of context, so memory stays bounded; smaller ones in one piece."""
-        s = self.config.stride
-        rows, cols = pixels.shape[0] // s, pixels.shape[1] // s
-        z = torch.empty(1, self.config.latent_dim, rows, cols)
-        for (cr, cc), (pr, pc), (dr, dc) in tiles(rows, cols, tile, margin):
-            crop = pixels[pr.start * s:pr.stop * s, pc.start * s:pc.stop * s]
-            x = torch.from_numpy(np.array(crop)).permute(2, 0, 1).unsqueeze(0).float().div(255)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bfloat16()):
-                part = self.encoder(x.contiguous(memory_format=torch.channels_last)).float()
-            z[:, :, cr, cc] = part[:, :, dr:dr + cr.stop - cr.start, dc:dc + cc.stop - cc.start]
-        return z
+    def encode(self, images: torch.Tensor, bfloat16: bool = False) -> torch.Tensor:
+        """images (B,3,H,W) in [0,1], H and W multiples of the stride -> latents (B,D,H/s,W/s),
+        float32; bfloat16: the encoder runs under bf16 autocast."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            return self.encoder(images).float()
 
     @torch.no_grad()
-    def decode_pixels(self, indices: torch.Tensor, tile: int = TILE, margin: int = TILE_MARGIN) -> np.ndarray:
-        """indices (1, n, h, w) -> uint8 pixels (h*s, w*s, 3), in tiles as encode_latents."""
-        s = self.config.stride
-        rows, cols = indices.shape[-2:]
-        out = np.empty((rows * s, cols * s, 3), dtype=np.uint8)
-        for (cr, cc), (pr, pc), (dr, dc) in tiles(rows, cols, tile, margin):
-            y = self.decode_indices(indices[:, :, pr, pc])[0]
-            y = y[:, dr * s:(dr + cr.stop - cr.start) * s, dc * s:(dc + cc.stop - cc.start) * s]
-            out[cr.start * s:cr.stop * s, cc.start * s:cc.stop * s] = (
-                y.permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy())
-        return out
-
-    @torch.no_grad()
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices (B,n,h,w) -> images (B,3,h*s,w*s), clamped to [0,1]."""
+    def decode(self, indices: torch.Tensor, bfloat16: bool = False) -> torch.Tensor:
+        """indices (B,n,h,w) -> images (B,3,h*s,w*s), clamped to [0,1]; bfloat16: Decoder.infer's."""
         z = self.quantizer.dequantize(indices).contiguous(memory_format=torch.channels_last)
-        return self.decoder.infer(z).clamp(0, 1)
+        return self.decoder.infer(z, bfloat16).clamp(0, 1)
+
+    # For callers that have not moved to encode / decode and vqcodec.inference yet (the training
+    # code: training/enhance_task.py, training/vqvae_task.py); these take this machine's inference policy.
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        from ..inference import native_bfloat16
+
+        return self.decode(indices, native_bfloat16())
+
+    def encode_latents(self, pixels: np.ndarray) -> torch.Tensor:
+        from .. import inference
+
+        return inference.encode_latents(self, pixels, inference.Policy.default())
+
+    def decode_pixels(self, indices: torch.Tensor) -> np.ndarray:
+        from .. import inference
+
+        return inference.decode_pixels(self, indices, inference.Policy.default())

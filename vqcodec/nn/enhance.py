@@ -24,21 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import quality
 from ..config import EnhanceConfig, ModelConfig
-from .autoencoder import ResidualBlock, tiles, fast_bfloat16
+from .autoencoder import ResidualBlock
 from .quantize import ResidualVQ
-
-
-TILE = 256  # latent positions per tile side (1024 pixels at stride 4), as the base model's tiles
-TILE_MARGIN = 8  # latent positions of context around each tile (32 pixels, beyond the receptive field)
 
 
 def base_level(model_config: ModelConfig, enhance_config: EnhanceConfig) -> int:
     """The base level an enhancement layer builds on (its base_stages; 0 = the base's top)."""
-    stages = enhance_config.base_stages or model_config.num_stages
-    if not 1 <= stages <= model_config.num_stages:
-        raise ValueError(f"base_stages must be from 1 to the base model's {model_config.num_stages} stages")
-    return stages
+    return quality.levels(model_config.num_stages, enhance_config.num_stages, enhance_config.base_stages).base
 
 
 class EnhanceEncoder(nn.Module):
@@ -108,47 +102,32 @@ class EnhanceLayer(nn.Module):
         return self.decoder(z_q, base), indices, commitment
 
     @torch.no_grad()
-    def decode_indices(self, indices: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        """indices (B,n,h,w) and base (B,3,h*s,w*s) -> images (B,3,h*s,w*s) in [0,1]."""
+    def encode(self, images: torch.Tensor, base: torch.Tensor, num_stages: int,
+               bfloat16: bool = False) -> torch.Tensor:
+        """images and base reconstructions (B,3,H,W) in [0,1], H and W multiples of the stride
+        -> indices (B,num_stages,H/s,W/s); bfloat16: the encoder runs under bf16 autocast."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            z = self.encoder(images, base).float()
+        return self.quantizer.quantize(z, num_stages)
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor, base: torch.Tensor, bfloat16: bool = False) -> torch.Tensor:
+        """indices (B,n,h,w) and base (B,3,h*s,w*s) -> images (B,3,h*s,w*s) in [0,1]; bfloat16:
+        the detail is computed under bf16 autocast and added to the base in float32."""
         e_q = self.quantizer.dequantize(indices)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bfloat16()):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             detail = self.decoder.residual(e_q, base)
         return (base + detail.float()).clamp(0, 1)
 
-    @torch.no_grad()
-    def encode_pixels(self, pixels: np.ndarray, base: np.ndarray, num_stages: int,
-                      tile: int = TILE, margin: int = TILE_MARGIN) -> torch.Tensor:
-        """uint8 image and base reconstruction (H, W, 3), H and W multiples of the stride ->
-        indices (1, num_stages, H/s, W/s), in tiles as VQVAE.encode_latents."""
-        s = self.config.stride
-        rows, cols = pixels.shape[0] // s, pixels.shape[1] // s
-        out = torch.empty(1, num_stages, rows, cols, dtype=torch.long)
-        for (cr, cc), (pr, pc), (dr, dc) in tiles(rows, cols, tile, margin):
-            window = (slice(pr.start * s, pr.stop * s), slice(pc.start * s, pc.stop * s))
-            x, b = _as_batch(pixels[window]), _as_batch(base[window])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast_bfloat16()):
-                z = self.encoder(x, b).float()
-            part = self.quantizer.quantize(z, num_stages)
-            out[:, :, cr, cc] = part[:, :, dr:dr + cr.stop - cr.start, dc:dc + cc.stop - cc.start]
-        return out
+    # For callers that have not moved to encode / decode and vqcodec.inference yet (the training
+    # code: training/enhance_task.py); these take this machine's inference policy.
 
-    @torch.no_grad()
-    def decode_pixels(self, indices: torch.Tensor, base: np.ndarray, tile: int = TILE,
-                      margin: int = TILE_MARGIN) -> np.ndarray:
-        """indices (1, n, h, w) and the uint8 base reconstruction (h*s, w*s, 3) -> uint8 pixels."""
-        s = self.config.stride
-        rows, cols = indices.shape[-2:]
-        out = np.empty((rows * s, cols * s, 3), dtype=np.uint8)
-        for (cr, cc), (pr, pc), (dr, dc) in tiles(rows, cols, tile, margin):
-            b = _as_batch(base[pr.start * s:pr.stop * s, pc.start * s:pc.stop * s])
-            y = self.decode_indices(indices[:, :, pr, pc], b)[0]
-            y = y[:, dr * s:(dr + cr.stop - cr.start) * s, dc * s:(dc + cc.stop - cc.start) * s]
-            out[cr.start * s:cr.stop * s, cc.start * s:cc.stop * s] = (
-                y.permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy())
-        return out
+    def decode_indices(self, indices: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        from ..inference import native_bfloat16
 
+        return self.decode(indices, base, native_bfloat16())
 
-def _as_batch(pixels: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float (1, 3, H, W) in [0, 1], channels-last."""
-    x = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).unsqueeze(0).float().div(255)
-    return x.contiguous(memory_format=torch.channels_last)
+    def encode_pixels(self, pixels: np.ndarray, base: np.ndarray, num_stages: int) -> torch.Tensor:
+        from .. import inference
+
+        return inference.encode_detail(self, pixels, base, num_stages, inference.Policy.default())
