@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .config import PriorTrainConfig, prior_config_from_dict
 from .nn.prior import CONTINUE_RULE, ContextPrior, continues
-from .training.data import cached, load_labels, load_training_data, read_sections
+from .training.data import cached, load_labels, load_training_data, parse_sections, read_sections
 from .training.loop import LoopConfig, RunFiles, run, setup
 from .training.prior_task import LOOP_SETTINGS, PriorTask, index_grids, prior_config_for
 from .weights_io import load_vqvae, prior_from_bytes, sha256_of_file
@@ -32,21 +32,47 @@ from .weights_io import load_vqvae, prior_from_bytes, sha256_of_file
 __all__ = ["read_prior_config_file", "train_prior"]
 
 
+SECTIONS = {"prior": dict, "train": PriorTrainConfig}
+
+
 def read_prior_config_file(path: str | os.PathLike | None) -> tuple[dict, PriorTrainConfig]:
     """A JSON file {"prior": {...}, "train": {...}} -> (the prior fields it sets, train config).
     Missing train keys keep their defaults; see train_prior for the prior's."""
-    sections = read_sections(path, {"prior": dict, "train": PriorTrainConfig})
+    return _checked(read_sections(path, SECTIONS))
+
+
+def prior_config_from_section(section: dict, origin: str) -> tuple[dict, PriorTrainConfig]:
+    """read_prior_config_file for the same dict held elsewhere (the "prior" section of a
+    `vqcodec train` config), `origin` naming it in errors."""
+    if not isinstance(section, dict):
+        raise ValueError(f"{origin} must be a JSON object {{\"prior\": {{...}}, \"train\": {{...}}}}")
+    return _checked(parse_sections(section, SECTIONS, origin))
+
+
+def _checked(sections: dict) -> tuple[dict, PriorTrainConfig]:
     prior_config_from_dict(sections["prior"])  # unknown fields fail here, early
     return sections["prior"], sections["train"]
 
 
+def run_files(out: str | os.PathLike, work: str | os.PathLike | None = None) -> RunFiles:
+    """The prior run's files: <out>.prior.ckpt and <out>.prior.log.jsonl, or prior.ckpt and
+    prior.log.jsonl in `work`; the weights, `out`, written once, at the end."""
+    if work is None:
+        return RunFiles.beside(out, "prior.", weights_at_checkpoints=False)
+    return RunFiles(Path(work) / "prior.ckpt", Path(work) / "prior.log.jsonl", Path(out), weights_at_checkpoints=False)
+
+
 def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: str | os.PathLike, *,
                 prior_fields: dict | None = None, train_config: PriorTrainConfig = PriorTrainConfig(),
-                progress: bool = True) -> Path:
+                progress: bool = True, work: str | os.PathLike | None = None,
+                description: str = "training prior") -> Path:
     """Train a context prior for the VQ-VAE in `weights`; write VQ-VAE + prior to `out`.
 
     prior_fields: PriorConfig fields to set; the rest keep their defaults, except
-    num_stages and codebook_size, which default to the model's."""
+    num_stages and codebook_size, which default to the model's.
+    work: a folder for the checkpoint, log and grid cache (prior.ckpt, prior.log.jsonl,
+    prior.grids.pt); default: next to `out` (<out>.prior.ckpt, <out>.prior.log.jsonl, <out>.grids.pt).
+    description: the progress bar's label."""
     cfg = train_config
     loop_cfg = LoopConfig.of(cfg, **LOOP_SETTINGS)
     setup(loop_cfg)
@@ -74,7 +100,8 @@ def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: st
 
     key = [sha256_of_file(weights), str(Path(data_dir).resolve()), cfg.held_out_images, list(cfg.extra_scales),
            cfg.crop_size, cfg.mirror, cfg.rate_tradeoff] + (["spread"] if cfg.held_out_spread else [])
-    data = cached(out.with_suffix(".grids.pt"), key, make_grids)
+    files = run_files(out, work)
+    data = cached(out.with_suffix(".grids.pt") if work is None else Path(work) / "prior.grids.pt", key, make_grids)
     labels = held_labels = None
     if prior_config.num_classes:
         labels, held_labels = load_labels(data_dir, cfg.held_out_images, cfg.held_out_spread, cfg.mirror)
@@ -88,6 +115,5 @@ def train_prior(weights: str | os.PathLike, data_dir: str | os.PathLike, out: st
         record["sample_guidance"] = cfg.sample_guidance
     task = PriorTask(prior, cfg, data["grids"], data["held_out"], source=weights, labels=labels,
                      held_labels=held_labels, record=record)
-    run(task, loop_cfg, RunFiles.beside(out, "prior.", weights_at_checkpoints=False), description="training prior",
-        progress=progress)
+    run(task, loop_cfg, files, description=description, progress=progress)
     return out

@@ -1,4 +1,4 @@
-"""The training commands: train (the VQ-VAE), train-prior and train-enhance."""
+"""The training commands: train (every phase of a config), train-prior and train-enhance."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,14 +8,17 @@ import click
 from .batch import reports_errors
 
 
-def _files_options(data: str, out: str, config: str):
-    """--data, --out, --config and --steps, with the command's own help for the first three."""
+def _files_options(data: str, out: str, config: str, steps: str = "Training steps (overrides the config).",
+                   several_data: bool = False):
+    """--data, --out, --config and --steps, with the command's own help for each (several_data:
+    --data may be given more than once)."""
     options = [
-        click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=str), help=data),
+        click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=str), help=data,
+                     multiple=several_data),
         click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str), help=out),
         click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=str),
                      default=None, help=config),
-        click.option("--steps", type=int, default=None, help="Training steps (overrides the config)."),
+        click.option("--steps", type=int, default=None, help=steps),
     ]
 
     def decorate(command):
@@ -47,41 +50,97 @@ def _register(out_path: Path, default: bool) -> None:
     click.echo(f"wrote {out_path} (sha256 {entry.sha256})")
 
 
-@click.command()
-@_files_options(data="Folder of training images (searched recursively; PNG, JPEG, WebP, ...), or a .npz "
-                     "file with an 'images' uint8 array (N,H,W[,3]) such as mnist5k.npz. The last images "
-                     "(by name, or in the array) are held out for the periodic check.",
-                out="Weights file to write, e.g. weights/NAME.safetensors. A resumable checkpoint "
-                    "goes next to it as NAME.ckpt and a log as NAME.log.jsonl.",
-                config='JSON file {"model": {...}, "train": {...}} overriding the defaults '
-                       "of vqcodec.config.ModelConfig and TrainConfig.")
-@click.option("--batch-size", type=int, default=None, help="Crops per step (overrides the config).")
+TRAIN_HELP = """Train a codec: every phase its config describes, in one command (also under
+torchrun for several processes).
+
+\b
+The config's sections say what to train:
+  model, train         a VQ-VAE (ModelConfig, TrainConfig in vqcodec.config),
+                       written to OUT, with OUT's .ckpt and .log.jsonl beside it.
+  model, train, prior  the same, then its prior; "prior" holds what a
+                       `vqcodec train-prior` config holds ({"prior", "train"}).
+                       Phase 1: the VQ-VAE, WORK/autoencoder.safetensors (and
+                       .ckpt, .log.jsonl). Phase 2: VQ-VAE plus prior, OUT, as
+                       `vqcodec train-prior --weights WORK/autoencoder.safetensors`
+                       writes it; its checkpoint, log and grids in WORK/prior.*.
+  model, autoencoder, priors
+                       a hierarchical model (vqcodec.training.pipeline). Phase 1:
+                       the autoencoder, WORK/autoencoder/. Phase 2: its level
+                       priors, WORK/priors/. Then both as one file, OUT.
+
+WORK is --work, by default OUT without its suffix plus .work (weights/x.safetensors:
+weights/x.work/). Each phase shows its own progress bar. Rerunning the command after
+a kill skips the finished phases and resumes the interrupted one from its checkpoint
+(phase 2 starts over if phase 1's weights changed since it began). OUT is registered
+at the end (see --no-register)."""
+
+
+@click.command(help=TRAIN_HELP)
+@_files_options(data="Training images: a folder (searched recursively; PNG, JPEG, WebP, ...), or a .npz "
+                     "file with an 'images' uint8 array (N,H,W[,3]) such as mnist5k.npz (and a 'labels' "
+                     "array for a class-conditional prior). The last images (by name, or in the array) are "
+                     "held out for the periodic check. Repeat --data to train a hierarchical pipeline "
+                     "config on several folders (the last images of each are held out).",
+                out="Weights file to write, e.g. weights/NAME.safetensors: the finished model.",
+                config='JSON file of the phases to train (see above); keys left out keep the defaults. '
+                       'Default: a VQ-VAE with the defaults of ModelConfig and TrainConfig.',
+                steps="Training steps of every phase (overrides the config).",
+                several_data=True)
+@click.option("--work", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Folder for the intermediate files of a config with several phases. "
+                   "Default: OUT without its suffix, plus .work.")
+@click.option("--batch-size", type=int, default=None, help="Crops per step of the VQ-VAE (overrides the config).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="Where to train.")
+              help="Where to train the VQ-VAE (its prior trains on the CPU).")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
-              help="Checkpoint to resume from. Default: OUT's .ckpt if it exists.")
+              help="Checkpoint to resume the VQ-VAE from. Default: its own checkpoint if it exists.")
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
-              help="Warm start from an earlier model's weights (.safetensors); tensors of another shape, "
-                   "such as a wider latent, get the overlapping part. Ignored when resuming.")
+              help="Warm start the VQ-VAE from an earlier model's weights (.safetensors); tensors of another "
+                   "shape, such as a wider latent, get the overlapping part. Ignored when resuming.")
 @click.option("--name", default=None, help="Model name stored in the weights. Default: OUT's file stem.")
-@click.option("--description", default="VQ-VAE image codec", show_default=True,
-              help="One-line description stored in the weights.")
+@click.option("--description", default=None,
+              help="One-line description stored in the weights. Default: 'VQ-VAE image codec', or "
+                   "'hierarchical ECVQ image codec' for a hierarchical config.")
 @_registration_options
 @reports_errors
-def train(data_dir, out, config_file, steps, batch_size, device, resume, init_from, name, description,
+def train(data_dir, out, config_file, steps, work, batch_size, device, resume, init_from, name, description,
           register, default_model):
-    """Train a VQ-VAE codec on a folder of images (also under torchrun for several processes)."""
     from dataclasses import replace
 
     from .. import train as training
 
-    model_config, train_config = training.read_config_file(config_file)
-    overrides = {k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None}
-    train_config = replace(train_config, **overrides)
+    kind = training.config_kind(config_file)
     out_path = _out_path(out)
-    training.train(data_dir, out_path, model_config=model_config, train_config=train_config,
-                   name=name or out_path.stem, description=description, device_name=device,
-                   resume=resume, init_from=init_from)
+    name = name or out_path.stem
+    if kind == "pipeline":
+        for option, value in (("--batch-size", batch_size), ("--resume", resume), ("--init-from", init_from),
+                              ("--device cuda", device == "cuda" or None)):
+            if value is not None:
+                raise click.UsageError(f"{option} is not for a hierarchical pipeline config (its sections "
+                                       "set the batch sizes; it trains on the CPU)")
+        from ..training.pipeline import train_pipeline
+
+        train_pipeline(config_file, list(data_dir), out_path, name=name,
+                       description=description or "hierarchical ECVQ image codec", work=work, steps=steps)
+    else:
+        if len(data_dir) != 1:
+            raise click.UsageError("several --data are for a hierarchical pipeline config; a VQ-VAE trains on "
+                                   "one folder or .npz file")
+        model_config, train_config, prior = training.read_phases(config_file)
+        if prior is None and work is not None:
+            raise click.UsageError("--work is for a config with several phases (one with a 'prior' section, "
+                                   "or a hierarchical pipeline)")
+        overrides = {k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None}
+        train_config = replace(train_config, **overrides)
+        settings = dict(model_config=model_config, train_config=train_config, name=name,
+                        description=description or "VQ-VAE image codec", device_name=device, resume=resume,
+                        init_from=init_from)
+        if prior is None:
+            training.train(data_dir[0], out_path, **settings)
+        else:
+            if steps is not None:
+                prior = (prior[0], replace(prior[1], steps=steps))
+            training.train_with_prior(data_dir[0], out_path, prior=prior, work=work, **settings)
     if register and training.is_main_process():
         _register(out_path, default_model)
 

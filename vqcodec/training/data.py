@@ -31,10 +31,25 @@ def read_sections(path: str | os.PathLike | None, sections: dict[str, type]) -> 
     """A JSON config file {"section": {...}, ...} -> {section: dataclass} for each section named
     in `sections` (name -> dataclass, or dict for a section passed on as it is); missing sections
     and keys keep their defaults, unknown ones are errors. path None: every section's defaults."""
-    data = json.loads(Path(path).read_text()) if path is not None else {}
+    return parse_sections(read_json_object(path) if path is not None else {}, sections, str(path))
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A config file's JSON object; anything else is a ValueError naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object of sections")
+    return data
+
+
+def parse_sections(data: dict, sections: dict[str, type], origin: str) -> dict:
+    """read_sections for a dict already read (a config file's section, say), `origin` naming it."""
     unknown = set(data) - set(sections)
     if unknown:
-        raise ValueError(f"{path}: unknown sections {sorted(unknown)} "
+        raise ValueError(f"{origin}: unknown sections {sorted(unknown)} "
                          f"(expected {' and '.join(repr(s) for s in sections)})")
     return {name: dict(data.get(name, {})) if cls is dict else _tupleize(cls, data.get(name, {}))
             for name, cls in sections.items()}

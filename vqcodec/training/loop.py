@@ -22,6 +22,7 @@ nanoGPT's train.py: one loop, one checkpoint dict).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -96,6 +97,29 @@ class RunFiles:
         """<out> with <out>.<tag>ckpt and <out>.<tag>log.jsonl next to it (tag "" or "prior.", ...)."""
         out = Path(out)
         return cls(out.with_suffix(f".{tag}ckpt"), out.with_suffix(f".{tag}log.jsonl"), out, **options)
+
+
+def finished(files: RunFiles, cfg: LoopConfig, key: dict | None = None) -> bool:
+    """Whether the run in `files` is done: its weights exist and its checkpoint has reached
+    cfg.steps (made with task checkpoint_key `key`, when given). A phase so done is skipped."""
+    if not (files.weights.exists() and files.checkpoint.exists()):
+        return False
+    blob = torch.load(files.checkpoint, map_location="cpu", weights_only=True)
+    state = blob.get("state") if isinstance(blob, dict) else None
+    return (state is not None and state["step"] >= cfg.steps
+            and (key is None or blob.get("task", key) == key))
+
+
+def start_over_if_changed(files: RunFiles, source: Path, marker: Path) -> None:
+    """For a phase that trains on an earlier phase's output `source`: unless `marker` holds
+    source's sha256 (the run began from this very file), the run's checkpoint and log go, so it
+    starts over, and `marker` records the sha256."""
+    digest = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    if (marker.read_text().strip() if marker.exists() else None) != digest:
+        for stale in (files.checkpoint, files.log):
+            stale.unlink(missing_ok=True)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(marker, (digest + "\n").encode())
 
 
 def setup(cfg: LoopConfig) -> None:

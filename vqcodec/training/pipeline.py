@@ -10,11 +10,13 @@
 
 Each phase runs through the one loop (training.loop); a phase whose checkpoint has reached
 its step count is done and is skipped, so rerunning the same command after a kill continues
-where it stopped.
+where it stopped. Phase 2 starts over when phase 1's weights have changed since it began
+(<work>/priors/source holds their sha256).
 """
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,13 +24,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from ..config import HierarchyConfig, PriorConfig, _tupleize
-from .loop import LoopConfig, run
+from .data import read_json_object
+from .loop import LoopConfig, RunFiles, run, start_over_if_changed
 
 PHASES = ("autoencoder", "priors")
 
 
 def read_pipeline_config(path: str | Path) -> dict:
-    data = json.loads(Path(path).read_text())
+    data = read_json_object(path)
     unknown = set(data) - {"model", *PHASES}
     if unknown:
         raise ValueError(f"{path}: unknown sections {sorted(unknown)} (expected model, {', '.join(PHASES)})")
@@ -42,19 +45,33 @@ def read_pipeline_config(path: str | Path) -> dict:
     }
 
 
+def work_folder(out: str | Path, work: str | Path | None = None) -> Path:
+    """Where a run of several phases keeps its intermediate files: `work`, or by default <out>
+    without its suffix plus ".work" (weights/x.safetensors -> weights/x.work)."""
+    return Path(work) if work else Path(out).with_suffix(".work")
+
+
 def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path, *, name: str,
-                   description: str, work: str | Path | None = None, progress: bool = True) -> Path:
+                   description: str, work: str | Path | None = None, progress: bool = True,
+                   steps: int | None = None) -> Path:
+    """Both phases of `config_path` on the images in `folders`, into `out`; intermediate files
+    in work_folder(out, work). steps: every phase's step count (overrides the config)."""
     from .hierarchy_prior_task import HierarchyPriorTask
     from .hierarchy_task import HierarchyTask
 
     cfg = read_pipeline_config(config_path)
+    if steps is not None:
+        cfg["autoencoder"] = (replace(cfg["autoencoder"][0], steps=steps), cfg["autoencoder"][1])
+        cfg["priors"] = (cfg["priors"][0], replace(cfg["priors"][1], steps=steps), cfg["priors"][2])
     out = Path(out)
-    work = Path(work) if work else out.with_suffix(".work")
+    work = work_folder(out, work)
     ae_loop, ae_data = cfg["autoencoder"]
     torch.manual_seed(ae_loop.seed)
     task = HierarchyTask(cfg["model"], folders, name=name, **ae_data)
     run(task, ae_loop, work / "autoencoder", description=f"phase 1/{len(PHASES)}: autoencoder", progress=progress)
     prior_cfg, prior_loop, prior_data = cfg["priors"]
+    start_over_if_changed(RunFiles.in_folder(work / "priors"), work / "autoencoder" / "weights.safetensors",
+                          work / "priors" / "source")
     torch.manual_seed(prior_loop.seed)
     priors = HierarchyPriorTask(work / "autoencoder" / "weights.safetensors", folders, prior_cfg, **prior_data)
     run(priors, prior_loop, work / "priors", description=f"phase 2/{len(PHASES)}: priors", progress=progress)

@@ -91,8 +91,13 @@ class PriorTask:
         self.source, self.layer, self.record = source, layer, record or {}
         self.labels = None if labels is None else torch.tensor(labels)
         self.held_labels = held_labels
-        self.checkpoint_key = {"prior_config": asdict(prior.config)}
+        self.checkpoint_key = self.checkpoint_key_for(prior.config)
         self.stage_weights = torch.arange(prior.config.num_stages, 0, -1, dtype=torch.float)
+
+    @staticmethod
+    def checkpoint_key_for(prior_config: PriorConfig) -> dict:
+        """What a checkpoint must have been made with to be resumed (loop.run, loop.finished)."""
+        return {"prior_config": asdict(prior_config)}
 
     def batch_loss(self, step: int, generator: torch.Generator):
         cfg = self.cfg

@@ -109,9 +109,14 @@ class VQVAETask:
         self.forward = self.model
         if world > 1:
             self.forward = torch.nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)
-        self.checkpoint_key = {"model_config": asdict(model_config)}
+        self.checkpoint_key = self.checkpoint_key_for(model_config)
         self.record = {"world_size": world, "device": device.type, "train_pool": len(pool),
                        "held_out_images": held_names, **(record or {})}
+
+    @staticmethod
+    def checkpoint_key_for(model_config: ModelConfig) -> dict:
+        """What a checkpoint must have been made with to be resumed (loop.run, loop.finished)."""
+        return {"model_config": asdict(model_config)}
 
     def batch_loss(self, step: int, generator: torch.Generator):
         images = random_crops(self.pool, self.cfg.batch_size, self.cfg.crop_size, generator).to(self.device)
