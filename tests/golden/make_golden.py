@@ -2,7 +2,8 @@
 that changes a model or the format; never to make a failing golden test pass). Every file
 already listed stays, with its digests: files of models that are no longer installed check
 the "model not installed" error, version-1 files check that version 1 still decodes, to the
-same pixels. Only what is missing is added, as version-2 files named v2_MODEL_qQ_CODER.vqz
+same pixels. Only what is missing is added, as version-2 files named v2_MODEL_qQ_CODER.vqz (with
+the first 8 hex digits of the sha256 after MODEL when that name belongs to a replaced model)
 (v2_photo_q2_rgba_metadata.vqz: alpha plane, ICC profile, EXIF and XMP).
 
 Each file has the digest of its index grids (exact everywhere: the indices are integers,
@@ -32,7 +33,7 @@ from vqcodec.inference import native_bfloat16
 HERE = Path(__file__).resolve().parent
 CASES = {  # model -> (size, [(quality, coder)])
     "photo": ((64, 48), [(1, "prior"), (4, "prior"), (5, "prior"), (8, "prior"), (4, "zstd"), (5, "zstd")]),
-    "digits": ((28, 28), [(1, "prior"), (2, "prior"), (2, "zstd")]),
+    "digits": ((28, 28), [(1, "prior"), (2, "prior"), (2, "zstd"), (8, "prior")]),
 }
 # Largest difference, in levels of any channel of any pixel, between a decode of a version-2
 # golden file and its reference PNG (the float32 decode where it was made). The bf16 and
@@ -101,7 +102,7 @@ def metadata_source(sample: Image.Image) -> bytes:
 def main() -> None:
     sample = images.load_image(images.sample_image_path())
     manifest = json.loads((HERE / "manifest.json").read_text()) if (HERE / "manifest.json").exists() else []
-    listed = {case["file"] for case in manifest}  # every listed file stays
+    listed = {case["file"]: case["model_sha256"] for case in manifest}  # every listed file stays
     version = container.FORMAT_VERSION
     for info in vqcodec.list_models():
         if info["name"] not in CASES:
@@ -115,6 +116,8 @@ def main() -> None:
         if info["name"] == "photo":
             todo.append((f"v{version}_photo_q2_rgba_metadata.vqz", 2, "prior", metadata_source(sample)))
         for name, quality, coder, image in todo:
+            if name in listed and listed[name] != info["sha256"]:  # made by a model since replaced
+                name = name.replace(f"_{info['name']}_", f"_{info['name']}_{info['sha256'][:8]}_")
             if name in listed:
                 continue
             data = vqcodec.encode(image, quality=quality, model=info["name"], coder=coder)
