@@ -82,11 +82,11 @@ def hierarchy(images, weights, priors=None):
     if priors:
         from safetensors import safe_open
         from safetensors.torch import load_file
-        from vqcodec.config import PriorConfig, _tupleize
+        from vqcodec.config import PriorConfig, from_dict
         from vqcodec.nn.prior import ContextPrior, IntegerPrior
 
         with safe_open(str(priors), "pt") as f:
-            configs = [_tupleize(PriorConfig, c) for c in json.loads(f.metadata()["prior_configs"])]
+            configs = [from_dict(PriorConfig, c) for c in json.loads(f.metadata()["prior_configs"])]
         tensors = load_file(str(priors))
         prior_task = HierarchyPriorTask.__new__(HierarchyPriorTask)
         prior_task.autoencoder = model

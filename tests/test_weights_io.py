@@ -23,8 +23,8 @@ def test_model_rebuilds_itself_from_its_file(tmp_path):
     assert loaded.config == TINY and not loaded.training
     x = torch.rand(1, 3, 16, 16)
     model.eval()
-    torch.testing.assert_close(loaded.decode_indices(loaded.encode_indices(x, 2)),
-                               model.decode_indices(model.encode_indices(x, 2)))
+    torch.testing.assert_close(loaded.decode(loaded.encode_indices(x, 2)),
+                               model.decode(model.encode_indices(x, 2)))
 
 
 def test_weights_are_plain_safetensors_with_our_metadata(tmp_path):
@@ -46,3 +46,21 @@ def test_other_safetensors_is_refused(tmp_path):
     save_file({"x": torch.zeros(2)}, tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="not a vqcodec weights file"):
         load_vqvae(tmp_path / "other.safetensors")
+
+
+def test_a_prior_whose_grids_are_not_the_models_is_refused(tmp_path):
+    from vqcodec.config import PriorConfig
+    from vqcodec.nn.prior import ContextPrior, IntegerPrior
+    from vqcodec.weights_io import prior_from_bytes, save_with_prior
+
+    base = tmp_path / "m.safetensors"
+    save_weights(VQVAE(TINY), base, name="m", description="d", train_config=TrainConfig(), training={})
+    for stages, refused in ((TINY.num_stages, False), (TINY.num_stages + 1, True)):
+        config = PriorConfig(num_stages=stages, codebook_size=TINY.codebook_size, channels=8)
+        path = tmp_path / f"p{stages}.safetensors"
+        save_with_prior(base, path, IntegerPrior(config, ContextPrior(config).to_integer()), config, {})
+        if refused:
+            with pytest.raises(ValueError, match=f"codes {stages} stages .* but the layer has {TINY.num_stages}"):
+                prior_from_bytes(path.read_bytes())
+        else:
+            assert prior_from_bytes(path.read_bytes()).config == config

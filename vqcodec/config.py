@@ -157,8 +157,9 @@ class HierarchyConfig:
         return max(self.level_strides)
 
 
-def _tupleize(cls, data: dict):
-    """Build dataclass `cls` from a JSON dict, turning lists back into tuples."""
+def from_dict(cls, data: dict):
+    """Build config dataclass `cls` from a JSON dict (unknown fields are an error), turning
+    lists back into tuples."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
@@ -166,25 +167,5 @@ def _tupleize(cls, data: dict):
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
-def model_config_from_dict(data: dict) -> ModelConfig:
-    return _tupleize(ModelConfig, data)
-
-
-def train_config_from_dict(data: dict) -> TrainConfig:
-    return _tupleize(TrainConfig, data)
-
-
 def to_json(config) -> str:
     return json.dumps(dataclasses.asdict(config), sort_keys=True)
-
-
-def enhance_config_from_dict(data: dict) -> EnhanceConfig:
-    return _tupleize(EnhanceConfig, data)
-
-
-def prior_config_from_dict(data: dict) -> PriorConfig:
-    return _tupleize(PriorConfig, data)
-
-
-def prior_train_config_from_dict(data: dict) -> PriorTrainConfig:
-    return _tupleize(PriorTrainConfig, data)

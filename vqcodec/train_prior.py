@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import PriorTrainConfig, prior_config_from_dict
+from .config import PriorConfig, PriorTrainConfig, from_dict
 from .nn.prior import CONTINUE_RULE, ContextPrior, continues
 from .training.data import cached, load_labels, load_training_data, parse_sections, read_sections
 from .training.loop import LoopConfig, RunFiles, run, setup
@@ -50,7 +50,7 @@ def prior_config_from_section(section: dict, origin: str) -> tuple[dict, PriorTr
 
 
 def _checked(sections: dict) -> tuple[dict, PriorTrainConfig]:
-    prior_config_from_dict(sections["prior"])  # unknown fields fail here, early
+    from_dict(PriorConfig, sections["prior"])  # unknown fields fail here, early
     return sections["prior"], sections["train"]
 
 

@@ -37,8 +37,7 @@ from safetensors.torch import load as load_tensors_from_bytes
 from safetensors.torch import save as save_tensors_to_bytes
 
 from .fileio import atomic_write_bytes
-from .config import (EnhanceConfig, HierarchyConfig, ModelConfig, PriorConfig, _tupleize, enhance_config_from_dict,
-                     model_config_from_dict, prior_config_from_dict, to_json)
+from .config import EnhanceConfig, HierarchyConfig, ModelConfig, PriorConfig, from_dict, to_json
 from .nn.autoencoder import VQVAE
 from .nn.enhance import EnhanceLayer
 from .nn.hierarchy import HierarchicalVQ
@@ -147,7 +146,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
 def vqvae_from_bytes(data: bytes, origin: str = "weights") -> VQVAE:
     """Rebuild a VQVAE from the bytes of its weights file (safetensors only, never pickle)."""
     metadata = _metadata_from_bytes(data, origin)
-    config: ModelConfig = model_config_from_dict(json.loads(metadata["model_config"]))
+    config: ModelConfig = from_dict(ModelConfig, json.loads(metadata["model_config"]))
     model = VQVAE(config)
     tensors = {k: v for k, v in load_tensors_from_bytes(data).items() if not k.startswith(NOT_VQVAE)}
     return _load_trained(model, tensors, origin)
@@ -171,7 +170,7 @@ def enhance_from_bytes(data: bytes, origin: str = "weights") -> EnhanceLayer | N
     metadata = _metadata_from_bytes(data, origin)
     if "enhance_config" not in metadata:
         return None
-    config: EnhanceConfig = enhance_config_from_dict(json.loads(metadata["enhance_config"]))
+    config: EnhanceConfig = from_dict(EnhanceConfig, json.loads(metadata["enhance_config"]))
     tensors = {k[len(ENHANCE_PREFIX):]: v for k, v in load_tensors_from_bytes(data).items()
                if k.startswith(ENHANCE_PREFIX)}
     return _load_trained(EnhanceLayer(config), tensors, origin)
@@ -184,7 +183,14 @@ def prior_from_bytes(data: bytes, origin: str = "weights", layer: str = "base") 
     metadata = _metadata_from_bytes(data, origin)
     if key_prefix + "config" not in metadata:
         return None
-    config = prior_config_from_dict(json.loads(metadata[key_prefix + "config"]))
+    config = from_dict(PriorConfig, json.loads(metadata[key_prefix + "config"]))
+    # the prior states the shape of the grids it codes; that is the layer's, never its own choice
+    layer_key, layer_class = {"base": ("model_config", ModelConfig), "enhance": ("enhance_config", EnhanceConfig)}[layer]
+    if layer_key in metadata:
+        coded = from_dict(layer_class, json.loads(metadata[layer_key]))
+        if (config.num_stages, config.codebook_size) != (coded.num_stages, coded.codebook_size):
+            raise ValueError(f"{origin}: the {layer} prior codes {config.num_stages} stages of {config.codebook_size} "
+                             f"codes, but the layer has {coded.num_stages} of {coded.codebook_size}")
     tensors = {k[len(tensor_prefix):]: v for k, v in load_tensors_from_bytes(data).items()
                if k.startswith(tensor_prefix)}
     if any(t.dtype != torch.int32 for t in tensors.values()):
@@ -219,7 +225,7 @@ def save_hierarchy(path: str | os.PathLike, model: HierarchicalVQ, priors: list[
 def hierarchy_from_bytes(data: bytes, origin: str = "weights") -> tuple[HierarchicalVQ, list[IntegerPrior]]:
     """A hierarchical model and its level priors from the bytes of their weights file."""
     metadata = _metadata_from_bytes(data, origin)
-    config = _tupleize(HierarchyConfig, json.loads(metadata["hierarchy_config"]))
+    config = from_dict(HierarchyConfig, json.loads(metadata["hierarchy_config"]))
     tensors = load_tensors_from_bytes(data)
     model = HierarchicalVQ(config)
     own = {k[len(HIERARCHY_PREFIX):]: v for k, v in tensors.items() if k.startswith(HIERARCHY_PREFIX)}
@@ -232,7 +238,7 @@ def hierarchy_from_bytes(data: bytes, origin: str = "weights") -> tuple[Hierarch
         prior_tensors = {k[len(f"prior{level}."):]: v for k, v in tensors.items() if k.startswith(f"prior{level}.")}
         if any(t.dtype != torch.int32 for t in prior_tensors.values()):
             raise ValueError(f"{origin}: prior tensors must be int32")
-        priors.append(IntegerPrior(prior_config_from_dict(raw), prior_tensors))
+        priors.append(IntegerPrior(from_dict(PriorConfig, raw), prior_tensors))
     if len(priors) != len(config.level_strides):
         raise ValueError(f"{origin}: {len(priors)} priors for {len(config.level_strides)} levels")
     return model.eval(), priors

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..config import _tupleize
+from ..config import from_dict
 from ..fileio import atomic_write_bytes
 from ..images import find_images
 
@@ -51,7 +51,7 @@ def parse_sections(data: dict, sections: dict[str, type], origin: str) -> dict:
     if unknown:
         raise ValueError(f"{origin}: unknown sections {sorted(unknown)} "
                          f"(expected {' and '.join(repr(s) for s in sections)})")
-    return {name: dict(data.get(name, {})) if cls is dict else _tupleize(cls, data.get(name, {}))
+    return {name: dict(data.get(name, {})) if cls is dict else from_dict(cls, data.get(name, {}))
             for name, cls in sections.items()}
 
 

@@ -13,7 +13,6 @@ decoder derives the encoder's probabilities bit for bit (Balle et al. 2019).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save as save_safetensors
 
-from ..config import HierarchyConfig, PriorConfig, _tupleize
+from ..config import HierarchyConfig, PriorConfig, from_dict
 from ..fileio import atomic_write_bytes
 from ..nn.hierarchy import HierarchicalVQ
 from ..nn.prior import ContextPrior
@@ -44,7 +43,7 @@ def load_hierarchy(path: str | Path) -> HierarchicalVQ:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        cfg = _tupleize(HierarchyConfig, json.loads(f.metadata()["hierarchy_config"]))
+        cfg = from_dict(HierarchyConfig, json.loads(f.metadata()["hierarchy_config"]))
     model = HierarchicalVQ(cfg)
     model.load_state_dict(load_file(str(path)))
     return model.eval()

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ..config import HierarchyConfig, PriorConfig, _tupleize
+from ..config import HierarchyConfig, PriorConfig, from_dict
 from .data import read_json_object
 from .loop import LoopConfig, RunFiles, run, start_over_if_changed
 
@@ -36,11 +36,11 @@ def read_pipeline_config(path: str | Path) -> dict:
     if unknown:
         raise ValueError(f"{path}: unknown sections {sorted(unknown)} (expected model, {', '.join(PHASES)})")
     return {
-        "model": _tupleize(HierarchyConfig, data.get("model", {})),
-        "autoencoder": (_tupleize(LoopConfig, data.get("autoencoder", {}).get("loop", {})),
+        "model": from_dict(HierarchyConfig, data.get("model", {})),
+        "autoencoder": (from_dict(LoopConfig, data.get("autoencoder", {}).get("loop", {})),
                         data.get("autoencoder", {}).get("data", {})),
-        "priors": (_tupleize(PriorConfig, data.get("priors", {}).get("prior", {})),
-                   _tupleize(LoopConfig, data.get("priors", {}).get("loop", {})),
+        "priors": (from_dict(PriorConfig, data.get("priors", {}).get("prior", {})),
+                   from_dict(LoopConfig, data.get("priors", {}).get("loop", {})),
                    data.get("priors", {}).get("data", {})),
     }
 
@@ -92,7 +92,7 @@ def assemble(autoencoder: Path, priors: Path, out: Path, *, name: str, descripti
     with safe_open(str(priors), "pt") as f:
         prior_meta = f.metadata()
     tensors = load_file(str(priors))
-    level_priors = [IntegerPrior(_tupleize(PriorConfig, raw), {k.split(".", 1)[1]: v for k, v in tensors.items()
+    level_priors = [IntegerPrior(from_dict(PriorConfig, raw), {k.split(".", 1)[1]: v for k, v in tensors.items()
                                                                 if k.startswith(f"prior{level}.")})
                     for level, raw in enumerate(json.loads(prior_meta["prior_configs"]))]
     training = {"autoencoder": ae_training, "priors": json.loads(prior_meta["training"])}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..config import PriorConfig, PriorTrainConfig, prior_config_from_dict
+from ..config import PriorConfig, PriorTrainConfig, from_dict
 from ..nn.autoencoder import VQVAE
 from ..nn.prior import ContextPrior, IntegerPrior, iter_passes
 from ..nn.rdoq import rate_distortion_indices
@@ -34,7 +34,7 @@ LOOP_SETTINGS = {"grad_clip": float("inf"), "spike_factor": 0.0, "bf16": False}
 def prior_config_for(fields: dict | None, num_stages: int, codebook_size: int, whose: str) -> PriorConfig:
     """The PriorConfig of `fields`, its stages and codebook size defaulting to those of the
     indices it codes (`whose`: "the model's", ...), which they must match."""
-    config = prior_config_from_dict({"num_stages": num_stages, "codebook_size": codebook_size, **(fields or {})})
+    config = from_dict(PriorConfig, {"num_stages": num_stages, "codebook_size": codebook_size, **(fields or {})})
     if (config.num_stages, config.codebook_size) != (num_stages, codebook_size):
         raise ValueError(f"the prior's stages and codebook size must match {whose}")
     return config
