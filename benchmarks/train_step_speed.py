@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from vqcodec.config import HierarchyConfig, _tupleize
+from vqcodec.config import HierarchyConfig, from_dict
 from vqcodec.nn.hierarchy import HierarchicalVQ
 from vqcodec.training.loop import cpu_has_native_bf16
 
@@ -28,7 +28,7 @@ def main():
     torch.set_num_threads(1)
     cfg = HierarchyConfig()
     if args.config:
-        cfg = _tupleize(HierarchyConfig, json.load(open(args.config)).get("model", {}))
+        cfg = from_dict(HierarchyConfig, json.load(open(args.config)).get("model", {}))
     torch.manual_seed(0)
     model = HierarchicalVQ(cfg)
     optimizer = torch.optim.Adam(model.parameters(), 1e-4)
