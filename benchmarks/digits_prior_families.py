@@ -156,9 +156,10 @@ def main() -> int:
     result = {"family": "transformer", "stages": args.stages, "classes": args.classes, "steps": args.steps,
               "parameters": sum(p.numel() for p in model.parameters()), "log": log}
     if args.samples and args.weights:
+        from vqcodec import inference
         from vqcodec.weights_io import load_vqvae
 
-        vqvae = load_vqvae(args.weights).eval()
+        vqvae, policy = load_vqvae(args.weights).eval(), inference.Policy.default()
         pictures, seconds = [], []
         for seed in map(int, args.seeds.split(",")):
             g = torch.Generator().manual_seed(seed)
@@ -168,7 +169,7 @@ def main() -> int:
             drawn = sample(model, 64, classes, args.temperature, seed).view(64, args.stages, rows, cols)
             seconds.append(time.perf_counter() - started)
             for grid in drawn:
-                pictures.append(np.asarray(vqvae.decode_pixels(grid.unsqueeze(0)))[..., 0])
+                pictures.append(inference.decode_pixels(vqvae, grid.unsqueeze(0), policy)[..., 0])
         np.savez_compressed(args.samples, images=np.stack(pictures))
         result["sample_seconds_per_64"] = [round(s, 2) for s in seconds]
         print(f"wrote {len(pictures)} samples to {args.samples}; {result['sample_seconds_per_64']} s per 64")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vqcodec import entropy, images
+from vqcodec import entropy, images, inference
 from vqcodec.metrics import bd_rate, psnr
 from vqcodec.nn.rdoq import rate_distortion_indices
 from vqcodec.weights_io import load_vqvae, prior_from_bytes
@@ -36,21 +36,21 @@ def main() -> int:
     prior = prior_from_bytes(Path(args.weights).read_bytes())
     if prior is None:
         sys.exit(f"{args.weights} has no prior")
-    cfg = vqvae.config
+    cfg, policy = vqvae.config, inference.Policy.default()
     tradeoffs = [float(t) for t in args.tradeoffs.split(",")]
     points = {t: {q: [] for q in range(1, cfg.num_stages + 1)} for t in tradeoffs}
     bits = {t: {q: [0, 0, 0] for q in range(1, cfg.num_stages + 1)} for t in tradeoffs}  # prior, zstd, indices
     for path in paths:
         rgb = np.asarray(images.load_image(path).convert("RGB"))
         h, w = rgb.shape[:2]
-        z = vqvae.encode_latents(images.pad_to_multiple(rgb, cfg.stride))  # as the codec encodes
+        z = inference.encode_latents(vqvae, images.pad_to_multiple(rgb, cfg.stride), policy)  # as the codec encodes
         for t in tradeoffs:
             # stage s is chosen the same way at every level that codes it: level q codes a prefix
             indices, passes = rate_distortion_indices(vqvae.quantizer, prior, z, cfg.num_stages, t)
             for q in range(1, cfg.num_stages + 1):
                 payload = entropy.range_encode([(s, f) for stage, s, f in passes if stage < q])
                 zstd = entropy.zstd_encode(list(indices[:q].numpy()))
-                out = vqvae.decode_indices(indices[:q].unsqueeze(0))[0].permute(1, 2, 0).mul(255).round().byte().numpy()
+                out = vqvae.decode(indices[:q].unsqueeze(0), policy.bfloat16)[0].permute(1, 2, 0).mul(255).round().byte().numpy()
                 points[t][q].append((len(payload) * 8 / (h * w), psnr(rgb, out[:h, :w])))
                 tally = bits[t][q]
                 tally[0] += len(payload) * 8

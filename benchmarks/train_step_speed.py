@@ -15,7 +15,7 @@ import torch
 
 from vqcodec.config import HierarchyConfig, from_dict
 from vqcodec.nn.hierarchy import HierarchicalVQ
-from vqcodec.training.loop import cpu_has_native_bf16
+from vqcodec.inference import cpu_has_native_bf16
 
 
 def main():

@@ -51,11 +51,13 @@ def native_bfloat16() -> bool:
     pixels differ from the float32 path by a level or two (the encoder may pick other indices)."""
     if os.environ.get("VQCODEC_FLOAT32", "") not in ("", "0"):
         return False
-    return _cpu_has_bf16()
+    return cpu_has_native_bf16()
 
 
 @functools.cache
-def _cpu_has_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX): the one check,
+    for inference (native_bfloat16) and for training (training.loop, its bf16 option)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

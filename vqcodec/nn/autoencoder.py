@@ -16,7 +16,6 @@ Balle et al. 2017, "End-to-end Optimized Image Compression".
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -155,21 +154,3 @@ class VQVAE(nn.Module):
         """indices (B,n,h,w) -> images (B,3,h*s,w*s), clamped to [0,1]; bfloat16: Decoder.infer's."""
         z = self.quantizer.dequantize(indices).contiguous(memory_format=torch.channels_last)
         return self.decoder.infer(z, bfloat16).clamp(0, 1)
-
-    # For callers that have not moved to encode / decode and vqcodec.inference yet (the training
-    # code: training/enhance_task.py, training/vqvae_task.py); these take this machine's inference policy.
-
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        from ..inference import native_bfloat16
-
-        return self.decode(indices, native_bfloat16())
-
-    def encode_latents(self, pixels: np.ndarray) -> torch.Tensor:
-        from .. import inference
-
-        return inference.encode_latents(self, pixels, inference.Policy.default())
-
-    def decode_pixels(self, indices: torch.Tensor) -> np.ndarray:
-        from .. import inference
-
-        return inference.decode_pixels(self, indices, inference.Policy.default())

@@ -19,7 +19,6 @@ The decoder's last layer starts at zero, so an untrained layer returns the base 
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -118,16 +117,3 @@ class EnhanceLayer(nn.Module):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             detail = self.decoder.residual(e_q, base)
         return (base + detail.float()).clamp(0, 1)
-
-    # For callers that have not moved to encode / decode and vqcodec.inference yet (the training
-    # code: training/enhance_task.py); these take this machine's inference policy.
-
-    def decode_indices(self, indices: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
-        from ..inference import native_bfloat16
-
-        return self.decode(indices, base, native_bfloat16())
-
-    def encode_pixels(self, pixels: np.ndarray, base: np.ndarray, num_stages: int) -> torch.Tensor:
-        from .. import inference
-
-        return inference.encode_detail(self, pixels, base, num_stages, inference.Policy.default())

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import inference
 from ..codec import RATE_TRADEOFF
 from ..config import EnhanceConfig, TrainConfig
 from ..images import pad_to_multiple
@@ -35,14 +36,15 @@ from .vqvae_task import residual_vq_loss
 @torch.no_grad()
 def base_reconstruction(vqvae, prior, pixels: np.ndarray, multiple: int, stages: int) -> tuple[np.ndarray, np.ndarray]:
     """(padded pixels, base reconstruction) of uint8 (H, W, 3) pixels at base level `stages`,
-    both padded to `multiple`, with the indices the codec picks (rate-aware under the prior)."""
-    padded = pad_to_multiple(pixels, multiple)
-    z = vqvae.encode_latents(padded)
+    both padded to `multiple`, with the indices the codec picks (rate-aware under the prior),
+    run as the codec runs it (this machine's inference policy)."""
+    padded, policy = pad_to_multiple(pixels, multiple), inference.Policy.default()
+    z = inference.encode_latents(vqvae, padded, policy)
     if prior is None:
         indices = vqvae.quantizer.quantize(z, stages)
     else:
         indices = rate_distortion_indices(vqvae.quantizer, prior, z, stages, RATE_TRADEOFF)[0].unsqueeze(0)
-    return padded, vqvae.decode_pixels(indices)
+    return padded, inference.decode_pixels(vqvae, indices, policy)
 
 
 def image_pairs(vqvae, prior, pool: list[torch.Tensor], multiple: int, stages: int,
@@ -58,12 +60,13 @@ def image_pairs(vqvae, prior, pool: list[torch.Tensor], multiple: int, stages: i
 @torch.no_grad()
 def enhancement_grids(layer: EnhanceLayer, pairs: list[torch.Tensor], mirror: bool, progress: bool) -> list[torch.Tensor]:
     """(S, H/s, W/s) int16 index grids of the layer's stages over each (image, base) pair (and
-    its mirror image): what files hold above the base levels."""
-    grids = []
+    its mirror image): what files hold above the base levels, coded as the codec codes them."""
+    grids, policy = [], inference.Policy.default()
     for pair in tqdm(pairs, desc="enhancement grids", disable=not progress, leave=False):
         for version in ((pair, pair.flip(-1)) if mirror else (pair,)):
             pixels = version.permute(1, 2, 0).numpy()
-            indices = layer.encode_pixels(pixels[..., :3], pixels[..., 3:], layer.config.num_stages)[0]
+            indices = inference.encode_detail(layer, pixels[..., :3], pixels[..., 3:], layer.config.num_stages,
+                                              policy)[0]
             grids.append(indices.to(torch.int16))
     return grids
 
@@ -71,8 +74,9 @@ def enhancement_grids(layer: EnhanceLayer, pairs: list[torch.Tensor], mirror: bo
 @torch.no_grad()
 def evaluate(layer: EnhanceLayer, pairs: list[torch.Tensor]) -> dict:
     """Held-out PSNR of the base and of each enhancement level, and per stage the codebook
-    usage and the empirical entropy of its indices (bits per index, a memoryless coder's rate)."""
-    cfg = layer.config
+    usage and the empirical entropy of its indices (bits per index, a memoryless coder's rate).
+    The levels are decoded as the codec decodes them (bfloat16 where this machine's policy says)."""
+    cfg, bfloat16 = layer.config, inference.native_bfloat16()
     scores = [0.0] * (cfg.num_stages + 1)
     counts = torch.zeros(cfg.num_stages, cfg.codebook_size, dtype=torch.long)
     pixels = 0
@@ -82,7 +86,7 @@ def evaluate(layer: EnhanceLayer, pairs: list[torch.Tensor]) -> dict:
         indices = layer.quantizer.quantize(layer.encoder(x, base), cfg.num_stages)
         scores[0] += psnr(base, x) / len(pairs)
         for level in range(1, cfg.num_stages + 1):
-            y = layer.decode_indices(indices[:, :level], base)
+            y = layer.decode(indices[:, :level], base, bfloat16)
             scores[level] += psnr((y * 255).round() / 255, x) / len(pairs)
         for stage in range(cfg.num_stages):
             counts[stage] += torch.bincount(indices[:, stage].flatten(), minlength=cfg.codebook_size)

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..fileio import atomic_write_bytes
+from ..inference import cpu_has_native_bf16
 
 
 @dataclass(frozen=True)
@@ -146,14 +147,6 @@ def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def learning_rate(step: int, cfg: LoopConfig) -> float:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ModelConfig, TrainConfig
+from ..inference import native_bfloat16
 from ..nn.autoencoder import VQVAE
 from ..weights_io import save_weights
 from .data import as_batch, psnr, random_crops, usage_statistics
@@ -53,14 +54,15 @@ def codebook_usage(model: VQVAE, images: list[torch.Tensor], device: torch.devic
 
 @torch.no_grad()
 def held_out_psnr(model: VQVAE, images: list[torch.Tensor], device: torch.device) -> dict[int, float]:
-    """Mean PSNR per quality level (number of stages) on held-out images."""
-    cfg = model.config
+    """Mean PSNR per quality level (number of stages) on held-out images, each level decoded as
+    the codec decodes it (bfloat16 where this machine's inference policy says)."""
+    cfg, bfloat16 = model.config, native_bfloat16()
     totals = dict.fromkeys(range(1, cfg.num_stages + 1), 0.0)
     for image in images:
         x = as_batch(image, cfg.stride).to(device)
         indices = model.encode_indices(x, cfg.num_stages)
         for level in totals:
-            y = model.decode_indices(indices[:, :level])
+            y = model.decode(indices[:, :level], bfloat16)
             totals[level] += psnr((y * 255).round() / 255, x) / len(images)
     return totals
 
