@@ -1,3 +1,6 @@
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -38,6 +41,21 @@ def photo_crop(photo: Image.Image, width: int, height: int) -> np.ndarray:
     arr = np.asarray(photo)
     reps = (-(-height // arr.shape[0]), -(-width // arr.shape[1]), 1)
     return np.ascontiguousarray(np.tile(arr, reps)[:height, :width])
+
+
+@contextlib.contextmanager
+def killed_at_step(task: type, step: int = 3) -> Iterator[None]:
+    """Within the block, a training task's class raises KeyboardInterrupt (a kill) when the loop
+    asks it for step `step`'s loss; its batch_loss is back after the block."""
+    batch_loss = task.batch_loss
+
+    def killed(self, at, generator):
+        if at == step:
+            raise KeyboardInterrupt
+        return batch_loss(self, at, generator)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(task, "batch_loss", killed)
+        yield
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import killed_at_step
+
 from vqcodec import train as training
 from vqcodec.cli import main
 from vqcodec.config import TrainConfig
@@ -282,7 +284,7 @@ def test_held_out_spread_and_a_class_conditional_prior(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("trainer", ["train", "train-prior", "train-enhance"])
-def test_every_trainer_resumes_a_killed_run_to_the_same_weights(folder, monkeypatch, trainer):
+def test_every_trainer_resumes_a_killed_run_to_the_same_weights(folder, trainer):
     """Killed during step 3 (the last checkpoint: step 2), rerun: the weights of an uninterrupted run."""
     from safetensors.torch import load_file
     from vqcodec import train_enhance, train_prior
@@ -312,16 +314,8 @@ def test_every_trainer_resumes_a_killed_run_to_the_same_weights(folder, monkeypa
 
     task = {"train": VQVAETask, "train-prior": PriorTask, "train-enhance": EnhanceTask}[trainer]
     run(folder / "a" / "x.safetensors")
-    batch_loss = task.batch_loss
-
-    def killed_at_step_3(self, step, generator):
-        if step == 3:
-            raise KeyboardInterrupt
-        return batch_loss(self, step, generator)
-    monkeypatch.setattr(task, "batch_loss", killed_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_step(task, 3), pytest.raises(KeyboardInterrupt):
         run(folder / "b" / "x.safetensors")
-    monkeypatch.setattr(task, "batch_loss", batch_loss)
     run(folder / "b" / "x.safetensors")
     straight, resumed = (load_file(str(folder / run / "x.safetensors")) for run in ("a", "b"))
     assert straight.keys() == resumed.keys()

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import killed_at_step
+
 from vqcodec import train as training
 from vqcodec.cli import main
 from vqcodec.training.prior_task import PriorTask
@@ -88,16 +90,9 @@ def test_a_kill_in_phase_2_resumes_there_and_phase_1_is_skipped(folder, monkeypa
     assert train_both(folder, straight, "--no-register").exit_code == 0
 
     out = folder / "b" / "tiny.safetensors"
-    batch_loss = PriorTask.batch_loss
-
-    def killed_at_step_3(self, step, generator):
-        if step == 3:
-            raise KeyboardInterrupt
-        return batch_loss(self, step, generator)
-    monkeypatch.setattr(PriorTask, "batch_loss", killed_at_step_3)
-    assert train_both(folder, out, "--no-register").exit_code == 1  # click: "Aborted!"
+    with killed_at_step(PriorTask, 3):
+        assert train_both(folder, out, "--no-register").exit_code == 1  # click: "Aborted!"
     assert not out.exists() and (folder / "b" / "tiny.work" / "prior.ckpt").exists()
-    monkeypatch.setattr(PriorTask, "batch_loss", batch_loss)
 
     def not_again(self, step, generator):
         raise AssertionError("phase 1 is done: it must not train again")

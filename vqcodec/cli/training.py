@@ -9,10 +9,14 @@ from .batch import reports_errors
 
 
 def _files_options(data: str, out: str, config: str, steps: str = "Training steps (overrides the config).",
-                   several_data: bool = False):
+                   several_data: bool = False, weights: str | None = None):
     """--data, --out, --config and --steps, with the command's own help for each (several_data:
-    --data may be given more than once)."""
-    options = [
+    --data may be given more than once); with `weights`, first a required --weights with that help
+    (the trained model a later phase builds on)."""
+    options = [] if weights is None else [
+        click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=str),
+                     help=weights)]
+    options += [
         click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=str), help=data,
                      multiple=several_data),
         click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=str), help=out),
@@ -26,6 +30,10 @@ def _files_options(data: str, out: str, config: str, steps: str = "Training step
             command = option(command)
         return command
     return decorate
+
+
+_DATA_OF = "Training images, as for `vqcodec train` (use {} data: the same images are held out)."
+_CONFIG_OF = 'JSON file {{"{section}": {{...}}, "train": {{...}}}} overriding the defaults of vqcodec.config.{configs}.'
 
 
 def _out_path(out: str) -> Path:
@@ -146,16 +154,13 @@ def train(data_dir, out, config_file, steps, work, batch_size, device, resume, i
 
 
 @click.command("train-prior")
-@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=str),
-              help="Weights of the trained VQ-VAE whose index grids the prior learns. A prior already in "
-                   "the file is replaced, or, with rate_tradeoff > 0 in the config's train section, refined: "
-                   "training continues from it on the indices the rate-aware encoder makes with it.")
-@_files_options(data="Training images, as for `vqcodec train` (use the VQ-VAE's data: the same images are "
-                     "held out).",
+@_files_options(weights="Weights of the trained VQ-VAE whose index grids the prior learns. A prior already in "
+                        "the file is replaced, or, with rate_tradeoff > 0 in the config's train section, refined: "
+                        "training continues from it on the indices the rate-aware encoder makes with it.",
+                data=_DATA_OF.format("the VQ-VAE's"),
                 out="Weights file to write: the VQ-VAE plus the prior, under one sha256. May equal --weights. "
                     "A resumable checkpoint goes next to it as NAME.prior.ckpt, the index grids as NAME.grids.pt.",
-                config='JSON file {"prior": {...}, "train": {...}} overriding the defaults of '
-                       "vqcodec.config.PriorConfig and PriorTrainConfig.")
+                config=_CONFIG_OF.format(section="prior", configs="PriorConfig and PriorTrainConfig"))
 @click.option("--layer", type=click.Choice(["base", "enhance"]), default="base", show_default=True,
               help="Whose index grids the prior learns: the base model's, or those of the enhancement "
                    "layer in --weights (see train-enhance), which code the quality levels above the base's.")
@@ -182,17 +187,14 @@ def train_prior(weights, data_dir, out, config_file, steps, layer, register, def
 
 
 @click.command("train-enhance")
-@click.option("--weights", required=True, type=click.Path(exists=True, dir_okay=False, path_type=str),
-              help="Weights of the trained base model (with its prior, if any). The layer learns what the "
-                   "base model's top level, encoded as the codec encodes it, leaves out. An enhancement "
-                   "layer already in the file is replaced.")
-@_files_options(data="Training images, as for `vqcodec train` (use the base model's data: the same images are "
-                     "held out).",
+@_files_options(weights="Weights of the trained base model (with its prior, if any). The layer learns what the "
+                        "base model's top level, encoded as the codec encodes it, leaves out. An enhancement "
+                        "layer already in the file is replaced.",
+                data=_DATA_OF.format("the base model's"),
                 out="Weights file to write: base model, prior and enhancement layer, under one sha256. May equal "
                     "--weights. A resumable checkpoint goes next to it as NAME.enhance.ckpt, the base "
                     "reconstructions as NAME.pairs.pt.",
-                config='JSON file {"enhance": {...}, "train": {...}} overriding the defaults of '
-                       "vqcodec.config.EnhanceConfig and TrainConfig.")
+                config=_CONFIG_OF.format(section="enhance", configs="EnhanceConfig and TrainConfig"))
 @click.option("--description", default=None,
               help="One-line description stored in the weights (for `vqcodec models`). Default: the base model's.")
 @_registration_options
