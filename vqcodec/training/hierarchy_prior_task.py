@@ -97,7 +97,7 @@ class HierarchyPriorTask:
             grids, _ = self.autoencoder.encode_indices(images, n, float(self.lambdas[n - 1]))
         bpp, _ = self._bits_per_pixel(grids, self.crop_size ** 2,
                                       lambda b, s: torch.randint(s, (b,), generator=generator), generator)
-        return bpp, {"bpp": float(bpp)}
+        return bpp, {"bpp": float(bpp.detach())}
 
     @torch.no_grad()
     def evaluate(self) -> dict:
