@@ -52,7 +52,7 @@ def _parse_size(ctx, param, value: str | None):
                    "digits), else 256x256.")
 @click.option("-t", "--temperature", type=click.FloatRange(min=0, max=100), default=None,
               help="Sharpens (<1) or flattens (>1) the prior's distributions; 0 always takes the most "
-                   "likely index. Default: the model's own (see `vqcodec models --json`; 0.6 for digits).")
+                   "likely index. Default: the model's own (see `vqcodec models --json`; 0.4 for digits).")
 @click.option("--top-k", type=click.IntRange(min=1), default=None,
               help="Sample only among the K most likely indices at each position. Default: all.")
 @click.option("-q", "--quality", type=int, default=None,
