@@ -177,11 +177,13 @@ def _choose_coder(coder: str | None, model: _Model, layers: tuple[Layer, ...]) -
 
 
 def _index_payload(model: _Model, padded: np.ndarray, layers: tuple[Layer, ...], coder: str,
-                   tradeoff: float) -> tuple[list[np.ndarray], bytes]:
+                   tradeoff: float, refine_steps: int) -> tuple[list[np.ndarray], bytes]:
     """The index grids of padded pixels, layer by layer in coding order, and their coded
     payload: the base model's grids, then the enhancement layer's over that base level."""
     vqvae, base_layer, policy = model.vqvae, model.layers[0], inference.Policy.default()
     z = inference.encode_latents(vqvae, padded, policy)
+    if refine_steps:
+        z = inference.refine_latents(vqvae, padded, z, layers[0].stages, refine_steps, policy)
     encoder = entropy.RangeEncoder()
     if coder == "zstd":
         base = vqvae.quantizer.quantize(z, layers[0].stages)
@@ -237,16 +239,20 @@ def _pixels(model: _Model, per_layer: list[np.ndarray], height: int, width: int)
 
 def encode_image(image, quality: int | None = None, model: str | None = None,
                  coder: str | None = None, rate_tradeoff: float | None = None,
-                 metadata=None) -> EncodeResult:
+                 metadata=None, refine_steps: int = 0) -> EncodeResult:
     """Encode an image (path, bytes, PIL image or uint8 array) to .vqz bytes plus its header.
 
     rate_tradeoff: with the prior coder, how much the choice of indices weighs bits against
-    distortion (None = RATE_TRADEOFF; 0 = nearest codes). metadata: which of the input's ICC
+    distortion (None = RATE_TRADEOFF; 0 = nearest codes). refine_steps: gradient steps that fit
+    the latents to this image before quantizing (nn.refine: a better picture at about the same
+    size, for encoding time; 0 = the encoder network's latents). metadata: which of the input's ICC
     profile, EXIF and XMP to store, "all", "none" or a comma list such as "icc,exif" (or a list
     of those names); None = fileio.DEFAULT_METADATA (all). EXIF and XMP are stored saying
     orientation 1, the orientation having been applied to the pixels."""
     if rate_tradeoff is not None and not rate_tradeoff >= 0:
         raise ValueError(f"rate_tradeoff must be >= 0, got {rate_tradeoff}")
+    if isinstance(refine_steps, bool) or not isinstance(refine_steps, (int, np.integer)) or refine_steps < 0:
+        raise ValueError(f"refine_steps must be an integer >= 0, got {refine_steps!r}")
     kinds = fileio.metadata_kinds(fileio.DEFAULT_METADATA if metadata is None else metadata)
     if kinds:
         picture, found = images.load_image_with_metadata(image)
@@ -265,7 +271,7 @@ def encode_image(image, quality: int | None = None, model: str | None = None,
     rgb, alpha = images.split_alpha(picture)
     padded = images.pad_to_multiple(rgb, chosen.padding)
     tradeoff = RATE_TRADEOFF if rate_tradeoff is None else float(rate_tradeoff)
-    grids, payload = _index_payload(chosen, padded, layers, coder, tradeoff)
+    grids, payload = _index_payload(chosen, padded, layers, coder, tradeoff, int(refine_steps))
     header = Header(
         model_prefix=container.model_prefix(chosen.entry.sha256), width=picture.width, height=picture.height,
         mode=picture.mode, quality=quality, coder=coder, layers=layers, index_crc32=entropy.index_checksum(grids),
@@ -276,7 +282,8 @@ def encode_image(image, quality: int | None = None, model: str | None = None,
 
 
 def encode_to_target(image, *, target_bpp: float | None = None, target_psnr: float | None = None,
-                     model: str | None = None, coder: str | None = None, metadata=None) -> EncodeResult:
+                     model: str | None = None, coder: str | None = None, metadata=None,
+                     refine_steps: int = 0) -> EncodeResult:
     """Encode at the quality level that meets a size or quality target (vqcodec.ratecontrol:
     what is guaranteed, what is searched). Exactly one target. When no level meets it, the
     nearest level's file is returned and a RateControlWarning says so."""
@@ -293,7 +300,7 @@ def encode_to_target(image, *, target_bpp: float | None = None, target_psnr: flo
 
     def encoded(level: int) -> EncodeResult:
         if level not in results:
-            results[level] = encode_image(image, level, model, coder, metadata=metadata)
+            results[level] = encode_image(image, level, model, coder, metadata=metadata, refine_steps=refine_steps)
         return results[level]
 
     if target_bpp is not None:
@@ -318,7 +325,7 @@ class RateControlWarning(UserWarning):
 
 
 def encode(image, quality: int | None = None, model: str | None = None, coder: str | None = None,
-           metadata=None) -> bytes:
+           metadata=None, refine_steps: int = 0) -> bytes:
     """Encode an image to .vqz bytes.
 
     image: a path, bytes of an image file, a PIL image, or a uint8 numpy array (HxW, HxWxC).
@@ -326,8 +333,9 @@ def encode(image, quality: int | None = None, model: str | None = None, coder: s
     model: a bundled model name; None = the default model.
     coder: "prior" (the model's learned prior; default when it has one) or "zstd".
     metadata: the input's ICC profile, EXIF and XMP to keep: "all", "none", or a comma list
-    such as "icc" or "icc,exif"; None = all (fileio.DEFAULT_METADATA)."""
-    return encode_image(image, quality, model, coder, metadata=metadata).data
+    such as "icc" or "icc,exif"; None = all (fileio.DEFAULT_METADATA).
+    refine_steps: gradient steps that fit the latents to this image (encode_image); 0 = none."""
+    return encode_image(image, quality, model, coder, metadata=metadata, refine_steps=refine_steps).data
 
 
 # ------------------------------------------------------------------ decode

@@ -4,6 +4,7 @@ place that decides how they run on an image. codec.py uses it.
 
     policy = Policy.default()     # once per encode or decode: VQCODEC_FLOAT32 and the CPU
     z = encode_latents(vqvae, pixels, policy)                   # latents, for the residual VQ
+    z = refine_latents(vqvae, pixels, z, stages, steps, policy) # optional: fitted to this image
     base = decode_pixels(vqvae, indices, policy)                # uint8 pixels
     detail = encode_detail(layer, pixels, base, stages, policy) # enhancement layer's indices
     pixels = decode_detail(layer, detail, base, policy)
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .nn import refine
 
 TILE_PIXELS = 1024  # tile side in pixels (128 grid positions at stride 8, 256 at stride 4)
 TILE_MARGIN = 8  # grid positions of context around each tile (64 pixels at stride 8, 32 at stride 4)
@@ -131,6 +134,15 @@ def encode_latents(vqvae, pixels: np.ndarray, policy: Policy) -> torch.Tensor:
     s = vqvae.config.stride
     return tiled(lambda x: vqvae.encode(_float(x), policy.bfloat16), [_tensor(pixels)], *_grid(pixels, s),
                  policy.tile_pixels // s, policy.margin)
+
+
+def refine_latents(vqvae, pixels: np.ndarray, latents: torch.Tensor, num_stages: int, steps: int,
+                   policy: Policy) -> torch.Tensor:
+    """encode_latents' latents for uint8 pixels (H, W, 3), refined for the first num_stages
+    stages by `steps` gradient steps (nn.refine), tile by tile; float32."""
+    s = vqvae.config.stride
+    return tiled(lambda x, z: refine.refine_latents(vqvae, _float(x), z, num_stages, steps),
+                 [_tensor(pixels), latents], *_grid(pixels, s), policy.tile_pixels // s, policy.margin)
 
 
 @torch.no_grad()

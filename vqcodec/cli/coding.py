@@ -52,7 +52,8 @@ def _batch_options(data: str, verbose: str):
     return decorate
 
 
-def _encode_job(job: Job, *, quality, model, coder, force, metadata, target_bpp=None, target_psnr=None) -> dict:
+def _encode_job(job: Job, *, quality, model, coder, force, metadata, target_bpp=None, target_psnr=None,
+                refine_steps=0) -> dict:
     from .. import codec
 
     input_path, data = read_source(job.source)
@@ -61,10 +62,11 @@ def _encode_job(job: Job, *, quality, model, coder, force, metadata, target_bpp=
     started = time.perf_counter()
     if target_bpp is None and target_psnr is None:
         result, notes = with_warnings(lambda: codec.encode_image(data, quality=quality, model=model, coder=coder,
-                                                                 metadata=metadata))
+                                                                 metadata=metadata, refine_steps=refine_steps))
     else:
         result, notes = with_warnings(lambda: codec.encode_to_target(
-            data, target_bpp=target_bpp, target_psnr=target_psnr, model=model, coder=coder, metadata=metadata))
+            data, target_bpp=target_bpp, target_psnr=target_psnr, model=model, coder=coder, metadata=metadata,
+            refine_steps=refine_steps))
     deliver(out, result.data, force, job.make_parent)
     h = result.header
     return {"ok": True, "input": job.source, "output": STDIO if out is None else str(out),
@@ -182,10 +184,15 @@ def _find_vqz(folder: Path) -> list[Path]:
                    "Default: all, as avifenc and cjxl do, so that colours, capture date and camera come back "
                    "on decode; 'none' gives the smallest file and drops location data, 'icc' keeps the "
                    "colours only. EXIF orientation is applied to the pixels and stored as 1.")
+@click.option("--refine-steps", type=click.IntRange(min=0, max=10000), default=0, show_default=True,
+              help="Gradient steps that fit the latents to each image before quantizing: a better picture at "
+                   "about the same size, for encoding time (each step costs about two decodes; decoding is "
+                   "unchanged). Measured: with the digits model, 20 steps add 0.3 dB at quality 2 and 6 dB at "
+                   "quality 8, for up to 18 % more bytes; with the photo model, nothing.")
 @_batch_options(data=".vqz", verbose="Print size, bits per pixel and time.")
 @reports_errors
-def encode(inputs, output, quality, target_bpp, target_psnr, model_name, coder, metadata, force, jobs, as_json,
-           verbose):
+def encode(inputs, output, quality, target_bpp, target_psnr, model_name, coder, metadata, refine_steps, force, jobs,
+           as_json, verbose):
     """Compress image files (PNG, JPEG, WebP, TIFF, BMP, ...) to .vqz files.
 
     Any size from 1x1 up. Gray images stay gray, alpha is kept losslessly,
@@ -205,7 +212,8 @@ def encode(inputs, output, quality, target_bpp, target_psnr, model_name, coder, 
         raise click.UsageError("give at most one of -q, --target-bpp and --target-psnr")
     batch, planned, problems = plan(inputs, output, ".vqz", _find_images, "images")
     work = functools.partial(_encode_job, quality=quality, model=model_name, coder=coder, force=force,
-                             metadata=metadata, target_bpp=target_bpp, target_psnr=target_psnr)
+                             metadata=metadata, target_bpp=target_bpp, target_psnr=target_psnr,
+                             refine_steps=refine_steps)
     run(batch, planned, problems, work, workers=jobs, as_json=as_json, force=force,
         text=_encode_text if verbose else None)
 
