@@ -50,3 +50,39 @@ def test_payload_for_other_shapes_raises_value_error():
         entropy.zstd_decode(payload, [(3, 5)])
     with pytest.raises(ValueError):
         entropy.zstd_decode(payload, [(30, 50)])
+
+
+def _random_passes(rng: np.random.Generator, count: int, alphabet: int = 16) -> list:
+    passes = []
+    for _ in range(count):
+        freqs = rng.integers(1, 1 << 12, (int(rng.integers(1, 9)), alphabet))
+        passes.append((rng.integers(0, alphabet, len(freqs)), freqs))
+    return passes
+
+
+def test_range_payload_cuts_its_last_word_short_and_still_decodes():
+    import constriction
+
+    rng = np.random.default_rng(0)
+    cut = 0
+    for _ in range(40):
+        passes = _random_passes(rng, int(rng.integers(1, 6)))
+        payload = entropy.range_encode(passes)
+        whole = constriction.stream.queue.RangeEncoder()
+        for symbols, freqs in passes:
+            whole.encode(symbols.astype(np.int32), entropy._categorical(), freqs.astype(np.float32))
+        words = 4 * len(whole.get_compressed())
+        assert words - 3 <= len(payload) <= words
+        cut += len(payload) < words
+        decoder = entropy.RangeDecoder(payload)
+        assert all(np.array_equal(decoder(freqs), symbols) for symbols, freqs in passes)
+    assert cut >= 20  # most payloads lose a byte or more
+
+
+def test_range_payload_of_many_indices_keeps_whole_words(monkeypatch):
+    monkeypatch.setattr(entropy, "TRIM_CHECK_ENTRIES", 16)  # more frequencies than the encoder checks
+    passes = _random_passes(np.random.default_rng(1), 4)
+    payload = entropy.range_encode(passes)
+    assert len(payload) % 4 == 0
+    decoder = entropy.RangeDecoder(payload)
+    assert all(np.array_equal(decoder(freqs), symbols) for symbols, freqs in passes)

@@ -58,3 +58,12 @@ def test_every_bundled_model_has_golden_files_of_the_version_written():
     covered = {c["model_sha256"] for c in CASES if c.get("format_version", 1) == 2}
     assert {m["sha256"] for m in vqcodec.list_models()} <= covered
     assert any(c.get("format_version", 1) == 1 for c in CASES)
+
+
+def test_golden_files_cover_range_payloads_with_a_cut_short_last_word():
+    from vqcodec import container
+
+    lengths = {path.name: len(container.unpack(path.read_bytes()).index_payload)
+               for path in GOLDEN.glob("v2_*_prior.vqz")}
+    assert any(length % 4 for length in lengths.values()), lengths
+    assert any(length % 4 == 0 for length in lengths.values()), lengths  # the whole-word payloads of before

@@ -260,7 +260,7 @@ def test_range_coder_rejects_bad_frequencies():
     with pytest.raises(ValueError):
         entropy.range_encode([(np.array([0]), np.array([[0.0, 1.0]]))])
     with pytest.raises(ValueError):
-        entropy.RangeDecoder(b"abc")
+        entropy.RangeDecoder(b"abc")(np.array([[0.0, 1.0]]))
 
 
 CLASSES = PriorConfig(num_stages=2, codebook_size=16, channels=8, layers=2, schedule="raster", num_classes=3)
