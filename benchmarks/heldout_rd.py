@@ -4,7 +4,8 @@ The held-out set is the one every training phase uses: the last 3 files by name 
 image folder under the data paths (photos/047-049, and 3 each of photos2/cid22 and cq100),
 each cut to its central 512 x 512 (multiple of 16) for speed. Prints bpp / PSNR per level for
 
-  * the shipped codec (real .vqz files through vqcodec.encode / decode),
+  * the shipped codec (real .vqz files through vqcodec.encode / decode), and with `--model NAME`
+    any installed model the same way,
   * WebP, AVIF and JPEG (Pillow, as `vqcodec bench` runs them),
   * optionally a hierarchical model in training (`--hierarchy weights.safetensors`): PSNR of the
     decoded pixels, and bpp as the code length under its float training entropy model
@@ -59,12 +60,12 @@ def classic(images, name):
     return mean_points(per)
 
 
-def shipped(images, levels=range(1, 9)):
+def shipped(images, levels=range(1, 9), model=None):
     per = []
     for rgb in images:
         pts = []
         for q in levels:
-            data = codec.encode(Image.fromarray(rgb), quality=q)
+            data = codec.encode(Image.fromarray(rgb), quality=q, model=model)
             out = np.asarray(codec.decode(data).convert("RGB"))
             pts.append((len(data) * 8 / (rgb.shape[0] * rgb.shape[1]), psnr(out, rgb)))
         per.append(pts)
@@ -123,6 +124,8 @@ def main():
     parser.add_argument("--priors")
     parser.add_argument("--baseline-cache", default="runs/heldout_baseline.json",
                         help="JSON of the shipped codec's and the classic codecs' points (made if absent)")
+    parser.add_argument("--model", action="append", default=[],
+                        help="also an installed model's real files at its levels 1-8 (repeatable)")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -137,6 +140,8 @@ def main():
         curves["vqcodec (shipped)"] = shipped(images)
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(curves))
+    for name in args.model:
+        curves[f"vqcodec --model {name}"] = shipped(images, model=name)
     if args.hierarchy:
         curves.update(hierarchy(images, args.hierarchy, args.priors))
     print(f"held-out: {len(images)} crops: {', '.join(names)}")
