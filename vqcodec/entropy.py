@@ -109,7 +109,7 @@ class RangeEncoder:
             self._encoder.encode(symbols, self._model, probabilities)
             self._entries += probabilities.size
             if self._passes is not None and self._entries <= TRIM_CHECK_ENTRIES:
-                self._passes.append((symbols, probabilities))
+                self._passes.append((symbols.copy(), probabilities.copy()))  # the caller may reuse its arrays
             else:
                 self._passes = None
 
