@@ -39,6 +39,18 @@ def test_every_prefix_of_the_stage_ladder_decodes_to_an_image():
         assert all(torch.equal(a, b) for a, b in zip(prefix, grids[:n]))  # a prefix is the same choice
 
 
+def test_a_ladder_may_start_at_stride_8():
+    torch.manual_seed(0)
+    model = HierarchicalVQ(replace(TINY, level_strides=(8, 4), level_dims=(4, 2), level_stages=(2, 1)))
+    x = torch.rand(2, 3, 48, 32)
+    out, bits, _ = model(x, torch.tensor([3, 1]), torch.tensor([0.01, 0.01]))
+    assert out.shape == x.shape and bool((bits > 0).all())
+    model.eval()
+    grids, _ = model.encode_indices(x[:1], model.num_stages, 0.01)
+    assert [g.shape for g in grids] == [(1, 6, 4)] * 2 + [(1, 12, 8)] and model.config.stride == 8
+    assert all(model.decode_indices(grids[:n]).shape == (1, 3, 48, 32) for n in (1, 2, 3))
+
+
 def test_ecvq_choice_trades_distance_for_bits():
     model = tiny_model()
     stage = model.levels[0][0]

@@ -192,10 +192,11 @@ class HierarchicalVQ(nn.Module):
         choice_weight = weight if cfg.rate_in_training and cfg.ecvq_scale > 0 else None
         bits = images.new_zeros(b, dtype=torch.float32)
         vq_loss = images.new_zeros(b, dtype=torch.float32)
-        state = torch.zeros_like(features[16])
+        first = cfg.level_strides[0]
+        state = torch.zeros_like(features[first])
         global_stage = 0
         for stride, stages in zip(cfg.level_strides, self.levels):
-            if stride != 16:
+            if stride != first:
                 state = self._upsample(2 * stride, state)
             target = features[stride]
             for stage in stages:
@@ -226,12 +227,13 @@ class HierarchicalVQ(nn.Module):
         features = self.analyze(images)
         b = images.shape[0]
         weight = None if lam is None else self.assignment_weight(torch.full((b,), float(lam)))
-        state = torch.zeros_like(features[16])
+        first = self.config.level_strides[0]
+        state = torch.zeros_like(features[first])
         grids, bits = [], torch.zeros(b)
         for stride, stages in zip(self.config.level_strides, self.levels):
             if len(grids) == num_stages:
                 break
-            if stride != 16:
+            if stride != first:
                 state = self._upsample(2 * stride, state)
             for stage in stages:
                 if len(grids) == num_stages:
@@ -247,13 +249,12 @@ class HierarchicalVQ(nn.Module):
     @torch.no_grad()
     def decode_indices(self, grids: list[torch.Tensor]) -> torch.Tensor:
         """Reconstruction (B, 3, H, W) from the index grids of a prefix of the stages."""
-        first = grids[0]
-        b, h16, w16 = first.shape
-        c16 = self.config.widths[3]
-        state = torch.zeros(b, c16, h16, w16, dtype=self.up16[0].weight.dtype)
+        b, h, w = grids[0].shape
+        first = self.config.level_strides[0]
+        state = torch.zeros(b, self.config.widths[int(math.log2(first)) - 1], h, w, dtype=self.up16[0].weight.dtype)
         remaining = list(grids)
         for stride, stages in zip(self.config.level_strides, self.levels):
-            if stride != 16:  # levels beyond the prefix add nothing but still upsample
+            if stride != first:  # levels beyond the prefix add nothing but still upsample
                 state = self._upsample(2 * stride, state)
             for stage in stages:
                 if not remaining:
