@@ -60,7 +60,8 @@ def classic(images, name):
     return mean_points(per)
 
 
-def shipped(images, levels=range(1, 9), model=None):
+def real_files(images, levels=range(1, 9), model=None):
+    """Mean (bpp, PSNR) per level of an installed model's .vqz files (None: the default model)."""
     per = []
     for rgb in images:
         pts = []
@@ -137,11 +138,11 @@ def main():
         curves = {"webp": classic(images, "webp"), "jpeg": classic(images, "jpeg")}
         if bench.avif_available():
             curves["avif"] = classic(images, "avif")
-        curves["vqcodec (shipped)"] = shipped(images)
+        curves["vqcodec (shipped)"] = real_files(images)
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(curves))
     for name in args.model:
-        curves[f"vqcodec --model {name}"] = shipped(images, model=name)
+        curves[f"vqcodec --model {name}"] = real_files(images, model=name)
     if args.hierarchy:
         curves.update(hierarchy(images, args.hierarchy, args.priors))
     print(f"held-out: {len(images)} crops: {', '.join(names)}")

@@ -60,12 +60,8 @@ def zstd_decode(payload: bytes, shapes: list[tuple[int, int]]) -> list[np.ndarra
 # model turns frequencies f_0..f_{K-1} into a CDF with float32 arithmetic on exact
 # integers (see docs/FORMAT.md), so encoder and decoder derive the same CDF.
 #
-# The payload is the coder's words, little-endian, except that its final word may be cut
-# short: a payload of 4w + m bytes (m = 1, 2 or 3) holds w whole words and then the m most
-# significant bytes of the last one (least significant first, as in a whole word), whose
-# missing low bytes read as 0xFF. The encoder keeps the fewest bytes that still decode to
-# the same symbols, which it checks by decoding them: 1.6-1.7 bytes less per digits file,
-# which matters for tiny images (docs/EXPERIMENTS.md).
+# The payload's last word may be cut short (docs/FORMAT.md, "From frequencies to the range
+# coder"); the encoder keeps the fewest bytes that still decode, which it checks by decoding.
 
 TRIM_CHECK_ENTRIES = 1 << 22  # the encoder checks (and so trims) payloads of at most this many frequencies
 
@@ -105,11 +101,13 @@ class RangeEncoder:
 
     def add(self, symbols: np.ndarray, frequencies: np.ndarray) -> None:
         if len(symbols):
-            symbols, probabilities = np.asarray(symbols, dtype=np.int32), _as_probabilities(frequencies)
+            symbols, probabilities = np.array(symbols, dtype=np.int32), _as_probabilities(frequencies)
             self._encoder.encode(symbols, self._model, probabilities)
             self._entries += probabilities.size
             if self._passes is not None and self._entries <= TRIM_CHECK_ENTRIES:
-                self._passes.append((symbols.copy(), probabilities.copy()))  # the caller may reuse its arrays
+                if np.shares_memory(probabilities, frequencies):  # kept: the caller may reuse its arrays
+                    probabilities = probabilities.copy()
+                self._passes.append((symbols, probabilities))
             else:
                 self._passes = None
 

@@ -132,9 +132,8 @@ class HierarchicalVQ(nn.Module):
             "8": nn.Sequential(_conv_down(c4, c8), GDN(c8)),
             "16": nn.Sequential(_conv_down(c8, c16), *[ResidualBlock(c16) for _ in range(cfg.res_blocks)]),
         })
-        channels = {16: c16, 8: c8, 4: c4}
         self.levels = nn.ModuleList(
-            nn.ModuleList(ECVQStage(channels[stride], dim, cfg.codebook_size, cfg.entropy_channels)
+            nn.ModuleList(ECVQStage(self.channels(stride), dim, cfg.codebook_size, cfg.entropy_channels)
                           for _ in range(stages))
             for stride, dim, stages in zip(cfg.level_strides, cfg.level_dims, cfg.level_stages))
         self.refine16 = nn.Sequential(*[ResidualBlock(c16) for _ in range(cfg.res_blocks)])
@@ -143,6 +142,10 @@ class HierarchicalVQ(nn.Module):
         self.up8 = nn.Sequential(_conv_up(c8, c4), GDN(c4, inverse=True))
         self.refine4 = ResidualBlock(c4)
         self.up4 = nn.Sequential(_conv_up(c4, c2), GDN(c2, inverse=True), _conv_up(c2, 3))
+
+    def channels(self, stride: int) -> int:
+        """Feature channels at stride 4, 8 or 16 (config.widths are those at 2, 4, 8, 16)."""
+        return self.config.widths[int(math.log2(stride)) - 1]
 
     # -- the rate ladder ---------------------------------------------------------------------
     @property
@@ -251,7 +254,7 @@ class HierarchicalVQ(nn.Module):
         """Reconstruction (B, 3, H, W) from the index grids of a prefix of the stages."""
         b, h, w = grids[0].shape
         first = self.config.level_strides[0]
-        state = torch.zeros(b, self.config.widths[int(math.log2(first)) - 1], h, w, dtype=self.up16[0].weight.dtype)
+        state = torch.zeros(b, self.channels(first), h, w, dtype=self.up16[0].weight.dtype)
         remaining = list(grids)
         for stride, stages in zip(self.config.level_strides, self.levels):
             if stride != first:  # levels beyond the prefix add nothing but still upsample
