@@ -11,7 +11,7 @@ from PIL import Image
 
 from vqcodec import entropy
 from vqcodec.config import HierarchyConfig, PriorConfig
-from vqcodec.nn.hierarchy import HierarchicalVQ
+from vqcodec.nn.hierarchy import HierarchicalVQ, checkerboard
 from vqcodec.nn.prior import ContextPrior, IntegerPrior, decode_passes, encode_passes, pass_schedule
 from vqcodec.training import loop
 from vqcodec.training.hierarchy_prior_task import level_prior_configs
@@ -61,6 +61,24 @@ def test_ecvq_choice_trades_distance_for_bits():
     assert torch.equal(stage.choose(residual, log2_p, torch.tensor([1e6])), nearest)
     cheapest = log2_p.argmax(1)
     assert torch.equal(stage.choose(residual, log2_p, torch.tensor([1e-9])), cheapest)
+
+
+def test_spatial_context_conditions_the_other_half_of_the_positions_on_the_anchor_codes():
+    torch.manual_seed(0)
+    model = HierarchicalVQ(replace(TINY, spatial_context=True))
+    _, bits, _ = model(torch.rand(2, 3, 32, 32), torch.tensor([4, 4]), torch.tensor([0.01, 0.01]))
+    bits.sum().backward()
+    stage = model.levels[1][0]
+    assert stage.context.weight.grad.abs().sum() > 0  # the context learns from the rate
+    with torch.no_grad():
+        state, residual = torch.randn(1, model.channels(8), 4, 4), torch.randn(1, 2, 4, 4)
+        for weight in (None, torch.tensor([0.5])):
+            indices, log2_p = stage.code(residual, state, weight)
+            plain = stage.log2_probabilities(state).gather(1, indices.unsqueeze(1)).squeeze(1)
+            anchors = checkerboard(4, 4)
+            assert torch.equal(log2_p[:, anchors], plain[:, anchors])  # anchors: the decoder state only
+            assert not torch.allclose(log2_p[:, ~anchors], plain[:, ~anchors])
+        assert torch.equal(stage.code(residual, state, None)[0], stage.choose(residual, None, None))
 
 
 def test_rate_term_reaches_the_gradients_of_the_transforms_only_when_on():

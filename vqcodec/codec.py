@@ -12,6 +12,9 @@
             the model's own layers (_check_structure) ─entropy decoder─> grids (checked against
             the index CRC) ─inference.decode_pixels─> base image (─inference.decode_detail with
             the enhancement layer's grids, if any─>) ─> crop ─> PIL image (+ info: metadata)
+    a hierarchical model (nn.hierarchy): its levels are the layers; encode: inference.
+            encode_hierarchy (ECVQ, every stage) ─> each level range-coded with its prior given
+            the coarser levels' grids; decode: the same priors ─> inference.decode_hierarchy
     read_indices / decode_indices: the same, split at the grids (Indices)
     generate: prior ─nn.prior.decode_passes with a Sampler─> grids ─inference.decode_pixels─> images
 
@@ -84,10 +87,15 @@ class _Model:
     """An installed model as the codec sees it: its parts and its layers, in coding order."""
 
     entry: zoo.ModelEntry
-    vqvae: Any
+    vqvae: Any  # None for a hierarchical model
     enhance: Any
     layers: tuple[_ModelLayer, ...]
     levels: Levels
+    hierarchy: Any = None  # nn.hierarchy.HierarchicalVQ: its levels are the layers
+
+    @property
+    def default_quality(self) -> int:
+        return default_quality(self.levels.count if self.vqvae is None else self.vqvae.config.num_stages)
 
     @property
     def padding(self) -> int:
@@ -100,7 +108,15 @@ class _Model:
 
 def _load_model(entry: zoo.ModelEntry) -> _Model:
     """The base VQ-VAE is the first layer; an enhancement layer, if any, the second, coded
-    over the base's level b."""
+    over the base's level b. A hierarchical model's levels are its layers, coarse to fine,
+    each coded over all the stages of the one before."""
+    hierarchy = zoo.load_hierarchy(entry)
+    if hierarchy is not None:
+        model, priors = hierarchy
+        cfg = model.config
+        layers = tuple(_ModelLayer(stride, stages, cfg.codebook_size, prior, cfg.level_stages[i - 1] if i else None)
+                       for i, (stride, stages, prior) in enumerate(zip(cfg.level_strides, cfg.level_stages, priors)))
+        return _Model(entry, None, None, layers, Levels(cfg.level_stages), model)
     vqvae, enhance = zoo.load(entry), zoo.load_enhance(entry)
     cfg, levels = vqvae.config, zoo.levels_of(vqvae, enhance)
     layers = [_ModelLayer(cfg.stride, cfg.num_stages, cfg.codebook_size, zoo.load_prior(entry))]
@@ -154,7 +170,7 @@ def _grid_shape(model: _Model, layer: Layer, height: int, width: int) -> tuple[i
 def _check_quality(quality: int | None, model: _Model) -> int:
     levels = model.levels.count
     if quality is None:
-        return default_quality(model.vqvae.config.num_stages)
+        return model.default_quality
     if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or not 1 <= quality <= levels:
         raise ValueError(f"quality must be an integer from 1 to {levels} for model '{model.entry.name}', "
                          f"got {quality!r}")
@@ -180,6 +196,10 @@ def _index_payload(model: _Model, padded: np.ndarray, layers: tuple[Layer, ...],
                    tradeoff: float, refine_steps: int) -> tuple[list[np.ndarray], bytes]:
     """The index grids of padded pixels, layer by layer in coding order, and their coded
     payload: the base model's grids, then the enhancement layer's over that base level."""
+    if model.hierarchy is not None:
+        if refine_steps:
+            raise ValueError(f"model '{model.entry.name}' is hierarchical: refine_steps is for VQ-VAE models")
+        return _hierarchy_payload(model, padded, layers, coder, tradeoff)
     vqvae, base_layer, policy = model.vqvae, model.layers[0], inference.Policy.default()
     z = inference.encode_latents(vqvae, padded, policy)
     if refine_steps:
@@ -201,6 +221,35 @@ def _index_payload(model: _Model, padded: np.ndarray, layers: tuple[Layer, ...],
     return grids, entropy.zstd_encode(grids) if coder == "zstd" else encoder.payload()
 
 
+def _hierarchy_payload(model: _Model, padded: np.ndarray, layers: tuple[Layer, ...], coder: str,
+                       tradeoff: float) -> tuple[list[np.ndarray], bytes]:
+    """_index_payload of a hierarchical model: every stage's indices by ECVQ at the model's own
+    lambda of the quality level, with bits weighted RATE_TRADEOFF / tradeoff times as much
+    (tradeoff 0: the nearest codes); each level range-coded with its prior, given the coarser
+    levels' grids."""
+    n = sum(layer.stages for layer in layers)
+    lam = float(model.hierarchy.stage_lambdas()[n - 1]) * RATE_TRADEOFF / tradeoff if tradeoff else None
+    grids = inference.encode_hierarchy(model.hierarchy, padded, n, lam, inference.Policy.default())
+    arrays = [grid.numpy() for grid in grids]
+    if coder == "zstd":
+        return arrays, entropy.zstd_encode(arrays)
+    encoder, start = entropy.RangeEncoder(), 0
+    for layer, spec in zip(layers, model.layers):
+        for _, symbols, freqs in iter_passes(spec.prior, torch.stack(grids[start:start + layer.stages]),
+                                             _coarse(spec, grids[:start])):
+            encoder.add(symbols, freqs)
+        start += layer.stages
+    return arrays, encoder.payload()
+
+
+def _coarse(spec: _ModelLayer, grids: list) -> list[torch.Tensor] | None:
+    """The coarser grids (h, w) a layer's prior conditions on (a hierarchical model's coarser
+    levels), as tensors; None when it conditions on none."""
+    if not spec.prior.config.coarse_factors:
+        return None
+    return [torch.as_tensor(np.asarray(grid)).long() for grid in grids]
+
+
 def _decode_grids(payload: bytes, coder: str, model: _Model, layers: tuple[Layer, ...],
                   shapes: list[tuple[int, int]]) -> list[np.ndarray]:
     """Inverse of _index_payload (shapes: one per layer). Raises ValueError on a payload that
@@ -215,7 +264,9 @@ def _decode_grids(payload: bytes, coder: str, model: _Model, layers: tuple[Layer
     try:
         decoder = entropy.RangeDecoder(payload)
         for layer, spec, (rows, cols) in zip(layers, specs, shapes):  # one range coder for all layers
-            grids += list(decode_passes(spec.prior, layer.stages, rows, cols, decoder)[0].numpy())
+            coarse = _coarse(spec, grids)
+            grids += list(decode_passes(spec.prior, layer.stages, rows, cols, decoder,
+                                        coarse=coarse and [grid.unsqueeze(0) for grid in coarse])[0].numpy())
     except Exception as error:  # including the range decoder's own errors on garbage input
         raise ValueError(str(error)) from None
     return grids
@@ -228,6 +279,9 @@ def _pixels(model: _Model, per_layer: list[np.ndarray], height: int, width: int)
         return torch.from_numpy(np.ascontiguousarray(grids)).long().unsqueeze(0)
 
     policy = inference.Policy.default()
+    if model.hierarchy is not None:
+        grids = [torch.from_numpy(np.ascontiguousarray(grid)) for array in per_layer for grid in array]
+        return images.crop(inference.decode_hierarchy(model.hierarchy, grids, policy), height, width)
     pixels = inference.decode_pixels(model.vqvae, batch(per_layer[0]), policy)
     if len(per_layer) > 1:
         pixels = inference.decode_detail(model.enhance, batch(per_layer[1]), pixels, policy)
@@ -585,20 +639,21 @@ def generate(count: int, *, model: str | None = None, size: tuple[int, int] | No
         raise ValueError(f"model '{entry.name}' has no prior to sample from")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"count must be a positive integer, got {count!r}")
-    cfg = vqvae.config
+    # the stages sampled: the base VQ-VAE's (not an enhancement layer's), or a hierarchy's all
+    most = chosen.levels.count if vqvae is None else vqvae.config.num_stages
     if quality is not None and (isinstance(quality, bool) or not isinstance(quality, (int, np.integer))
-                                or not 1 <= quality <= cfg.num_stages):
-        raise ValueError(f"quality must be an integer from 1 to {cfg.num_stages} for model '{entry.name}', "
-                         f"got {quality!r}")
-    stages = cfg.num_stages if quality is None else int(quality)
+                                or not 1 <= quality <= most):
+        raise ValueError(f"quality must be an integer from 1 to {most} for model '{entry.name}', got {quality!r}")
+    stages = most if quality is None else int(quality)
+    stride = chosen.padding if vqvae is None else vqvae.config.stride
     training = json.loads(zoo.read_metadata(entry.path).get("prior_training", "{}"))
     height, width = size or tuple(training.get("sample_size", (256, 256)))
     if temperature is None:
         temperature = float(training.get("sample_temperature", 1.0))
     if height < 1 or width < 1:
         raise ValueError(f"size must be positive, got {height}x{width}")
-    rows, cols = math.ceil(height / cfg.stride), math.ceil(width / cfg.stride)
-    if rows * cols * count > container.resolve_max_pixels(None) // (cfg.stride * cfg.stride):
+    rows, cols = math.ceil(height / stride), math.ceil(width / stride)
+    if rows * cols * count > container.resolve_max_pixels(None) // (stride * stride):
         raise ValueError(f"{count} images of {height}x{width} exceed the pixel limit")
     classes = _sample_classes(prior.config.num_classes, count, seed, label, entry.name)
     if guidance is None:
@@ -609,9 +664,18 @@ def generate(count: int, *, model: str | None = None, size: tuple[int, int] | No
     if guidance:  # each grid twice: with its class, then without (GuidedSampler)
         sampler = GuidedSampler(sampler, guidance)
         classes = torch.cat([classes, torch.full((count,), -1)])
+    policy = inference.Policy.default()
+    if vqvae is None:  # level by level, coarse to fine, each given the coarser levels' samples
+        grids: list[torch.Tensor] = []  # (count, h, w) per stage
+        for layer, spec in zip(_structure(chosen, stages), chosen.layers):
+            scale = stride // layer.stride
+            coarse = grids if spec.prior.config.coarse_factors else None
+            grids += decode_passes(spec.prior, layer.stages, rows * scale, cols * scale, sampler, count=count,
+                                   coarse=coarse).unbind(1)
+        return [Image.fromarray(inference.decode_hierarchy(chosen.hierarchy, [grid[i] for grid in grids], policy))
+                for i in range(count)]
     indices = decode_passes(prior, stages, rows, cols, sampler, count=len(classes) if guidance else count,
                             classes=classes)[:count]
-    policy = inference.Policy.default()
     return [Image.fromarray(inference.decode_pixels(vqvae, grid.unsqueeze(0), policy)) for grid in indices]
 
 
@@ -632,6 +696,9 @@ def _sample_classes(num_classes: int, count: int, seed: int, label: int | None, 
 
 
 def load_model(name: str | None = None):
-    """The VQVAE of a bundled model (default model when name is None), sha256-checked."""
-    return zoo.load(zoo.find(name))
+    """The network of a bundled model (default model when name is None), sha256-checked: its
+    VQVAE, or a hierarchical model's HierarchicalVQ."""
+    entry = zoo.find(name)
+    hierarchy = zoo.load_hierarchy(entry)
+    return zoo.load(entry) if hierarchy is None else hierarchy[0]
 

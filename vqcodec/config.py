@@ -151,6 +151,9 @@ class HierarchyConfig:
     # index choice: argmin ecvq_scale * lambda * ||r - c||^2 + bits (0 = nearest code)
     ecvq_scale: float = 1.0
     rate_in_training: bool = True  # False: nearest-code training, bits only measured (ablation)
+    # the training entropy model also sees the stage's own anchor codes (checkerboard) at the
+    # other half of the positions, as the integer priors do
+    spatial_context: bool = False
 
     @property
     def stride(self) -> int:

@@ -8,6 +8,8 @@ place that decides how they run on an image. codec.py uses it.
     base = decode_pixels(vqvae, indices, policy)                # uint8 pixels
     detail = encode_detail(layer, pixels, base, stages, policy) # enhancement layer's indices
     pixels = decode_detail(layer, detail, base, policy)
+    grids = encode_hierarchy(model, pixels, stages, lam, policy)  # hierarchical model's indices
+    pixels = decode_hierarchy(model, grids, policy)
 
 Images larger than a tile are run tile by tile (`tiled`), each tile with a margin of context
 that is computed and dropped, so memory stays bounded whatever the image size; the margin
@@ -169,3 +171,19 @@ def decode_detail(layer, indices: torch.Tensor, base: np.ndarray, policy: Policy
     tile = policy.tile_pixels // layer.config.stride
     return _pixels(tiled(lambda i, b: _uint8(layer.decode(i, _float(b), policy.bfloat16)), [indices, _tensor(base)],
                          *indices.shape[-2:], tile, policy.margin, torch.channels_last))
+
+
+@torch.no_grad()
+def encode_hierarchy(model, pixels: np.ndarray, num_stages: int, lam: float | None, policy: Policy) -> list[torch.Tensor]:
+    """A hierarchical model's (nn.hierarchy) index grids (h, w) of uint8 pixels (H, W, 3), H
+    and W multiples of its stride: the first num_stages stages, coarse to fine, chosen by ECVQ
+    at tradeoff lam (None: the nearest codes). The whole image at once (no tiles)."""
+    grids, _ = model.encode_indices(_float(_tensor(pixels)), num_stages, lam, policy.bfloat16)
+    return [grid[0] for grid in grids]
+
+
+@torch.no_grad()
+def decode_hierarchy(model, grids: Sequence[torch.Tensor], policy: Policy) -> np.ndarray:
+    """A hierarchical model's index grids (h, w), coarse to fine -> uint8 pixels (H, W, 3)."""
+    pixels = model.decode_indices([grid.long().unsqueeze(0) for grid in grids], policy.bfloat16)
+    return _pixels(_uint8(pixels.clamp(0, 1)))

@@ -5,7 +5,9 @@ A model codes its layers in order: the base VQ-VAE, then, if it has one, an enha
 (nn/enhance.py) over the base's level b. Quality 1..b keeps that many base stages; quality
 b + n adds the enhancement layer's first n stages to base level b. b is the enhancement
 layer's base_stages (0: all of the base's stages); without an enhancement layer, quality q
-keeps q of the base's stages, up to all of them.
+keeps q of the base's stages, up to all of them. A hierarchical model (nn/hierarchy.py) has one
+layer per level, coarse to fine: Levels(level_stages), quality q keeping the first q stages of
+the whole ladder.
 """
 from __future__ import annotations
 
@@ -55,5 +57,6 @@ def levels(num_stages: int, enhance_stages: int = 0, base_stages: int = 0) -> Le
 
 
 def default_quality(num_stages: int) -> int:
-    """The level used when none is asked for: half of the base model's stages, rounded up."""
+    """The level used when none is asked for: half of the base model's stages (a hierarchical
+    model's: all its stages), rounded up."""
     return (num_stages + 1) // 2

@@ -23,7 +23,8 @@ from pathlib import Path
 from . import quality
 from .container import CODERS
 from .fileio import atomic_write_bytes
-from .weights_io import enhance_from_bytes, prior_from_bytes, read_metadata, sha256_of_file, vqvae_from_bytes
+from .weights_io import (enhance_from_bytes, hierarchy_from_bytes, is_hierarchy, prior_from_bytes, read_metadata,
+                         sha256_of_file, vqvae_from_bytes)
 
 MANIFEST = "models.json"
 
@@ -46,21 +47,31 @@ class ModelEntry:
     def info(self) -> dict:
         """The public description (same fields as `vqcodec models --json`)."""
         metadata = read_metadata(self.path)
-        config = json.loads(metadata["model_config"])
-        enhance = json.loads(metadata.get("enhance_config", "null")) or {}
-        levels = quality.levels(config["num_stages"], enhance.get("num_stages", 0), enhance.get("base_stages", 0))
+        if is_hierarchy(metadata):
+            config = json.loads(metadata["hierarchy_config"])
+            levels = quality.Levels(tuple(config["level_stages"]))
+            stride, has_prior = max(config["level_strides"]), "prior_configs" in metadata
+            default = quality.default_quality(levels.count)
+            enhancement_levels: list[int] = []
+        else:
+            config = json.loads(metadata["model_config"])
+            enhance = json.loads(metadata.get("enhance_config", "null")) or {}
+            levels = quality.levels(config["num_stages"], enhance.get("num_stages", 0), enhance.get("base_stages", 0))
+            stride, has_prior = 2 ** len(config["widths"]), "prior_config" in metadata
+            default = quality.default_quality(config["num_stages"])
+            # levels above the base level add the enhancement layer (nn/enhance.py) to it
+            enhancement_levels = list(range(levels.base + 1, levels.count + 1))
         return {
             "name": self.name,
             "sha256": self.sha256,
             "quality_levels": list(range(1, levels.count + 1)),
-            # levels above the base level add the enhancement layer (nn/enhance.py) to it
-            "enhancement_levels": list(range(levels.base + 1, levels.count + 1)),
-            "default_quality": quality.default_quality(config["num_stages"]),
+            "enhancement_levels": enhancement_levels,
+            "default_quality": default,
             "default": self.default,
             "description": self.description,
-            "stride": 2 ** len(config["widths"]),
+            "stride": stride,
             "codebook_size": config["codebook_size"],
-            "coders": sorted(c for c in CODERS if c != "prior" or "prior_config" in metadata),
+            "coders": sorted(c for c in CODERS if c != "prior" or has_prior),
             "sample_temperature": json.loads(metadata.get("prior_training", "{}")).get("sample_temperature"),
             # class-conditional priors (digits): how many classes, and the default guidance of generate
             "sample_classes": json.loads(metadata.get("prior_config", "{}")).get("num_classes") or None,
@@ -151,15 +162,24 @@ def _load_checked(path: Path, sha256: str):
         raise ModelError(f"weights file {path} has sha256 {actual}, but the manifest says {sha256}: "
                          "the file is damaged or was replaced; refusing to load it")
     try:
+        if is_hierarchy(read_metadata(path)):
+            return (None, None, None, None, hierarchy_from_bytes(data, str(path)))
         return (vqvae_from_bytes(data, str(path)), prior_from_bytes(data, str(path)),
-                enhance_from_bytes(data, str(path)), prior_from_bytes(data, str(path), layer="enhance"))
+                enhance_from_bytes(data, str(path)), prior_from_bytes(data, str(path), layer="enhance"), None)
     except Exception as error:  # a malformed file must not surface as a raw traceback
         raise ModelError(f"cannot load weights {path}: {error}") from None
 
 
 def load(entry: ModelEntry):
-    """The VQVAE of `entry`, after checking the file's sha256 (cached per process)."""
+    """The VQVAE of `entry`, after checking the file's sha256 (cached per process); None for a
+    hierarchical model (load_hierarchy)."""
     return _load_checked(entry.path, entry.sha256)[0]
+
+
+def load_hierarchy(entry: ModelEntry):
+    """(HierarchicalVQ, one IntegerPrior per level) of a hierarchical model (nn.hierarchy),
+    else None."""
+    return _load_checked(entry.path, entry.sha256)[4]
 
 
 def load_prior(entry: ModelEntry):

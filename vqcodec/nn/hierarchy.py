@@ -35,6 +35,12 @@ from .autoencoder import GDN, ResidualBlock
 from .quantize import kmeans
 
 
+def checkerboard(h: int, w: int, device=None) -> torch.Tensor:
+    """(h, w) bool, True at the anchor positions ((row + column) even)."""
+    rows = torch.arange(h, device=device).view(-1, 1)
+    return (rows + torch.arange(w, device=device)) % 2 == 0
+
+
 def _conv_down(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 5, stride=2, padding=2)
 
@@ -50,7 +56,7 @@ class ECVQStage(nn.Module):
     index distribution from the decoder state."""
 
     def __init__(self, channels: int, dim: int, codebook_size: int, entropy_channels: int,
-                 decay: float = 0.99, dead_code_threshold: float = 0.5):
+                 spatial_context: bool = False, decay: float = 0.99, dead_code_threshold: float = 0.5):
         super().__init__()
         self.decay, self.dead_code_threshold = decay, dead_code_threshold
         self.project_in = nn.Conv2d(channels, dim, 1)
@@ -64,24 +70,53 @@ class ECVQStage(nn.Module):
             nn.Conv2d(entropy_channels, entropy_channels, 1), nn.GELU(),
             nn.Conv2d(entropy_channels, codebook_size, 1),
         )
+        # checkerboard context (He et al., CVPR 2021): the second half of the positions also
+        # sees the codes chosen at the first half, as the integer priors that code files do
+        self.context = nn.Conv2d(dim, entropy_channels, 5, padding=2) if spatial_context else None
 
-    def log2_probabilities(self, state: torch.Tensor) -> torch.Tensor:
-        """(B, K, h, w) log2 p(index | decoder state), float32."""
-        logits = self.entropy(state).float()
+    def _log2_p(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.entropy[1:](hidden).float()
         return F.log_softmax(logits, dim=1) / math.log(2)
 
-    def choose(self, residual: torch.Tensor, log2_p: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    def log2_probabilities(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, K, h, w) log2 p(index | decoder state), float32 (the anchor pass of a stage
+        with spatial context)."""
+        return self._log2_p(self.entropy[0](state))
+
+    def distances(self, residual: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, K) squared distances of residual (B, D, h, w) float32 to every code."""
+        flat = residual.permute(0, 2, 3, 1)
+        return (flat.pow(2).sum(-1, keepdim=True) - 2 * flat @ self.codebook.t()
+                + self.codebook.pow(2).sum(1))
+
+    def choose(self, residual: torch.Tensor, log2_p: torch.Tensor, weight: torch.Tensor | None,
+               distances: torch.Tensor | None = None) -> torch.Tensor:
         """Indices (B, h, w) minimizing weight * ||residual - c_k||^2 - log2 p_k (plain nearest
         code when weight is None). residual: (B, D, h, w) float32; weight: (B,) or None."""
-        b, d, h, w = residual.shape
-        flat = residual.permute(0, 2, 3, 1).reshape(-1, d)
-        distances = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t()
-                     + self.codebook.pow(2).sum(1))  # (B*h*w, K)
+        if distances is None:
+            distances = self.distances(residual)
         if weight is None:
-            return distances.argmin(1).view(b, h, w)
-        bits = -log2_p.permute(0, 2, 3, 1).reshape(-1, self.codebook.shape[0])
-        cost = distances * weight.repeat_interleave(h * w).unsqueeze(1) + bits
-        return cost.argmin(1).view(b, h, w)
+            return distances.argmin(-1)
+        return (distances * weight.view(-1, 1, 1, 1) - log2_p.permute(0, 2, 3, 1)).argmin(-1)
+
+    def code(self, residual: torch.Tensor, state: torch.Tensor, weight: torch.Tensor | None,
+             entropy_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Indices (B, h, w) of residual and their log2 probabilities (B, h, w), float32,
+        given the decoder state: one pass, or with spatial context the anchor half of the
+        checkerboard first and the other half conditioned on the anchors' codes.
+        entropy_state: what the entropy model sees instead of state (a detached copy)."""
+        hidden = self.entropy[0](state if entropy_state is None else entropy_state)
+        log2_p = self._log2_p(hidden)
+        distances = self.distances(residual.detach())
+        indices = self.choose(None, log2_p.detach(), weight, distances)
+        if self.context is not None:
+            anchors = checkerboard(*indices.shape[1:], indices.device)
+            anchor_codes = self.lookup(indices) * anchors
+            log2_p_ctx = self._log2_p(hidden + self.context(anchor_codes.to(hidden.dtype)))
+            others = self.choose(None, log2_p_ctx.detach(), weight, distances)
+            indices = torch.where(anchors, indices, others)
+            log2_p = torch.where(anchors, log2_p, log2_p_ctx)
+        return indices, log2_p.gather(1, indices.unsqueeze(1)).squeeze(1)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) codebook vectors of indices (B, h, w)."""
@@ -133,7 +168,8 @@ class HierarchicalVQ(nn.Module):
             "16": nn.Sequential(_conv_down(c8, c16), *[ResidualBlock(c16) for _ in range(cfg.res_blocks)]),
         })
         self.levels = nn.ModuleList(
-            nn.ModuleList(ECVQStage(self.channels(stride), dim, cfg.codebook_size, cfg.entropy_channels)
+            nn.ModuleList(ECVQStage(self.channels(stride), dim, cfg.codebook_size, cfg.entropy_channels,
+                                    cfg.spatial_context)
                           for _ in range(stages))
             for stride, dim, stages in zip(cfg.level_strides, cfg.level_dims, cfg.level_stages))
         self.refine16 = nn.Sequential(*[ResidualBlock(c16) for _ in range(cfg.res_blocks)])
@@ -208,12 +244,12 @@ class HierarchicalVQ(nn.Module):
                 residual = stage.project_in(target - state).float()
                 if not bool(stage.initialized):
                     stage.initialize(residual.detach())
-                log2_p = stage.log2_probabilities(state if cfg.rate_in_training else state.detach())
-                indices = stage.choose(residual.detach(), log2_p.detach(), choice_weight)
+                indices, log2_p = stage.code(residual, state, choice_weight,
+                                             None if cfg.rate_in_training else state.detach())
                 if self.training:
                     stage.update(residual.detach(), indices, active)
                 code = stage.lookup(indices)
-                bits = bits - log2_p.gather(1, indices.unsqueeze(1)).sum(dim=(1, 2, 3)) * active
+                bits = bits - log2_p.sum(dim=(1, 2)) * active
                 error = cfg.commitment_weight * (residual - code).pow(2).sum(dim=(1, 2, 3))
                 vq_loss = vq_loss + error * weight / pixels * active
                 quantized = residual + (code - residual).detach()
@@ -222,11 +258,17 @@ class HierarchicalVQ(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_indices(self, images: torch.Tensor, num_stages: int, lam: float | None
+    def encode_indices(self, images: torch.Tensor, num_stages: int, lam: float | None, bfloat16: bool = False
                        ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Indices of the first num_stages stages (a list of (B, h, w) grids in coding order),
         chosen by ECVQ at tradeoff lam (None: nearest code), and their code length in bits
-        under the training entropy model, per image."""
+        under the training entropy model, per image. bfloat16: the networks run under bf16
+        autocast (distances and log-probabilities stay float32)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            return self._encode_indices(images, num_stages, lam)
+
+    def _encode_indices(self, images: torch.Tensor, num_stages: int, lam: float | None
+                        ) -> tuple[list[torch.Tensor], torch.Tensor]:
         features = self.analyze(images)
         b = images.shape[0]
         weight = None if lam is None else self.assignment_weight(torch.full((b,), float(lam)))
@@ -242,25 +284,28 @@ class HierarchicalVQ(nn.Module):
                 if len(grids) == num_stages:
                     break
                 residual = stage.project_in(features[stride] - state).float()
-                log2_p = stage.log2_probabilities(state)
-                indices = stage.choose(residual, log2_p, weight)
-                bits -= log2_p.gather(1, indices.unsqueeze(1)).sum(dim=(1, 2, 3))
+                indices, log2_p = stage.code(residual, state, weight)
+                bits -= log2_p.sum(dim=(1, 2))
                 grids.append(indices)
                 state = state + stage.project_out(stage.lookup(indices).to(state.dtype))
         return grids, bits
 
     @torch.no_grad()
-    def decode_indices(self, grids: list[torch.Tensor]) -> torch.Tensor:
-        """Reconstruction (B, 3, H, W) from the index grids of a prefix of the stages."""
+    def decode_indices(self, grids: list[torch.Tensor], bfloat16: bool = False) -> torch.Tensor:
+        """Reconstruction (B, 3, H, W), float32, from the index grids of a prefix of the stages.
+        bfloat16: every layer but the last runs under bf16 autocast; the last makes the
+        pixels in float32."""
         b, h, w = grids[0].shape
         first = self.config.level_strides[0]
         state = torch.zeros(b, self.channels(first), h, w, dtype=self.up16[0].weight.dtype)
         remaining = list(grids)
-        for stride, stages in zip(self.config.level_strides, self.levels):
-            if stride != first:  # levels beyond the prefix add nothing but still upsample
-                state = self._upsample(2 * stride, state)
-            for stage in stages:
-                if not remaining:
-                    break
-                state = state + stage.project_out(stage.lookup(remaining.pop(0)).to(state.dtype))
-        return self._upsample(4, state)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            for stride, stages in zip(self.config.level_strides, self.levels):
+                if stride != first:  # levels beyond the prefix add nothing but still upsample
+                    state = self._upsample(2 * stride, state)
+                for stage in stages:
+                    if not remaining:
+                        break
+                    state = state + stage.project_out(stage.lookup(remaining.pop(0)).to(state.dtype))
+            hidden = self.up4[:-1](self.refine4(state))
+        return self.up4[-1](hidden.float()) + 0.5

@@ -1,0 +1,108 @@
+"""A hierarchical model (nn.hierarchy) through the codec: installed like any model, its levels
+are the file's layers, every quality level round-trips, and the coded grids are the ones the
+model chose. A tiny model with untrained priors, installed in a temporary weights folder."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vqcodec
+from vqcodec import codec, container, images, inference, zoo
+from vqcodec.config import PriorConfig
+from vqcodec.container import VqzError
+from vqcodec.nn.prior import ContextPrior, IntegerPrior
+from vqcodec.training.hierarchy_prior_task import level_prior_configs
+from vqcodec.weights_io import save_hierarchy
+
+from test_hierarchy import TINY, tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_hierarchy(tmp_path_factory):
+    """The entry of a tiny hierarchical model (levels at stride 16, 8, 4 with 2, 1, 1 stages),
+    installed alone in a weights folder that VQCODEC_WEIGHTS points to during the tests."""
+    folder = tmp_path_factory.mktemp("weights")
+    model = tiny_model()
+    priors = []
+    for level, cfg in enumerate(level_prior_configs(TINY, PriorConfig(channels=8, layers=2))):
+        torch.manual_seed(level)
+        priors.append(IntegerPrior(cfg, ContextPrior(cfg).to_integer()))
+    save_hierarchy(folder / "tinyh.safetensors", model, priors, name="tinyh", description="tiny hierarchy",
+                   training={})
+    entry = zoo.register(folder / "tinyh.safetensors")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VQCODEC_WEIGHTS", str(folder))
+        yield entry
+
+
+def pixels(height=40, width=56, seed=0):
+    rng = np.random.default_rng(seed)
+    smooth = rng.integers(0, 256, (height // 8 + 1, width // 8 + 1, 3)).astype(np.float32)
+    return np.kron(smooth, np.ones((8, 8, 1)))[:height, :width].astype(np.uint8)
+
+
+def test_its_quality_levels_are_its_stages_coarse_to_fine(tiny_hierarchy):
+    info = tiny_hierarchy.info()
+    assert info["quality_levels"] == [1, 2, 3, 4] and info["stride"] == 16 and info["codebook_size"] == 16
+    assert info["coders"] == ["prior", "zstd"] and info["enhancement_levels"] == []
+    expected = {1: ((16, 1),), 2: ((16, 2),), 3: ((16, 2), (8, 1)), 4: ((16, 2), (8, 1), (4, 1))}
+    image = pixels()
+    for quality, layers in expected.items():
+        result = codec.encode_image(image, quality, model="tinyh")
+        assert tuple((layer.stride, layer.stages) for layer in result.header.layers) == layers
+        decoded = np.asarray(vqcodec.decode(result.data))
+        assert decoded.shape == image.shape
+        assert np.array_equal(decoded, np.asarray(vqcodec.decode(result.data)))  # the same pixels again
+
+
+@pytest.mark.parametrize("coder", ["prior", "zstd"])
+def test_the_file_holds_the_grids_the_model_chose_and_decodes_to_their_image(tiny_hierarchy, coder):
+    image = pixels()
+    data = vqcodec.encode(image, quality=4, model="tinyh", coder=coder)
+    indices = vqcodec.read_indices(data)
+    assert [layer.stride for layer in indices.layers] == [16, 8, 4]
+    model = zoo.load_hierarchy(tiny_hierarchy)[0]
+    policy = inference.Policy.default()
+    chosen = inference.encode_hierarchy(model, images.pad_to_multiple(image, 16), 4,
+                                        float(model.stage_lambdas()[3]), policy)
+    stored = [grid for layer in indices.layers for grid in layer.indices]
+    assert all(np.array_equal(a.numpy(), b) for a, b in zip(chosen, stored)) and len(stored) == 4
+    expected = inference.decode_hierarchy(model, chosen, policy)[:40, :56]
+    assert np.array_equal(np.asarray(vqcodec.decode(data)), expected)
+    assert np.array_equal(np.asarray(vqcodec.decode_indices(indices)), expected)
+
+
+def test_a_file_whose_finer_level_skips_a_coarser_stage_is_refused(tiny_hierarchy):
+    data = vqcodec.encode(pixels(), quality=3, model="tinyh", coder="zstd")
+    parsed = container.unpack(data)
+    bad = dataclasses.replace(parsed.header, layers=(container.Layer(16, 1), container.Layer(8, 1)))
+    forged = container.pack(bad, parsed.index_payload, parsed.alpha_payload, parsed.metadata)
+    with pytest.raises(VqzError, match="builds on 2 stages of the stride-16 layer"):
+        vqcodec.decode(forged)
+
+
+def test_nearest_codes_and_refinement(tiny_hierarchy):
+    image = pixels()
+    nearest = codec.encode_image(image, 4, model="tinyh", rate_tradeoff=0)
+    assert vqcodec.decode(nearest.data).size == (56, 40)
+    with pytest.raises(ValueError, match="hierarchical"):
+        codec.encode_image(image, 2, model="tinyh", refine_steps=1)
+
+
+def test_generate_samples_every_level_given_the_coarser_ones(tiny_hierarchy):
+    first = codec.generate(2, model="tinyh", size=(32, 48), seed=3)
+    again = codec.generate(2, model="tinyh", size=(32, 48), seed=3)
+    assert [im.size for im in first] == [(48, 32)] * 2
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, again))
+    assert [im.size for im in codec.generate(1, model="tinyh", size=(32, 48), quality=1)] == [(48, 32)]
+
+
+def test_models_lists_it(tiny_hierarchy, runner):
+    from vqcodec.cli import main
+
+    result = runner.invoke(main, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = {m["name"]: m for m in json.loads(result.output)}
+    assert listed["tinyh"]["default_quality"] == 2
