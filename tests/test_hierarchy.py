@@ -81,6 +81,28 @@ def test_spatial_context_conditions_the_other_half_of_the_positions_on_the_ancho
         assert torch.equal(stage.code(residual, state, None)[0], stage.choose(residual, None, None))
 
 
+def test_a_warm_start_adds_spatial_context_to_a_trained_model_without_changing_it(tmp_path):
+    from vqcodec.training.hierarchy_task import HierarchyTask
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    source = HierarchyTask(TINY, [str(folder)], crop_size=32, held_out_per_folder=1, extra_scales=())
+    source.model(torch.rand(2, 3, 32, 32), torch.tensor([4, 4]), torch.tensor([0.01, 0.01]))  # k-means init
+    source.save_weights(tmp_path / "w.safetensors", {})
+    task = HierarchyTask(replace(TINY, spatial_context=True), [str(folder)], crop_size=32, held_out_per_folder=1,
+                         extra_scales=(), warm_start=tmp_path / "w.safetensors")
+    x = torch.rand(1, 3, 32, 48)
+    before = source.model.eval().encode_indices(x, 4, 0.01)
+    after = task.model.eval().encode_indices(x, 4, 0.01)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
+    torch.testing.assert_close(before[1], after[1])
+    with pytest.raises(ValueError, match="does not fit"):
+        HierarchyTask(replace(TINY, level_dims=(4, 4, 2)), [str(folder)], crop_size=32, held_out_per_folder=1,
+                      extra_scales=(), warm_start=tmp_path / "w.safetensors")
+
+
 def test_rate_term_reaches_the_gradients_of_the_transforms_only_when_on():
     x = torch.rand(2, 3, 32, 32)
     for rate_in_training in (True, False):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save as save_safetensors
+from safetensors.torch import load_file, save as save_safetensors
 
 from ..config import HierarchyConfig
 from ..fileio import atomic_write_bytes
@@ -26,7 +26,8 @@ from .loop import LoopConfig, run, setup
 
 class HierarchyTask:
     def __init__(self, cfg: HierarchyConfig, folders: list[str], *, batch_size: int = 16, crop_size: int = 128,
-                 held_out_per_folder: int = 3, extra_scales: tuple[float, ...] = (0.6,), name: str = "photo2"):
+                 held_out_per_folder: int = 3, extra_scales: tuple[float, ...] = (0.6,), name: str = "photo2",
+                 warm_start: str | Path | None = None):
         self.cfg, self.name = cfg, name
         self.batch_size, self.crop_size = batch_size, crop_size
         train_files, held_files = split_by_name(folders, held_out_per_folder)
@@ -34,7 +35,25 @@ class HierarchyTask:
         self.held_out = load_pool(held_files, (), cfg.stride)
         self.held_names = [f"{p.parent.name}/{p.name}" for p in held_files]
         self.model = HierarchicalVQ(cfg)
+        if warm_start is not None:
+            self.warm_start(warm_start)
         self.lambdas = self.model.stage_lambdas()
+
+    def warm_start(self, path: str | Path) -> None:
+        """Start from the tensors of another hierarchical model's weights file: every tensor
+        of the same name and shape; the spatial-context convolutions it lacks start at zero,
+        so the model starts as that one was."""
+        source = load_file(str(path))
+        own = self.model.state_dict()
+        matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+        missing = [k for k in own if k not in matched]
+        if any(".context." not in k for k in missing):
+            raise ValueError(f"{path} does not fit this model: {[k for k in missing if '.context.' not in k][:4]}")
+        self.model.load_state_dict({**own, **matched})
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                if ".context." in name:
+                    param.zero_()
 
     def batch_loss(self, step: int, generator: torch.Generator):
         images = random_crops(self.pool, self.batch_size, self.crop_size, generator)
@@ -85,14 +104,21 @@ def read_config(path: str | Path) -> tuple[HierarchyConfig, LoopConfig, dict]:
     return sections["model"], sections["loop"], sections["data"]
 
 
-def train(config_path: str | Path, folders: list[str], out: str | Path, progress: bool = True) -> dict:
+def train(config_path: str | Path, folders: list[str], out: str | Path, progress: bool = True,
+          warm_start: str | None = None) -> dict:
     model_cfg, loop_cfg, data_cfg = read_config(config_path)
     setup(loop_cfg)
-    task = HierarchyTask(model_cfg, folders, **data_cfg)
+    task = HierarchyTask(model_cfg, folders, warm_start=warm_start, **data_cfg)
     return run(task, loop_cfg, out, description="autoencoder (rate term)", progress=progress)
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
-    train(sys.argv[1], sys.argv[3:], sys.argv[2])
+    parser = argparse.ArgumentParser(description="train the hierarchical autoencoder alone (one phase)")
+    parser.add_argument("config")
+    parser.add_argument("out", help="run folder: checkpoint, weights, log")
+    parser.add_argument("folders", nargs="+")
+    parser.add_argument("--warm-start", help="weights file of a hierarchical model to start from")
+    args = parser.parse_args()
+    train(args.config, args.folders, args.out, warm_start=args.warm_start)
