@@ -60,8 +60,12 @@ def classic(images, name):
     return mean_points(per)
 
 
-def real_files(images, levels=range(1, 9), model=None):
-    """Mean (bpp, PSNR) per level of an installed model's .vqz files (None: the default model)."""
+def real_files(images, model=None):
+    """Mean (bpp, PSNR) per quality level of an installed model's .vqz files (None: the default
+    model)."""
+    from vqcodec import zoo
+
+    levels = zoo.find(model).info()["quality_levels"]
     per = []
     for rgb in images:
         pts = []
@@ -126,7 +130,7 @@ def main():
     parser.add_argument("--baseline-cache", default="runs/heldout_baseline.json",
                         help="JSON of the shipped codec's and the classic codecs' points (made if absent)")
     parser.add_argument("--model", action="append", default=[],
-                        help="also an installed model's real files at its levels 1-8 (repeatable)")
+                        help="also an installed model's real files at every quality level (repeatable)")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(1)

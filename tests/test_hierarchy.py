@@ -49,6 +49,8 @@ def test_a_ladder_may_start_at_stride_8():
     grids, _ = model.encode_indices(x[:1], model.num_stages, 0.01)
     assert [g.shape for g in grids] == [(1, 6, 4)] * 2 + [(1, 12, 8)] and model.config.stride == 8
     assert all(model.decode_indices(grids[:n]).shape == (1, 3, 48, 32) for n in (1, 2, 3))
+    # the residual blocks sit at the first level's stride; nothing is built at stride 16
+    assert "16" not in model.analysis and not hasattr(model, "up16") and len(model.refine8) == TINY.res_blocks
 
 
 def test_ecvq_choice_trades_distance_for_bits():

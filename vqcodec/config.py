@@ -137,7 +137,7 @@ class HierarchyConfig:
     """Shape and rate ladder of the hierarchical ECVQ model (vqcodec.nn.hierarchy)."""
 
     widths: tuple[int, ...] = (64, 96, 128, 160)  # channels at strides 2, 4, 8, 16
-    res_blocks: int = 2  # residual blocks at stride 16, in analysis and synthesis
+    res_blocks: int = 2  # residual blocks at the first level's stride, in analysis and synthesis
     level_strides: tuple[int, ...] = (16, 8, 4)  # coarse to fine: the global stage order
     level_dims: tuple[int, ...] = (16, 8, 4)  # codebook dimension per level
     level_stages: tuple[int, ...] = (3, 3, 3)  # ECVQ stages per level

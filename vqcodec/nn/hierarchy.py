@@ -162,19 +162,27 @@ class HierarchicalVQ(nn.Module):
         super().__init__()
         self.config = cfg
         c2, c4, c8, c16 = cfg.widths
+        first = cfg.level_strides[0]
+        if first not in (8, 16):
+            raise ValueError(f"the first level's stride must be 8 or 16, not {first}")
+
+        def trunk(channels: int) -> list[nn.Module]:  # the residual blocks, at the first level's stride
+            return [ResidualBlock(channels) for _ in range(cfg.res_blocks)]
         self.analysis = nn.ModuleDict({
             "4": nn.Sequential(_conv_down(3, c2), GDN(c2), _conv_down(c2, c4), GDN(c4)),
-            "8": nn.Sequential(_conv_down(c4, c8), GDN(c8)),
-            "16": nn.Sequential(_conv_down(c8, c16), *[ResidualBlock(c16) for _ in range(cfg.res_blocks)]),
+            "8": nn.Sequential(_conv_down(c4, c8), GDN(c8), *(trunk(c8) if first == 8 else [])),
         })
+        if first == 16:
+            self.analysis["16"] = nn.Sequential(_conv_down(c8, c16), *trunk(c16))
         self.levels = nn.ModuleList(
             nn.ModuleList(ECVQStage(self.channels(stride), dim, cfg.codebook_size, cfg.entropy_channels,
                                     cfg.spatial_context)
                           for _ in range(stages))
             for stride, dim, stages in zip(cfg.level_strides, cfg.level_dims, cfg.level_stages))
-        self.refine16 = nn.Sequential(*[ResidualBlock(c16) for _ in range(cfg.res_blocks)])
-        self.up16 = nn.Sequential(_conv_up(c16, c8), GDN(c8, inverse=True))
-        self.refine8 = ResidualBlock(c8)
+        if first == 16:
+            self.refine16 = nn.Sequential(*trunk(c16))
+            self.up16 = nn.Sequential(_conv_up(c16, c8), GDN(c8, inverse=True))
+        self.refine8 = nn.Sequential(*trunk(c8)) if first == 8 else ResidualBlock(c8)
         self.up8 = nn.Sequential(_conv_up(c8, c4), GDN(c4, inverse=True))
         self.refine4 = ResidualBlock(c4)
         self.up4 = nn.Sequential(_conv_up(c4, c2), GDN(c2, inverse=True), _conv_up(c2, 3))
@@ -199,8 +207,9 @@ class HierarchicalVQ(nn.Module):
     def analyze(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
         f4 = self.analysis["4"](images - 0.5)
         f8 = self.analysis["8"](f4)
-        f16 = self.analysis["16"](f8)
-        return {4: f4, 8: f8, 16: f16}
+        if "16" not in self.analysis:
+            return {4: f4, 8: f8}
+        return {4: f4, 8: f8, 16: self.analysis["16"](f8)}
 
     def _upsample(self, stride: int, state: torch.Tensor) -> torch.Tensor:
         if stride == 16:
@@ -297,7 +306,7 @@ class HierarchicalVQ(nn.Module):
         pixels in float32."""
         b, h, w = grids[0].shape
         first = self.config.level_strides[0]
-        state = torch.zeros(b, self.channels(first), h, w, dtype=self.up16[0].weight.dtype)
+        state = torch.zeros(b, self.channels(first), h, w)
         remaining = list(grids)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             for stride, stages in zip(self.config.level_strides, self.levels):
