@@ -65,8 +65,8 @@ def test_the_file_holds_the_grids_the_model_chose_and_decodes_to_their_image(tin
     assert [layer.stride for layer in indices.layers] == [16, 8, 4]
     model = zoo.load_hierarchy(tiny_hierarchy)[0]
     policy = inference.Policy.default()
-    chosen = inference.encode_hierarchy(model, images.pad_to_multiple(image, 16), 4,
-                                        float(model.stage_lambdas()[3]), policy)
+    lam = float(model.stage_lambdas()[3]) * codec.HIERARCHY_LAMBDA_SCALE
+    chosen = inference.encode_hierarchy(model, images.pad_to_multiple(image, 16), 4, lam, policy)
     stored = [grid for layer in indices.layers for grid in layer.indices]
     assert all(np.array_equal(a.numpy(), b) for a, b in zip(chosen, stored)) and len(stored) == 4
     expected = inference.decode_hierarchy(model, chosen, policy)[:40, :56]
