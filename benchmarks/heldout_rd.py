@@ -78,7 +78,7 @@ def real_files(images, model=None):
 
 
 @torch.no_grad()
-def hierarchy(images, weights, priors=None):
+def hierarchy(images, weights, priors=None, lambda_scale=1.0):
     from vqcodec.training.hierarchy_prior_task import HierarchyPriorTask, load_hierarchy
 
     model = load_hierarchy(weights)
@@ -106,7 +106,7 @@ def hierarchy(images, weights, priors=None):
         pts, pts_prior = [], []
         for n in range(1, model.num_stages + 1):
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                grids, bits = model.encode_indices(x, n, float(lambdas[n - 1]))
+                grids, bits = model.encode_indices(x, n, float(lambdas[n - 1]) * lambda_scale)
                 y = model.decode_indices(grids).float()
             out = (y.clamp(0, 1) * 255).round().squeeze(0).permute(1, 2, 0).numpy().astype(np.uint8)
             quality = psnr(out, rgb)
@@ -127,6 +127,8 @@ def main():
     parser.add_argument("--data", nargs="+", required=True)
     parser.add_argument("--hierarchy")
     parser.add_argument("--priors")
+    parser.add_argument("--lambda-scale", type=float, default=1.0,
+                        help="--hierarchy: ECVQ at this multiple of each level's training lambda")
     parser.add_argument("--baseline-cache", default="runs/heldout_baseline.json",
                         help="JSON of the shipped codec's and the classic codecs' points (made if absent)")
     parser.add_argument("--model", action="append", default=[],
@@ -148,7 +150,7 @@ def main():
     for name in args.model:
         curves[f"vqcodec --model {name}"] = real_files(images, model=name)
     if args.hierarchy:
-        curves.update(hierarchy(images, args.hierarchy, args.priors))
+        curves.update(hierarchy(images, args.hierarchy, args.priors, args.lambda_scale))
     print(f"held-out: {len(images)} crops: {', '.join(names)}")
     for label, pts in curves.items():
         bd = metrics.bd_rate(curves["webp"], pts)
