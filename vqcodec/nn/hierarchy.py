@@ -89,10 +89,11 @@ class ECVQStage(nn.Module):
         return (flat.pow(2).sum(-1, keepdim=True) - 2 * flat @ self.codebook.t()
                 + self.codebook.pow(2).sum(1))
 
-    def choose(self, residual: torch.Tensor, log2_p: torch.Tensor, weight: torch.Tensor | None,
+    def choose(self, residual: torch.Tensor | None, log2_p: torch.Tensor | None, weight: torch.Tensor | None,
                distances: torch.Tensor | None = None) -> torch.Tensor:
         """Indices (B, h, w) minimizing weight * ||residual - c_k||^2 - log2 p_k (plain nearest
-        code when weight is None). residual: (B, D, h, w) float32; weight: (B,) or None."""
+        code when weight is None). residual: (B, D, h, w) float32, or its distances (B, h, w, K)
+        to the codes; weight: (B,) or None."""
         if distances is None:
             distances = self.distances(residual)
         if weight is None:
