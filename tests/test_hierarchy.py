@@ -49,6 +49,9 @@ def test_a_ladder_may_start_at_stride_8():
     grids, _ = model.encode_indices(x[:1], model.num_stages, 0.01)
     assert [g.shape for g in grids] == [(1, 6, 4)] * 2 + [(1, 12, 8)] and model.config.stride == 8
     assert all(model.decode_indices(grids[:n]).shape == (1, 3, 48, 32) for n in (1, 2, 3))
+    one_level = HierarchicalVQ(replace(TINY, level_strides=(8,), level_dims=(4,), level_stages=(2,)))
+    out, bits, _ = one_level(x, torch.tensor([2, 1]), torch.tensor([0.01, 0.01]))  # a ladder may end at stride 8
+    assert out.shape == x.shape and one_level.eval().decode_indices(one_level.encode_indices(x, 2, 0.01)[0]).shape == x.shape
     # the residual blocks sit at the first level's stride; nothing is built at stride 16
     assert "16" not in model.analysis and not hasattr(model, "up16") and len(model.refine8) == TINY.res_blocks
 

@@ -212,6 +212,14 @@ class HierarchicalVQ(nn.Module):
             return {4: f4, 8: f8}
         return {4: f4, 8: f8, 16: self.analysis["16"](f8)}
 
+    def _to_stride_4(self, state: torch.Tensor, stride: int) -> torch.Tensor:
+        """The decoder state of the level at `stride` carried down to stride 4 (through the
+        levels a ladder that ends above stride 4 lacks)."""
+        while stride > 4:
+            state = self._upsample(stride, state)
+            stride //= 2
+        return state
+
     def _upsample(self, stride: int, state: torch.Tensor) -> torch.Tensor:
         if stride == 16:
             return self.up16(self.refine16(state))
@@ -264,7 +272,7 @@ class HierarchicalVQ(nn.Module):
                 vq_loss = vq_loss + error * weight / pixels * active
                 quantized = residual + (code - residual).detach()
                 state = state + stage.project_out(quantized.to(state.dtype)) * active.to(state.dtype).view(b, 1, 1, 1)
-        return self._upsample(4, state), bits, vq_loss
+        return self._upsample(4, self._to_stride_4(state, cfg.level_strides[-1])), bits, vq_loss
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -317,5 +325,5 @@ class HierarchicalVQ(nn.Module):
                     if not remaining:
                         break
                     state = state + stage.project_out(stage.lookup(remaining.pop(0)).to(state.dtype))
-            hidden = self.up4[:-1](self.refine4(state))
+            hidden = self.up4[:-1](self.refine4(self._to_stride_4(state, self.config.level_strides[-1])))
         return self.up4[-1](hidden.float()) + 0.5
