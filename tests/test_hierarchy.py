@@ -108,6 +108,16 @@ def test_a_warm_start_adds_spatial_context_to_a_trained_model_without_changing_i
                       extra_scales=(), warm_start=tmp_path / "w.safetensors")
 
 
+def test_balanced_prefixes_weigh_every_prefixs_distortion_alike():
+    from vqcodec.training.hierarchy_task import rate_distortion_loss
+
+    lambdas, ladder = torch.tensor([0.002, 0.05]), torch.tensor([0.002, 0.01, 0.05])
+    for balanced, ratio in ((False, 25.0), (True, 1.0)):
+        mse = torch.full((2,), 0.01, requires_grad=True)
+        rate_distortion_loss(torch.ones(2), mse, torch.zeros(2), lambdas, ladder if balanced else None).backward()
+        assert float(mse.grad[1] / mse.grad[0]) == pytest.approx(ratio)  # high-lambda prefix's pull on MSE
+
+
 def test_rate_term_reaches_the_gradients_of_the_transforms_only_when_on():
     x = torch.rand(2, 3, 32, 32)
     for rate_in_training in (True, False):

@@ -24,6 +24,18 @@ from ..nn.hierarchy import HierarchicalVQ
 from .data import central_crop, load_pool, psnr, random_crops, read_sections, split_by_name
 from .loop import LoopConfig, run, setup
 
+def rate_distortion_loss(bpp: torch.Tensor, mse: torch.Tensor, vq: torch.Tensor, lambdas: torch.Tensor,
+                         ladder: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of bpp + lambda * MSE (0-255 scale) + VQ terms, each example at its
+    prefix's lambda. ladder: every prefix's lambda (HierarchyConfig.balance_prefixes): each
+    example's loss is divided by its lambda, times the ladder's geometric mean, so that a unit
+    of MSE weighs alike in every prefix."""
+    per_example = bpp + lambdas * mse * 255 ** 2 + vq
+    if ladder is not None:
+        per_example = per_example * ladder.log().mean().exp() / lambdas
+    return per_example.mean()
+
+
 class HierarchyTask:
     def __init__(self, cfg: HierarchyConfig, folders: list[str], *, batch_size: int = 16, crop_size: int = 128,
                  held_out_per_folder: int = 3, extra_scales: tuple[float, ...] = (0.6,), name: str = "photo2",
@@ -62,7 +74,7 @@ class HierarchyTask:
         reconstruction, bits, vq = self.model(images, keep, lambdas)
         mse = (reconstruction.float() - images).pow(2).mean(dim=(1, 2, 3))
         bpp = bits / (images.shape[2] * images.shape[3])
-        loss = (bpp + lambdas * mse * 255 ** 2 + vq).mean()
+        loss = rate_distortion_loss(bpp, mse, vq, lambdas, self.lambdas if self.cfg.balance_prefixes else None)
         return loss, {"loss": loss.item(), "bpp": bpp.mean().item(),
                       "psnr": 10 * math.log10(1 / max(mse.mean().item(), 1e-12))}
 
