@@ -24,6 +24,7 @@ from ..nn.hierarchy import HierarchicalVQ
 from .data import central_crop, load_pool, psnr, random_crops, read_sections, split_by_name
 from .loop import LoopConfig, run, setup
 
+
 def rate_distortion_loss(bpp: torch.Tensor, mse: torch.Tensor, vq: torch.Tensor, lambdas: torch.Tensor,
                          ladder: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over the batch of bpp + lambda * MSE (0-255 scale) + VQ terms, each example at its
