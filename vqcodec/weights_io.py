@@ -87,7 +87,7 @@ def save_with_prior(source: str | os.PathLike, path: str | os.PathLike, prior: I
     tensor_prefix, key_prefix = PRIOR_KEYS[layer]
     with open(source, "rb") as f:
         data = f.read()
-    metadata = _metadata_from_bytes(data, str(source))
+    metadata = metadata_from_bytes(data, str(source))
     tensors = {k: v for k, v in load_tensors_from_bytes(data).items() if not k.startswith(tensor_prefix)}
     tensors.update({tensor_prefix + k: v.contiguous() for k, v in prior.tensors().items()})
     metadata = {**metadata, key_prefix + "config": to_json(prior_config),
@@ -104,7 +104,7 @@ def save_with_enhance(source: str | os.PathLike, path: str | os.PathLike, layer:
     tensor_prefix, key_prefix = PRIOR_KEYS["enhance"]
     with open(source, "rb") as f:
         data = f.read()
-    metadata = {k: v for k, v in _metadata_from_bytes(data, str(source)).items() if not k.startswith(key_prefix)}
+    metadata = {k: v for k, v in metadata_from_bytes(data, str(source)).items() if not k.startswith(key_prefix)}
     tensors = {k: v for k, v in load_tensors_from_bytes(data).items()
                if not k.startswith((ENHANCE_PREFIX, tensor_prefix))}
     tensors.update(_trained_tensors(layer, ENHANCE_PREFIX))
@@ -116,7 +116,8 @@ def save_with_enhance(source: str | os.PathLike, path: str | os.PathLike, layer:
     return sha256_of_file(path)
 
 
-def _metadata_from_bytes(data: bytes, origin: str) -> dict:
+def metadata_from_bytes(data: bytes, origin: str = "weights") -> dict:
+    """The metadata of a weights file from its bytes (read_metadata reads only a file's header)."""
     size = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
     if not 0 < size <= min(MAX_HEADER_BYTES, len(data) - 8):
         raise ValueError(f"{origin} is not a safetensors file")
@@ -145,7 +146,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 def vqvae_from_bytes(data: bytes, origin: str = "weights") -> VQVAE:
     """Rebuild a VQVAE from the bytes of its weights file (safetensors only, never pickle)."""
-    metadata = _metadata_from_bytes(data, origin)
+    metadata = metadata_from_bytes(data, origin)
     config: ModelConfig = from_dict(ModelConfig, json.loads(metadata["model_config"]))
     model = VQVAE(config)
     tensors = {k: v for k, v in load_tensors_from_bytes(data).items() if not k.startswith(NOT_VQVAE)}
@@ -167,7 +168,7 @@ def _load_trained(model: VQVAE | EnhanceLayer, tensors: dict, origin: str):
 
 def enhance_from_bytes(data: bytes, origin: str = "weights") -> EnhanceLayer | None:
     """The enhancement layer stored with a model, or None if the file has none."""
-    metadata = _metadata_from_bytes(data, origin)
+    metadata = metadata_from_bytes(data, origin)
     if "enhance_config" not in metadata:
         return None
     config: EnhanceConfig = from_dict(EnhanceConfig, json.loads(metadata["enhance_config"]))
@@ -180,7 +181,7 @@ def prior_from_bytes(data: bytes, origin: str = "weights", layer: str = "base") 
     """The integer prior over `layer`'s indices ("base" or "enhance") stored with a model, or
     None if the file has none."""
     tensor_prefix, key_prefix = PRIOR_KEYS[layer]
-    metadata = _metadata_from_bytes(data, origin)
+    metadata = metadata_from_bytes(data, origin)
     if key_prefix + "config" not in metadata:
         return None
     config = from_dict(PriorConfig, json.loads(metadata[key_prefix + "config"]))
@@ -224,7 +225,7 @@ def save_hierarchy(path: str | os.PathLike, model: HierarchicalVQ, priors: list[
 
 def hierarchy_from_bytes(data: bytes, origin: str = "weights") -> tuple[HierarchicalVQ, list[IntegerPrior]]:
     """A hierarchical model and its level priors from the bytes of their weights file."""
-    metadata = _metadata_from_bytes(data, origin)
+    metadata = metadata_from_bytes(data, origin)
     config = from_dict(HierarchyConfig, json.loads(metadata["hierarchy_config"]))
     tensors = load_tensors_from_bytes(data)
     model = HierarchicalVQ(config)

@@ -23,8 +23,8 @@ from pathlib import Path
 from . import quality
 from .container import CODERS
 from .fileio import atomic_write_bytes
-from .weights_io import (enhance_from_bytes, hierarchy_from_bytes, is_hierarchy, prior_from_bytes, read_metadata,
-                         sha256_of_file, vqvae_from_bytes)
+from .weights_io import (enhance_from_bytes, hierarchy_from_bytes, is_hierarchy, metadata_from_bytes,
+                         prior_from_bytes, read_metadata, sha256_of_file, vqvae_from_bytes)
 
 MANIFEST = "models.json"
 
@@ -162,7 +162,7 @@ def _load_checked(path: Path, sha256: str):
         raise ModelError(f"weights file {path} has sha256 {actual}, but the manifest says {sha256}: "
                          "the file is damaged or was replaced; refusing to load it")
     try:
-        if is_hierarchy(read_metadata(path)):
+        if is_hierarchy(metadata_from_bytes(data, str(path))):  # the bytes just checked, not the file again
             return (None, None, None, None, hierarchy_from_bytes(data, str(path)))
         return (vqvae_from_bytes(data, str(path)), prior_from_bytes(data, str(path)),
                 enhance_from_bytes(data, str(path)), prior_from_bytes(data, str(path), layer="enhance"), None)

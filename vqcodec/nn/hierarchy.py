@@ -283,30 +283,26 @@ class HierarchicalVQ(nn.Module):
         under the training entropy model, per image. bfloat16: the networks run under bf16
         autocast (distances and log-probabilities stay float32)."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-            return self._encode_indices(images, num_stages, lam)
-
-    def _encode_indices(self, images: torch.Tensor, num_stages: int, lam: float | None
-                        ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        features = self.analyze(images)
-        b = images.shape[0]
-        weight = None if lam is None else self.assignment_weight(torch.full((b,), float(lam)))
-        first = self.config.level_strides[0]
-        state = torch.zeros_like(features[first])
-        grids, bits = [], torch.zeros(b)
-        for stride, stages in zip(self.config.level_strides, self.levels):
-            if len(grids) == num_stages:
-                break
-            if stride != first:
-                state = self._upsample(2 * stride, state)
-            for stage in stages:
+            features = self.analyze(images)
+            b = images.shape[0]
+            weight = None if lam is None else self.assignment_weight(torch.full((b,), float(lam)))
+            first = self.config.level_strides[0]
+            state = torch.zeros_like(features[first])
+            grids, bits = [], torch.zeros(b)
+            for stride, stages in zip(self.config.level_strides, self.levels):
                 if len(grids) == num_stages:
                     break
-                residual = stage.project_in(features[stride] - state).float()
-                indices, log2_p = stage.code(residual, state, weight)
-                bits -= log2_p.sum(dim=(1, 2))
-                grids.append(indices)
-                state = state + stage.project_out(stage.lookup(indices).to(state.dtype))
-        return grids, bits
+                if stride != first:
+                    state = self._upsample(2 * stride, state)
+                for stage in stages:
+                    if len(grids) == num_stages:
+                        break
+                    residual = stage.project_in(features[stride] - state).float()
+                    indices, log2_p = stage.code(residual, state, weight)
+                    bits -= log2_p.sum(dim=(1, 2))
+                    grids.append(indices)
+                    state = state + stage.project_out(stage.lookup(indices).to(state.dtype))
+            return grids, bits
 
     @torch.no_grad()
     def decode_indices(self, grids: list[torch.Tensor], bfloat16: bool = False) -> torch.Tensor:
