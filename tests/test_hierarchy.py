@@ -112,10 +112,45 @@ def test_balanced_prefixes_weigh_every_prefixs_distortion_alike():
     from vqcodec.training.hierarchy_task import rate_distortion_loss
 
     lambdas, ladder = torch.tensor([0.002, 0.05]), torch.tensor([0.002, 0.01, 0.05])
-    for balanced, ratio in ((False, 25.0), (True, 1.0)):
+    for balance, ratio in ((0.0, 25.0), (0.5, 5.0), (True, 1.0)):
         mse = torch.full((2,), 0.01, requires_grad=True)
-        rate_distortion_loss(torch.ones(2), mse, torch.zeros(2), lambdas, ladder if balanced else None).backward()
+        rate_distortion_loss(torch.ones(2), mse, torch.zeros(2), lambdas, ladder, balance).backward()
         assert float(mse.grad[1] / mse.grad[0]) == pytest.approx(ratio)  # high-lambda prefix's pull on MSE
+
+
+def test_todays_vqvae_becomes_the_stride_8_level_and_decodes_as_before(tmp_path):
+    from vqcodec.config import ModelConfig
+    from vqcodec.nn.autoencoder import VQVAE
+    from vqcodec.weights_io import save_weights
+    from vqcodec.training.hierarchy_task import HierarchyTask
+
+    torch.manual_seed(0)
+    vqvae = VQVAE(ModelConfig(widths=(8, 8, 8), res_blocks=1, latent_dim=4, codebook_size=16, num_stages=3))
+    vqvae(torch.rand(2, 3, 32, 32))  # k-means init
+    for p in vqvae.decoder.parameters():  # GDNs that are not identities, so that a mix-up shows
+        p.data.add_(torch.randn_like(p) * 0.05)
+    save_weights(vqvae.eval(), tmp_path / "v.safetensors", name="v", description="", training={})
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    cfg = replace(TINY, level_strides=(8, 4), level_dims=(4, 2), level_stages=(2, 2), shared_latent_strides=(8,))
+    task = HierarchyTask(cfg, [str(folder)], crop_size=32, held_out_per_folder=1, extra_scales=(),
+                         warm_start=tmp_path / "v.safetensors")
+    model = task.model.eval()
+    x = torch.rand(1, 3, 32, 48)
+    for n in (1, 2):
+        grids, _ = model.encode_indices(x, n, None)
+        expected = vqvae.encode_indices(x, n)
+        agree = torch.stack(grids, 1) == expected  # the same choices, but for float near-ties
+        assert agree.float().mean() > 0.9
+        torch.testing.assert_close(model.decode_indices(list(expected.unbind(1))),
+                                   vqvae.decoder(vqvae.quantizer.dequantize(expected)), atol=1e-5, rtol=1e-4)
+    out, _, _ = model(x, torch.tensor([4]), torch.tensor([0.01]))  # the finer level adds nothing yet
+    torch.testing.assert_close(out, model(x, torch.tensor([2]), torch.tensor([0.01]))[0])
+    with pytest.raises(ValueError, match="maps onto"):
+        HierarchyTask(replace(cfg, shared_latent_strides=()), [str(folder)], crop_size=32, held_out_per_folder=1,
+                      extra_scales=(), warm_start=tmp_path / "v.safetensors")
 
 
 def test_rate_term_reaches_the_gradients_of_the_transforms_only_when_on():

@@ -195,3 +195,23 @@ def test_a_hierarchical_config_trains_both_phases_from_several_folders(folder):
     result = CliRunner().invoke(main, ["train", "--data", str(folder / "data"), "--out", str(out), "--config",
                                        str(folder / "h.json"), "--batch-size", "4"])
     assert result.exit_code == 2 and "--batch-size is not for a hierarchical" in result.output
+
+
+def test_a_hierarchical_config_starts_from_a_model_given_by_init_from(folder):
+    (folder / "h.json").write_text(json.dumps(PIPELINE))
+    first = folder / "h" / "first.safetensors"
+    assert invoke("train", "--data", folder / "data", "--out", first, "--config", folder / "h.json").exit_code == 0
+    second = folder / "h" / "second.safetensors"
+    result = invoke("train", "--data", folder / "data", "--out", second, "--config", folder / "h.json",
+                    "--init-from", first, "--steps", "1")
+    assert result.exit_code == 0, result.output
+    before, after = load_file(str(first)), load_file(str(second))
+    key = "hierarchy.analysis.4.0.weight"
+    step = (after[key] - before[key]).abs().max()
+    assert 0 < step < 0.01  # one small step away from the first model, not a fresh start
+    (folder / "vq.json").write_text(json.dumps(VQVAE))  # a stride-4 VQ-VAE cannot be the stride-8 level
+    vqvae = folder / "v" / "v.safetensors"
+    assert invoke("train", "--data", folder / "data", "--out", vqvae, "--config", folder / "vq.json").exit_code == 0
+    result = CliRunner().invoke(main, ["train", "--data", str(folder / "data"), "--out", str(folder / "h" / "x.safetensors"),
+                                       "--config", str(folder / "h.json"), "--init-from", str(vqvae)])
+    assert result.exit_code == 1 and "maps onto" in result.output and not (folder / "h" / "x.safetensors").exists()

@@ -151,13 +151,18 @@ class HierarchyConfig:
     # index choice: argmin ecvq_scale * lambda * ||r - c||^2 + bits (0 = nearest code)
     ecvq_scale: float = 1.0
     rate_in_training: bool = True  # False: nearest-code training, bits only measured (ablation)
-    # divide each example's loss by its lambda (times the ladder's geometric mean lambda), so the
-    # prefixes' distortions weigh alike in the shared transforms instead of the high-lambda
-    # prefixes dominating; each prefix's own rate-distortion optimum is unchanged
-    balance_prefixes: bool = False
+    # divide each example's loss by its lambda^p (times the ladder's geometric mean lambda^p): at
+    # p = 1 the prefixes' distortions weigh alike in the shared transforms instead of the
+    # high-lambda prefixes dominating (true means 1); each prefix's own rate-distortion optimum
+    # is unchanged
+    balance_prefixes: float = 0.0  # exponent p: each example's loss x (geo-mean lambda / lambda_n)^p
     # the training entropy model also sees the stage's own anchor codes (checkerboard) at the
     # other half of the positions, as the integer priors do
     spatial_context: bool = False
+    # strides of the levels whose stages share one latent projection (residual VQ of one latent,
+    # as in today's VQ-VAE, which maps onto such a stride-8 level: nn.hierarchy.from_vqvae);
+    # other levels give each stage a fresh projection of what the decoder state still misses
+    shared_latent_strides: tuple[int, ...] = ()
 
     @property
     def stride(self) -> int:

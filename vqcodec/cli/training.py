@@ -104,7 +104,9 @@ at the end (see --no-register)."""
               help="Checkpoint to resume the VQ-VAE from. Default: its own checkpoint if it exists.")
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
               help="Warm start the VQ-VAE from an earlier model's weights (.safetensors); tensors of another "
-                   "shape, such as a wider latent, get the overlapping part. Ignored when resuming.")
+                   "shape, such as a wider latent, get the overlapping part. A hierarchical config's autoencoder "
+                   "starts from a hierarchical model's weights, or from a VQ-VAE's as its stride-8 level. "
+                   "Ignored when resuming.")
 @click.option("--name", default=None, help="Model name stored in the weights. Default: OUT's file stem.")
 @click.option("--description", default=None,
               help="One-line description stored in the weights. Default: 'VQ-VAE image codec', or "
@@ -121,7 +123,7 @@ def train(data_dir, out, config_file, steps, work, batch_size, device, resume, i
     out_path = _out_path(out)
     name = name or out_path.stem
     if kind == "pipeline":
-        for option, value in (("--batch-size", batch_size), ("--resume", resume), ("--init-from", init_from),
+        for option, value in (("--batch-size", batch_size), ("--resume", resume),
                               ("--device cuda", device == "cuda" or None)):
             if value is not None:
                 raise click.UsageError(f"{option} is not for a hierarchical pipeline config (its sections "
@@ -129,7 +131,8 @@ def train(data_dir, out, config_file, steps, work, batch_size, device, resume, i
         from ..training.pipeline import train_pipeline
 
         train_pipeline(config_file, list(data_dir), out_path, name=name,
-                       description=description or "hierarchical ECVQ image codec", work=work, steps=steps)
+                       description=description or "hierarchical ECVQ image codec", work=work, steps=steps,
+                       init_from=init_from)
     else:
         if len(data_dir) != 1:
             raise click.UsageError("several --data are for a hierarchical pipeline config; a VQ-VAE trains on "

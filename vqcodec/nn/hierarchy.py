@@ -9,7 +9,9 @@
       y4  ─up─> image
 
 Every stage quantizes a fresh low-dimensional projection of what the decoder still misses at
-its level (NVTC, Feng et al. CVPR 2023: stride 16/8/4 with codebook dimension 16/8/4). A
+its level (NVTC, Feng et al. CVPR 2023: stride 16/8/4 with codebook dimension 16/8/4), or, at
+the levels of config.shared_latent_strides, all the level's stages quantize one latent
+projection by residual VQ (today's VQ-VAE, whose weights map onto such a level: from_vqvae). A
 stage's index distribution is predicted from the decoder state before it (the coarser levels
 and the earlier stages of its level), so each index costs bits under that conditional model.
 
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HierarchyConfig
-from .autoencoder import GDN, ResidualBlock
+from .autoencoder import GDN, VQVAE, ResidualBlock
 from .quantize import kmeans
 
 
@@ -56,11 +58,13 @@ class ECVQStage(nn.Module):
     index distribution from the decoder state."""
 
     def __init__(self, channels: int, dim: int, codebook_size: int, entropy_channels: int,
-                 spatial_context: bool = False, decay: float = 0.99, dead_code_threshold: float = 0.5):
+                 spatial_context: bool = False, projections: bool = True, decay: float = 0.99,
+                 dead_code_threshold: float = 0.5):
         super().__init__()
         self.decay, self.dead_code_threshold = decay, dead_code_threshold
-        self.project_in = nn.Conv2d(channels, dim, 1)
-        self.project_out = nn.Conv2d(dim, channels, 1)
+        if projections:  # else the level's shared latent projection serves every stage
+            self.project_in = nn.Conv2d(channels, dim, 1)
+            self.project_out = nn.Conv2d(dim, channels, 1)
         self.register_buffer("codebook", torch.randn(codebook_size, dim) / math.sqrt(dim))
         self.register_buffer("ema_count", torch.ones(codebook_size))
         self.register_buffer("ema_sum", self.codebook.clone())
@@ -175,11 +179,17 @@ class HierarchicalVQ(nn.Module):
         })
         if first == 16:
             self.analysis["16"] = nn.Sequential(_conv_down(c8, c16), *trunk(c16))
+        shared = set(cfg.shared_latent_strides)
+        if not shared <= set(cfg.level_strides):
+            raise ValueError(f"shared_latent_strides {sorted(shared)} are not all level strides")
         self.levels = nn.ModuleList(
             nn.ModuleList(ECVQStage(self.channels(stride), dim, cfg.codebook_size, cfg.entropy_channels,
-                                    cfg.spatial_context)
+                                    cfg.spatial_context, projections=stride not in shared)
                           for _ in range(stages))
             for stride, dim, stages in zip(cfg.level_strides, cfg.level_dims, cfg.level_stages))
+        dims = dict(zip(cfg.level_strides, cfg.level_dims))
+        self.latent_in = nn.ModuleDict({str(s): nn.Conv2d(self.channels(s), dims[s], 1) for s in sorted(shared)})
+        self.latent_out = nn.ModuleDict({str(s): nn.Conv2d(dims[s], self.channels(s), 1) for s in sorted(shared)})
         if first == 16:
             self.refine16 = nn.Sequential(*trunk(c16))
             self.up16 = nn.Sequential(_conv_up(c16, c8), GDN(c8, inverse=True))
@@ -191,6 +201,30 @@ class HierarchicalVQ(nn.Module):
     def channels(self, stride: int) -> int:
         """Feature channels at stride 4, 8 or 16 (config.widths are those at 2, 4, 8, 16)."""
         return self.config.widths[int(math.log2(stride)) - 1]
+
+    # -- one level's stages ------------------------------------------------------------------
+    def _level_latent(self, stride: int, target: torch.Tensor, state: torch.Tensor) -> torch.Tensor | None:
+        """The latent all stages of a shared-latent level quantize (float32); None elsewhere."""
+        key = str(stride)
+        return self.latent_in[key](target - state).float() if key in self.latent_in else None
+
+    def _residual(self, stage: ECVQStage, target: torch.Tensor, state: torch.Tensor,
+                  latent: torch.Tensor | None, codes: torch.Tensor | None) -> torch.Tensor:
+        """What a stage quantizes (float32): its projection of target - state, or the shared
+        latent less the codes of the level's earlier stages."""
+        if latent is None:
+            return stage.project_in(target - state).float()
+        return latent if codes is None else latent - codes
+
+    def _add(self, stride: int, stage: ECVQStage, start: torch.Tensor, state: torch.Tensor,
+             codes: torch.Tensor | None, quantized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(decoder state, the level's code sum) after a stage adds `quantized` (B, D, h, w); start
+        is the state the level began from."""
+        key = str(stride)
+        if key not in self.latent_out:
+            return state + stage.project_out(quantized.to(state.dtype)), None
+        codes = quantized if codes is None else codes + quantized
+        return start + self.latent_out[key](codes.to(start.dtype)), codes
 
     # -- the rate ladder ---------------------------------------------------------------------
     @property
@@ -256,10 +290,13 @@ class HierarchicalVQ(nn.Module):
             if stride != first:
                 state = self._upsample(2 * stride, state)
             target = features[stride]
+            start, codes = state, None
+            latent = self._level_latent(stride, target, state)
+            level_active = (keep > global_stage).to(state.dtype).view(b, 1, 1, 1)
             for stage in stages:
                 active = (keep > global_stage).float()
                 global_stage += 1
-                residual = stage.project_in(target - state).float()
+                residual = self._residual(stage, target, state, latent, codes)
                 if not bool(stage.initialized):
                     stage.initialize(residual.detach())
                 indices, log2_p = stage.code(residual, state, choice_weight,
@@ -270,8 +307,13 @@ class HierarchicalVQ(nn.Module):
                 bits = bits - log2_p.sum(dim=(1, 2)) * active
                 error = cfg.commitment_weight * (residual - code).pow(2).sum(dim=(1, 2, 3))
                 vq_loss = vq_loss + error * weight / pixels * active
-                quantized = residual + (code - residual).detach()
-                state = state + stage.project_out(quantized.to(state.dtype)) * active.to(state.dtype).view(b, 1, 1, 1)
+                if latent is None:
+                    quantized = residual + (code - residual).detach()
+                    state = state + stage.project_out(quantized.to(state.dtype)) * active.to(state.dtype).view(b, 1, 1, 1)
+                else:  # the straight-through estimate of the level's whole code sum, as ResidualVQ
+                    codes = code * active.view(b, 1, 1, 1) + (0 if codes is None else codes)
+                    quantized = latent + (codes - latent).detach()
+                    state = start + self.latent_out[str(stride)](quantized.to(state.dtype)) * level_active
         return self._upsample(4, self._to_stride_4(state, cfg.level_strides[-1])), bits, vq_loss
 
     # -- inference ---------------------------------------------------------------------------
@@ -294,14 +336,16 @@ class HierarchicalVQ(nn.Module):
                     break
                 if stride != first:
                     state = self._upsample(2 * stride, state)
+                start, codes = state, None
+                latent = self._level_latent(stride, features[stride], state)
                 for stage in stages:
                     if len(grids) == num_stages:
                         break
-                    residual = stage.project_in(features[stride] - state).float()
+                    residual = self._residual(stage, features[stride], state, latent, codes)
                     indices, log2_p = stage.code(residual, state, weight)
                     bits -= log2_p.sum(dim=(1, 2))
                     grids.append(indices)
-                    state = state + stage.project_out(stage.lookup(indices).to(state.dtype))
+                    state, codes = self._add(stride, stage, start, state, codes, stage.lookup(indices))
             return grids, bits
 
     @torch.no_grad()
@@ -317,9 +361,56 @@ class HierarchicalVQ(nn.Module):
             for stride, stages in zip(self.config.level_strides, self.levels):
                 if stride != first:  # levels beyond the prefix add nothing but still upsample
                     state = self._upsample(2 * stride, state)
+                start, codes = state, None
                 for stage in stages:
                     if not remaining:
                         break
-                    state = state + stage.project_out(stage.lookup(remaining.pop(0)).to(state.dtype))
+                    state, codes = self._add(stride, stage, start, state, codes, stage.lookup(remaining.pop(0)))
             hidden = self.up4[:-1](self.refine4(self._to_stride_4(state, self.config.level_strides[-1])))
         return self.up4[-1](hidden.float()) + 0.5
+
+    @torch.no_grad()
+    def load_vqvae(self, vqvae: VQVAE) -> None:
+        """Start from today's VQ-VAE (nn.autoencoder.VQVAE, three widths, stride 8): its
+        encoder, residual VQ codebooks and decoder become the stride-8 level (which must share
+        one latent, as its residual VQ does) and the transforms around it; the layers it lacks
+        start as identities (the GDN after the third convolution, the stride-4 residual block)
+        or add nothing (the finer levels' outputs), so every prefix of the stride-8 stages
+        decodes as the VQ-VAE's did. The entropy networks start untrained."""
+        cfg, source = self.config, vqvae.config
+        if (cfg.level_strides[0] != 8 or 8 not in cfg.shared_latent_strides or cfg.res_blocks != source.res_blocks
+                or tuple(cfg.widths[:3]) != tuple(source.widths) or source.num_stages < cfg.level_stages[0]):
+            raise ValueError("a VQ-VAE maps onto a ladder that starts with a shared-latent stride-8 level of at "
+                             f"most {source.num_stages} stages, widths {source.widths}, {source.res_blocks} residual blocks")
+        r, weights = source.res_blocks, vqvae.state_dict()
+        mapped = {"latent_in.8": f"encoder.net.{5 + r}", "latent_out.8": "decoder.net.0",
+                  "up8.0": f"decoder.net.{r + 1}", "up8.1": f"decoder.net.{r + 2}",
+                  "up4.0": f"decoder.net.{r + 3}", "up4.1": f"decoder.net.{r + 4}", "up4.2": f"decoder.net.{r + 5}"}
+        mapped.update({f"analysis.4.{i}": f"encoder.net.{i}" for i in range(4)})
+        mapped["analysis.8.0"] = "encoder.net.4"
+        for i in range(r):
+            mapped[f"analysis.8.{2 + i}"] = f"encoder.net.{5 + i}"
+            mapped[f"refine8.{i}"] = f"decoder.net.{1 + i}"
+        own = self.state_dict()
+        state = {}
+        for name in own:
+            for prefix, origin in mapped.items():
+                if name.startswith(prefix + "."):
+                    state[name] = weights[origin + name[len(prefix):]]
+        for k, stage in enumerate(self.levels[0]):
+            codebook = weights[f"quantizer.stages.{k}.codebook"]
+            count = weights[f"quantizer.stages.{k}.ema_count"]
+            state.update({f"levels.0.{k}.codebook": codebook, f"levels.0.{k}.ema_count": count,
+                          f"levels.0.{k}.ema_sum": codebook * count.unsqueeze(1),
+                          f"levels.0.{k}.initialized": torch.ones((), dtype=torch.bool)})
+        self.load_state_dict({**own, **state})
+        gdn = self.analysis["8"][1]
+        gdn.beta_root.fill_(1.0)
+        gdn.gamma_root.zero_()
+        self.refine4.body[2].weight.zero_()
+        self.refine4.body[2].bias.zero_()
+        for stride, stages in zip(cfg.level_strides[1:], self.levels[1:]):
+            outputs = [self.latent_out[str(stride)]] if str(stride) in self.latent_out else [s.project_out for s in stages]
+            for layer in outputs:
+                layer.weight.zero_()
+                layer.bias.zero_()

@@ -21,20 +21,19 @@ from safetensors.torch import load_file, save as save_safetensors
 from ..config import HierarchyConfig
 from ..fileio import atomic_write_bytes
 from ..nn.hierarchy import HierarchicalVQ
+from ..weights_io import HIERARCHY_PREFIX, load_vqvae
 from .data import central_crop, load_pool, psnr, random_crops, read_sections, split_by_name
 from .loop import LoopConfig, run, setup
 
 
 def rate_distortion_loss(bpp: torch.Tensor, mse: torch.Tensor, vq: torch.Tensor, lambdas: torch.Tensor,
-                         ladder: torch.Tensor | None = None) -> torch.Tensor:
+                         ladder: torch.Tensor, balance: float = 0.0) -> torch.Tensor:
     """Mean over the batch of bpp + lambda * MSE (0-255 scale) + VQ terms, each example at its
-    prefix's lambda. ladder: every prefix's lambda (HierarchyConfig.balance_prefixes): each
-    example's loss is divided by its lambda, times the ladder's geometric mean, so that a unit
-    of MSE weighs alike in every prefix."""
+    prefix's lambda. ladder: every prefix's lambda; balance p (HierarchyConfig.balance_prefixes):
+    each example's loss is multiplied by (the ladder's geometric mean / its lambda)^p, so that at
+    p = 1 a unit of MSE weighs alike in every prefix."""
     per_example = bpp + lambdas * mse * 255 ** 2 + vq
-    if ladder is not None:
-        per_example = per_example * ladder.log().mean().exp() / lambdas
-    return per_example.mean()
+    return (per_example * (ladder.log().mean().exp() / lambdas) ** float(balance)).mean()
 
 
 class HierarchyTask:
@@ -55,8 +54,22 @@ class HierarchyTask:
     def warm_start(self, path: str | Path) -> None:
         """Start from the tensors of another hierarchical model's weights file: every tensor
         of the same name and shape; the spatial-context convolutions it lacks start at zero,
-        so the model starts as that one was."""
+        so the model starts as that one was. A VQ-VAE's weights file (today's models) becomes
+        the stride-8 level instead (HierarchicalVQ.load_vqvae). Files of either kind may be
+        training outputs or installable weights files (which keep no codebook EMA statistics:
+        those restart from a count of one per code)."""
         source = load_file(str(path))
+        if "encoder.net.0.weight" in source:
+            self.model.load_vqvae(load_vqvae(path))
+            return
+        installable = {k[len(HIERARCHY_PREFIX):]: v for k, v in source.items() if k.startswith(HIERARCHY_PREFIX)}
+        if installable:
+            source = installable
+            for name in [k for k in source if k.endswith(".codebook")]:
+                stem = name[:-len("codebook")]
+                source.setdefault(stem + "ema_count", torch.ones(source[name].shape[0]))
+                source.setdefault(stem + "ema_sum", source[name] * source[stem + "ema_count"].unsqueeze(1))
+                source.setdefault(stem + "initialized", torch.ones((), dtype=torch.bool))
         own = self.model.state_dict()
         matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
         missing = [k for k in own if k not in matched]
@@ -75,7 +88,7 @@ class HierarchyTask:
         reconstruction, bits, vq = self.model(images, keep, lambdas)
         mse = (reconstruction.float() - images).pow(2).mean(dim=(1, 2, 3))
         bpp = bits / (images.shape[2] * images.shape[3])
-        loss = rate_distortion_loss(bpp, mse, vq, lambdas, self.lambdas if self.cfg.balance_prefixes else None)
+        loss = rate_distortion_loss(bpp, mse, vq, lambdas, self.lambdas, self.cfg.balance_prefixes)
         return loss, {"loss": loss.item(), "bpp": bpp.mean().item(),
                       "psnr": 10 * math.log10(1 / max(mse.mean().item(), 1e-12))}
 
@@ -132,6 +145,6 @@ if __name__ == "__main__":
     parser.add_argument("config")
     parser.add_argument("out", help="run folder: checkpoint, weights, log")
     parser.add_argument("folders", nargs="+")
-    parser.add_argument("--warm-start", help="weights file of a hierarchical model to start from")
+    parser.add_argument("--warm-start", help="weights file of a hierarchical model, or of a VQ-VAE, to start from")
     args = parser.parse_args()
     train(args.config, args.folders, args.out, warm_start=args.warm_start)
