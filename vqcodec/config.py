@@ -160,7 +160,7 @@ class HierarchyConfig:
     # other half of the positions, as the integer priors do
     spatial_context: bool = False
     # strides of the levels whose stages share one latent projection (residual VQ of one latent,
-    # as in today's VQ-VAE, which maps onto such a stride-8 level: nn.hierarchy.from_vqvae);
+    # as in today's VQ-VAE, which maps onto such a stride-8 level: HierarchicalVQ.load_vqvae);
     # other levels give each stage a fresh projection of what the decoder state still misses
     shared_latent_strides: tuple[int, ...] = ()
 

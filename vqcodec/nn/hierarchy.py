@@ -11,7 +11,7 @@
 Every stage quantizes a fresh low-dimensional projection of what the decoder still misses at
 its level (NVTC, Feng et al. CVPR 2023: stride 16/8/4 with codebook dimension 16/8/4), or, at
 the levels of config.shared_latent_strides, all the level's stages quantize one latent
-projection by residual VQ (today's VQ-VAE, whose weights map onto such a level: from_vqvae). A
+projection by residual VQ (today's VQ-VAE, whose weights map onto such a level: load_vqvae). A
 stage's index distribution is predicted from the decoder state before it (the coarser levels
 and the earlier stages of its level), so each index costs bits under that conditional model.
 
