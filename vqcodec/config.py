@@ -151,11 +151,11 @@ class HierarchyConfig:
     # index choice: argmin ecvq_scale * lambda * ||r - c||^2 + bits (0 = nearest code)
     ecvq_scale: float = 1.0
     rate_in_training: bool = True  # False: nearest-code training, bits only measured (ablation)
-    # divide each example's loss by its lambda^p (times the ladder's geometric mean lambda^p): at
+    # exponent p: each example's loss x (the ladder's geometric-mean lambda / its lambda)^p; at
     # p = 1 the prefixes' distortions weigh alike in the shared transforms instead of the
     # high-lambda prefixes dominating (true means 1); each prefix's own rate-distortion optimum
     # is unchanged
-    balance_prefixes: float = 0.0  # exponent p: each example's loss x (geo-mean lambda / lambda_n)^p
+    balance_prefixes: float = 0.0
     # the training entropy model also sees the stage's own anchor codes (checkerboard) at the
     # other half of the positions, as the integer priors do
     spatial_context: bool = False
