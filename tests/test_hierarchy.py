@@ -104,8 +104,34 @@ def test_a_warm_start_adds_spatial_context_to_a_trained_model_without_changing_i
     assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
     torch.testing.assert_close(before[1], after[1])
     with pytest.raises(ValueError, match="does not fit"):
-        HierarchyTask(replace(TINY, level_dims=(4, 4, 2)), [str(folder)], crop_size=32, held_out_per_folder=1,
+        HierarchyTask(replace(TINY, widths=(8, 8, 16, 16)), [str(folder)], crop_size=32, held_out_per_folder=1,
                       extra_scales=(), warm_start=tmp_path / "w.safetensors")
+
+
+def test_a_warm_start_with_a_new_finest_level_quantizer_keeps_the_coarser_prefixes(tmp_path):
+    from vqcodec.training.hierarchy_task import HierarchyTask
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    source = HierarchyTask(TINY, [str(folder)], crop_size=32, held_out_per_folder=1, extra_scales=())
+    source.model(torch.rand(2, 3, 32, 32), torch.tensor([4, 4]), torch.tensor([0.01, 0.01]))  # k-means init
+    source.save_weights(tmp_path / "w.safetensors", {})
+    finer = replace(TINY, level_dims=TINY.level_dims[:-1] + (3,), shared_latent_strides=(TINY.level_strides[-1],))
+    task = HierarchyTask(finer, [str(folder)], crop_size=32, held_out_per_folder=1, extra_scales=(),
+                         warm_start=tmp_path / "w.safetensors")
+    assert not any(bool(stage.initialized) for stage in task.model.levels[-1])
+    coarse = sum(TINY.level_stages[:-1])
+    x = torch.rand(1, 3, 32, 48)
+    source.model.eval()
+    task.model.eval()
+    for n in (coarse, coarse + 1):  # the new level adds nothing until it trains
+        before = source.model.decode_indices(source.model.encode_indices(x, coarse, 0.01)[0])
+        task.model(x, torch.tensor([n]), torch.tensor([0.01]))  # its k-means start
+        grids = task.model.encode_indices(x, n, 0.01)[0]
+        assert all(torch.equal(a, b) for a, b in zip(grids, source.model.encode_indices(x, coarse, 0.01)[0]))
+        torch.testing.assert_close(task.model.decode_indices(grids), before)
 
 
 def test_balanced_prefixes_weigh_every_prefixs_distortion_alike():

@@ -13,6 +13,7 @@ from vqcodec import codec, container, images, inference, zoo
 from vqcodec.config import PriorConfig
 from vqcodec.container import VqzError
 from vqcodec.nn.prior import ContextPrior, IntegerPrior
+from vqcodec.nn.rdoq import HierarchyRateDistortion
 from vqcodec.training.hierarchy_prior_task import level_prior_configs
 from vqcodec.weights_io import save_hierarchy
 
@@ -63,10 +64,13 @@ def test_the_file_holds_the_grids_the_model_chose_and_decodes_to_their_image(tin
     data = vqcodec.encode(image, quality=4, model="tinyh", coder=coder)
     indices = vqcodec.read_indices(data)
     assert [layer.stride for layer in indices.layers] == [16, 8, 4]
-    model = zoo.load_hierarchy(tiny_hierarchy)[0]
+    model, priors = zoo.load_hierarchy(tiny_hierarchy)
     policy = inference.Policy.default()
-    lam = float(model.stage_lambdas()[3]) * codec.HIERARCHY_LAMBDA_SCALE
-    chosen = inference.encode_hierarchy(model, images.pad_to_multiple(image, 16), 4, lam, policy)
+    lam = float(model.stage_lambdas()[3]) * model.config.encode_lambda_scale
+    # ECVQ weighs the bits of the coder's own model: the priors' in the prior coder
+    chooser = (HierarchyRateDistortion(priors, [2, 1, 1], float(model.assignment_weight(torch.tensor(lam))),
+                                       lambda *coded: None) if coder == "prior" else None)
+    chosen = inference.encode_hierarchy(model, images.pad_to_multiple(image, 16), 4, lam, policy, chooser)
     stored = [grid for layer in indices.layers for grid in layer.indices]
     assert all(np.array_equal(a.numpy(), b) for a, b in zip(chosen, stored)) and len(stored) == 4
     expected = inference.decode_hierarchy(model, chosen, policy)[:40, :56]
@@ -89,6 +93,12 @@ def test_nearest_codes_and_refinement(tiny_hierarchy):
     assert vqcodec.decode(nearest.data).size == (56, 40)
     with pytest.raises(ValueError, match="hierarchical"):
         codec.encode_image(image, 2, model="tinyh", refine_steps=1)
+
+
+def test_a_larger_rate_tradeoff_spends_fewer_bits_under_the_priors(tiny_hierarchy):
+    image = pixels(64, 96, seed=4)
+    sizes = [len(codec.encode_image(image, 4, model="tinyh", rate_tradeoff=t).data) for t in (0, 0.1, 1000)]
+    assert sizes[2] < sizes[0] and sizes[1] <= sizes[0]
 
 
 def test_generate_samples_every_level_given_the_coarser_ones(tiny_hierarchy):

@@ -40,7 +40,7 @@ from PIL import Image
 from . import container, entropy, fileio, images, inference, zoo
 from .container import Header, HeaderV1, Layer, VqzError
 from .nn.prior import GuidedSampler, Sampler, decode_passes, iter_passes
-from .nn.rdoq import rate_distortion_indices
+from .nn.rdoq import HierarchyRateDistortion, rate_distortion_indices
 from .quality import Levels, default_quality
 
 CODERS = tuple(sorted(container.CODERS))  # the coders the container has ids for: "prior", "zstd"
@@ -48,11 +48,6 @@ CODERS = tuple(sorted(container.CODERS))  # the coders the container has ids for
 # in units of each stage's mean nearest-code distance per bit; chosen on held-out training
 # photos with benchmarks/rdo_tradeoff.py (docs/EXPERIMENTS.md). 0 = nearest code.
 RATE_TRADEOFF = 0.1
-# A hierarchical model's encoder picks indices by ECVQ at this fraction of the lambda its quality
-# level trained with (at RATE_TRADEOFF): on the held-out training photos, real files of the
-# photo2 probe spend 5 % fewer bits at equal PSNR with 0.25 than with 1, a stride-8 ladder the
-# same (docs/EXPERIMENTS.md, session 8); to be measured again for the model that ships.
-HIERARCHY_LAMBDA_SCALE = 0.25
 
 
 @dataclass(frozen=True)
@@ -228,14 +223,26 @@ def _index_payload(model: _Model, padded: np.ndarray, layers: tuple[Layer, ...],
 
 def _hierarchy_payload(model: _Model, padded: np.ndarray, layers: tuple[Layer, ...], coder: str,
                        tradeoff: float) -> tuple[list[np.ndarray], bytes]:
-    """_index_payload of a hierarchical model: every stage's indices by ECVQ at
-    HIERARCHY_LAMBDA_SCALE x the model's lambda of the quality level, with bits weighted
+    """_index_payload of a hierarchical model: every stage's indices by ECVQ at the model's
+    encode_lambda_scale x its lambda of the quality level, with bits weighted
     tradeoff / RATE_TRADEOFF times as much (tradeoff 0: the nearest codes); each level
-    range-coded with its prior, given the coarser levels' grids."""
+    range-coded with its prior, given the coarser levels' grids. With the prior coder the
+    bits ECVQ weighs are the priors' own (nn.rdoq.HierarchyRateDistortion), else those of
+    the model's training entropy model."""
     n = sum(layer.stages for layer in layers)
-    lam = (float(model.hierarchy.stage_lambdas()[n - 1]) * HIERARCHY_LAMBDA_SCALE * RATE_TRADEOFF / tradeoff
+    hierarchy = model.hierarchy
+    lam = (float(hierarchy.stage_lambdas()[n - 1]) * hierarchy.config.encode_lambda_scale * RATE_TRADEOFF / tradeoff
            if tradeoff else None)
-    grids = inference.encode_hierarchy(model.hierarchy, padded, n, lam, inference.Policy.default())
+    policy = inference.Policy.default()
+    if coder == "prior" and lam is not None:
+        encoder = entropy.RangeEncoder()
+        chooser = HierarchyRateDistortion([spec.prior for spec in model.layers[:len(layers)]],
+                                          [layer.stages for layer in layers],
+                                          float(hierarchy.assignment_weight(torch.tensor(lam))),
+                                          lambda stage, symbols, freqs: encoder.add(symbols, freqs))
+        grids = inference.encode_hierarchy(hierarchy, padded, n, lam, policy, chooser)
+        return [grid.numpy() for grid in grids], encoder.payload()
+    grids = inference.encode_hierarchy(hierarchy, padded, n, lam, policy)
     arrays = [grid.numpy() for grid in grids]
     if coder == "zstd":
         return arrays, entropy.zstd_encode(arrays)

@@ -163,6 +163,10 @@ class HierarchyConfig:
     # as in today's VQ-VAE, which maps onto such a stride-8 level: HierarchicalVQ.load_vqvae);
     # other levels give each stage a fresh projection of what the decoder state still misses
     shared_latent_strides: tuple[int, ...] = ()
+    # the encoder's ECVQ lambda as a multiple of each quality level's training lambda (at the
+    # codec's RATE_TRADEOFF); a property of each trained model, measured on held-out photos
+    # (docs/EXPERIMENTS.md: 1 suits the stride-8/4 ladders with the prior-driven choice)
+    encode_lambda_scale: float = 1.0
 
     @property
     def stride(self) -> int:

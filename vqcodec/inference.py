@@ -174,11 +174,13 @@ def decode_detail(layer, indices: torch.Tensor, base: np.ndarray, policy: Policy
 
 
 @torch.no_grad()
-def encode_hierarchy(model, pixels: np.ndarray, num_stages: int, lam: float | None, policy: Policy) -> list[torch.Tensor]:
+def encode_hierarchy(model, pixels: np.ndarray, num_stages: int, lam: float | None, policy: Policy,
+                     chooser=None) -> list[torch.Tensor]:
     """A hierarchical model's (nn.hierarchy) index grids (h, w) of uint8 pixels (H, W, 3), H
     and W multiples of its stride: the first num_stages stages, coarse to fine, chosen by ECVQ
-    at tradeoff lam (None: the nearest codes). The whole image at once (no tiles)."""
-    grids, _ = model.encode_indices(_float(_tensor(pixels)), num_stages, lam, policy.bfloat16)
+    at tradeoff lam (None: the nearest codes), or by `chooser` (HierarchicalVQ.encode_indices).
+    The whole image at once (no tiles)."""
+    grids, _ = model.encode_indices(_float(_tensor(pixels)), num_stages, lam, policy.bfloat16, chooser)
     return [grid[0] for grid in grids]
 
 

@@ -99,7 +99,8 @@ at the end (see --no-register)."""
                    "Default: OUT without its suffix, plus .work.")
 @click.option("--batch-size", type=int, default=None, help="Crops per step of the VQ-VAE (overrides the config).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="Where to train the VQ-VAE (its prior trains on the CPU).")
+              help="Where to train: a VQ-VAE (its prior trains on the CPU), or every phase of a hierarchical "
+                   "pipeline config.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
               help="Checkpoint to resume the VQ-VAE from. Default: its own checkpoint if it exists.")
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=str), default=None,
@@ -123,16 +124,15 @@ def train(data_dir, out, config_file, steps, work, batch_size, device, resume, i
     out_path = _out_path(out)
     name = name or out_path.stem
     if kind == "pipeline":
-        for option, value in (("--batch-size", batch_size), ("--resume", resume),
-                              ("--device cuda", device == "cuda" or None)):
+        for option, value in (("--batch-size", batch_size), ("--resume", resume)):
             if value is not None:
                 raise click.UsageError(f"{option} is not for a hierarchical pipeline config (its sections "
-                                       "set the batch sizes; it trains on the CPU)")
+                                       "set the batch sizes, and each phase resumes from its own checkpoint)")
         from ..training.pipeline import train_pipeline
 
         train_pipeline(config_file, list(data_dir), out_path, name=name,
                        description=description or "hierarchical ECVQ image codec", work=work, steps=steps,
-                       init_from=init_from)
+                       init_from=init_from, device=device)
     else:
         if len(data_dir) != 1:
             raise click.UsageError("several --data are for a hierarchical pipeline config; a VQ-VAE trains on "

@@ -154,7 +154,7 @@ class ECVQStage(nn.Module):
         self.codebook.copy_(self.ema_sum / self.ema_count.clamp(min=1e-5).unsqueeze(1))
         dead = self.ema_count < self.dead_code_threshold
         if bool(dead.any()):
-            picks = flat[torch.randint(flat.shape[0], (int(dead.sum()),))]
+            picks = flat[torch.randint(flat.shape[0], (int(dead.sum()),), device=flat.device)]
             self.codebook[dead] = picks
             self.ema_sum[dead] = picks * self.dead_code_threshold
             self.ema_count[dead] = self.dead_code_threshold
@@ -318,19 +318,21 @@ class HierarchicalVQ(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_indices(self, images: torch.Tensor, num_stages: int, lam: float | None, bfloat16: bool = False
-                       ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def encode_indices(self, images: torch.Tensor, num_stages: int, lam: float | None, bfloat16: bool = False,
+                       chooser=None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Indices of the first num_stages stages (a list of (B, h, w) grids in coding order),
         chosen by ECVQ at tradeoff lam (None: nearest code), and their code length in bits
         under the training entropy model, per image. bfloat16: the networks run under bf16
-        autocast (distances and log-probabilities stay float32)."""
+        autocast (distances and log-probabilities stay float32). chooser(position, stage,
+        residual) -> (B, h, w): picks each stage's indices instead (nn.rdoq's prior-driven
+        choice); the bits are then not measured (zero)."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             features = self.analyze(images)
             b = images.shape[0]
-            weight = None if lam is None else self.assignment_weight(torch.full((b,), float(lam)))
+            weight = None if lam is None else self.assignment_weight(torch.full((b,), float(lam), device=images.device))
             first = self.config.level_strides[0]
             state = torch.zeros_like(features[first])
-            grids, bits = [], torch.zeros(b)
+            grids, bits = [], torch.zeros(b, device=images.device)
             for stride, stages in zip(self.config.level_strides, self.levels):
                 if len(grids) == num_stages:
                     break
@@ -342,8 +344,11 @@ class HierarchicalVQ(nn.Module):
                     if len(grids) == num_stages:
                         break
                     residual = self._residual(stage, features[stride], state, latent, codes)
-                    indices, log2_p = stage.code(residual, state, weight)
-                    bits -= log2_p.sum(dim=(1, 2))
+                    if chooser is None:
+                        indices, log2_p = stage.code(residual, state, weight)
+                        bits -= log2_p.sum(dim=(1, 2))
+                    else:
+                        indices = chooser(len(grids), stage, residual)
                     grids.append(indices)
                     state, codes = self._add(stride, stage, start, state, codes, stage.lookup(indices))
             return grids, bits
@@ -355,7 +360,7 @@ class HierarchicalVQ(nn.Module):
         pixels in float32."""
         b, h, w = grids[0].shape
         first = self.config.level_strides[0]
-        state = torch.zeros(b, self.channels(first), h, w)
+        state = torch.zeros(b, self.channels(first), h, w, device=grids[0].device)
         remaining = list(grids)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             for stride, stages in zip(self.config.level_strides, self.levels):

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .prior import LOGIT_STEPS, IntegerPrior, empty_embedding, pass_schedule
+from .prior import LOGIT_STEPS, IntegerPrior, empty_embedding, pass_schedule, starting_embedding
 from .quantize import ResidualVQ
 
 CHUNK = 1 << 16  # positions per distance computation: bounds memory on huge grids
@@ -31,6 +31,25 @@ def _distances(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Squared distances (N, K) from each vector to each code."""
     cross = torch.addmm(codebook.pow(2).sum(1), vectors, codebook.t(), alpha=-2)  # |c|^2 - 2 v.c
     return cross.add_(vectors.pow(2).sum(1, keepdim=True)).clamp_(min=0)
+
+
+def _choose_pass(prior: IntegerPrior, previous: torch.Tensor, indices: torch.Tensor, stage: int, known: torch.Tensor,
+                 coded: torch.Tensor, far: bool, lam: float, distances_at: Callable[[torch.Tensor], torch.Tensor]):
+    """One pass of the prior's schedule: at its `coded` positions, the codes minimizing
+    distance + lam x bits, given the indices already chosen (in `indices`, (q, H, W), where the
+    choice is written); returns (choice, frequencies). distances_at(positions) -> (n, K)."""
+    x = prior.pass_inputs(previous, indices[stage], stage, known)
+    (logit_distance,) = prior.logit_distances(x.unsqueeze(0), [stage], [coded], [(indices, known, far)])
+    positions = coded.flatten().nonzero()[:, 0]
+    choice = torch.empty(len(positions), dtype=torch.long)
+    for i in range(0, len(positions), CHUNK):
+        part = slice(i, i + CHUNK)
+        distance = distances_at(positions[part])
+        if lam:  # bits(k) = the likeliest code's bits + logit distance / 16
+            distance.add_(logit_distance[part], alpha=lam / LOGIT_STEPS)
+        choice[part] = distance.argmin(dim=1)
+    indices[stage][coded] = choice
+    return choice, prior.frequencies_of(logit_distance)
 
 
 @torch.no_grad()
@@ -67,20 +86,54 @@ def rate_distortion_indices(quantizer: ResidualVQ, prior: IntegerPrior, z: torch
                 nearest = torch.cat([_distances(sample[i:i + CHUNK], codebook).min(dim=1).values
                                      for i in range(0, len(sample), CHUNK)])
             lam = tradeoff * float(nearest.mean())
-        x = prior.pass_inputs(previous, indices[stage], stage, known)
-        (logit_distance,) = prior.logit_distances(x.unsqueeze(0), [stage], [coded], [(indices, known, far)])
-        freqs = prior.frequencies_of(logit_distance)
-        positions = coded.flatten().nonzero()[:, 0]
-        choice = torch.empty(len(positions), dtype=torch.long)
-        for i in range(0, len(positions), CHUNK):
-            part = slice(i, i + CHUNK)
-            distance = every[positions[part]] if every is not None else _distances(residual[positions[part]], codebook)
-            if lam:  # bits(k) = the likeliest code's bits + logit distance / 16
-                distance.add_(logit_distance[part], alpha=lam / LOGIT_STEPS)
-            choice[part] = distance.argmin(dim=1)
-        indices[stage][coded] = choice
+        choice, freqs = _choose_pass(prior, previous, indices, stage, known, coded, far, lam,
+                                     lambda at: every[at] if every is not None else _distances(residual[at], codebook))
         if sink is None:
             passes.append((stage, choice.numpy(), freqs.numpy()))
         else:
             sink(stage, choice.numpy(), freqs.numpy())
     return indices, passes
+
+
+class HierarchyRateDistortion:
+    """The prior-driven index choice of a hierarchical model (nn.hierarchy): the `chooser` of
+    HierarchicalVQ.encode_indices. Each stage's indices are chosen pass by pass of its level's
+    integer prior, as rate_distortion_indices does for a VQ-VAE: ECVQ (Chou, Lookabaugh & Gray
+    1989) with the code lengths the range coder will spend, given what the decoder will know
+    (the coarser levels' grids, the level's earlier stages, the stage's earlier passes).
+
+    priors: one IntegerPrior per level; level_stages: the stages of each level in the prefix
+    coded; weight: the ECVQ weight on squared latent distance per bit
+    (HierarchicalVQ.assignment_weight). Every pass's (stage, symbols, frequencies) goes to
+    sink in coding order (level by level), ready for the range coder."""
+
+    def __init__(self, priors: list[IntegerPrior], level_stages: list[int], weight: float,
+                 sink: Callable[[int, np.ndarray, np.ndarray], None]):
+        self.priors, self.level_stages, self.lam, self.sink = priors, level_stages, 1.0 / weight, sink
+        self.where = [(level, s) for level, count in enumerate(level_stages) for s in range(count)]
+        self.grids: list[torch.Tensor] = []  # the (h, w) grids chosen so far, coarse to fine
+
+    @torch.no_grad()
+    def __call__(self, position: int, stage, residual: torch.Tensor) -> torch.Tensor:
+        """Indices (1, h, w) of global stage `position` (an ECVQStage) for residual (1, D, h, w)."""
+        with torch.autocast("cpu", enabled=False):  # the priors' exact integer arithmetic, float32 distances
+            return self._choose(position, stage, residual.float())
+
+    def _choose(self, position: int, stage, residual: torch.Tensor) -> torch.Tensor:
+        level, s = self.where[position]
+        prior = self.priors[level]
+        rows, cols = residual.shape[2:]
+        if s == 0:
+            self.indices = torch.zeros(self.level_stages[level], rows, cols, dtype=torch.long)
+            self.previous = starting_embedding(prior, None, rows, cols,
+                                               self.grids if prior.config.coarse_factors else None)
+        else:
+            self.previous = self.previous + prior.stage_embedding(s - 1, self.indices[s - 1])
+        distances = stage.distances(residual)[0].reshape(rows * cols, -1)
+        for pass_stage, known, coded, far in pass_schedule(prior.config, s + 1, rows, cols):
+            if pass_stage == s:
+                choice, freqs = _choose_pass(prior, self.previous, self.indices, s, known, coded, far, self.lam,
+                                             lambda at: distances[at])
+                self.sink(s, choice.numpy(), freqs.numpy())
+        self.grids.append(self.indices[s])
+        return self.indices[s].unsqueeze(0)

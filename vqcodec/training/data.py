@@ -165,9 +165,11 @@ def crop_batch(pool: list[torch.Tensor], count: int, size: int, generator: torch
     return torch.stack(crops), picks
 
 
-def random_crops(pool: list[torch.Tensor], count: int, size: int, generator: torch.Generator) -> torch.Tensor:
-    """count random size x size crops (random image, position, horizontal flip), floats in [0,1]."""
-    return crop_batch(pool, count, size, generator)[0].float() / 255.0
+def random_crops(pool: list[torch.Tensor], count: int, size: int, generator: torch.Generator,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """count random size x size crops (random image, position, horizontal flip), floats in [0,1]
+    on `device` (cut on the CPU, sent as uint8)."""
+    return crop_batch(pool, count, size, generator)[0].to(device).float() / 255.0
 
 
 def as_batch(image: torch.Tensor, multiple: int) -> torch.Tensor:

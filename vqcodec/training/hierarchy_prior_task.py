@@ -52,14 +52,15 @@ def load_hierarchy(path: str | Path) -> HierarchicalVQ:
 class HierarchyPriorTask:
     def __init__(self, autoencoder: str | Path, folders: list[str], prior: PriorConfig, *, conditioned: bool = True,
                  batch_size: int = 8, crop_size: int = 256, held_out_per_folder: int = 3,
-                 extra_scales: tuple[float, ...] = (0.6,)):
-        self.autoencoder = load_hierarchy(autoencoder)
+                 extra_scales: tuple[float, ...] = (0.6,), device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.autoencoder = load_hierarchy(autoencoder).to(self.device)
         for p in self.autoencoder.parameters():
             p.requires_grad_(False)
         cfg = self.autoencoder.config
         self.lambdas = self.autoencoder.stage_lambdas()
         self.configs = level_prior_configs(cfg, prior, conditioned)
-        self.model = torch.nn.ModuleList(ContextPrior(c) for c in self.configs)
+        self.model = torch.nn.ModuleList(ContextPrior(c) for c in self.configs).to(self.device)
         self.batch_size, self.crop_size = batch_size, crop_size
         train_files, held_files = split_by_name(folders, held_out_per_folder)
         self.pool = load_pool(train_files, extra_scales, crop_size)
@@ -83,7 +84,7 @@ class HierarchyPriorTask:
         for prior, indices in zip(self.model, levels):
             coarse = flat[:offset] if prior.config.coarse_factors else None
             b, s, h, w = indices.shape
-            stage = stage_of(b, s)
+            stage = stage_of(b, s).to(indices.device)
             bits = prior.loss_bits(indices, stage, generator, coarse) * h * w * s / pixels
             total = total + bits
             parts.append(bits)
@@ -91,7 +92,7 @@ class HierarchyPriorTask:
         return total, parts
 
     def batch_loss(self, step: int, generator: torch.Generator):
-        images = random_crops(self.pool, self.batch_size, self.crop_size, generator)
+        images = random_crops(self.pool, self.batch_size, self.crop_size, generator, self.device)
         n = int(torch.randint(1, self.autoencoder.num_stages + 1, (1,), generator=generator))
         with torch.no_grad():
             grids, _ = self.autoencoder.encode_indices(images, n, float(self.lambdas[n - 1]))
@@ -108,7 +109,7 @@ class HierarchyPriorTask:
         prior_bpp, float_bpp = np.zeros(n_stages), np.zeros(n_stages)
         stride = self.autoencoder.config.stride
         for image in self.held_out:
-            x = central_crop(image, stride)
+            x = central_crop(image, stride).to(self.device)
             h, w = x.shape[2:]
             for n in range(1, n_stages + 1):
                 grids, bits = self.autoencoder.encode_indices(x, n, float(self.lambdas[n - 1]))
@@ -129,7 +130,7 @@ class HierarchyPriorTask:
                 indices = torch.stack(grids[start:start + stages] if len(grids) >= start + stages
                                       else grids[start:] + [grids[start]] * (start + stages - len(grids)), dim=1)
                 coarse = grids[:start] if prior.config.coarse_factors else None
-                stage = torch.tensor([global_stage - start])
+                stage = torch.tensor([global_stage - start], device=indices.device)
                 _, _, h, w = indices.shape
                 return prior.loss_bits(indices, stage, None, coarse) * h * w
             start += stages
@@ -138,16 +139,17 @@ class HierarchyPriorTask:
     def save_weights(self, path: Path, record: dict) -> None:
         tensors = {}
         for level, prior in enumerate(self.model):
-            tensors.update({f"prior{level}.{k}": v for k, v in prior.to_integer().items()})
+            tensors.update({f"prior{level}.{k}": v.cpu() for k, v in prior.to_integer().items()})
         metadata = {"format": "vqcodec-hierarchy-priors", "autoencoder": self.source,
                     "prior_configs": json.dumps([asdict(c) for c in self.configs]), "training": json.dumps(record)}
         atomic_write_bytes(path, save_safetensors(tensors, metadata=metadata))
 
 
-def train(autoencoder: str, config_path: str, folders: list[str], out: str, progress: bool = True) -> dict:
+def train(autoencoder: str, config_path: str, folders: list[str], out: str, progress: bool = True,
+          device: str = "cpu") -> dict:
     cfg = read_sections(config_path, {"prior": PriorConfig, "loop": LoopConfig, "data": dict})
     setup(cfg["loop"])
-    task = HierarchyPriorTask(autoencoder, folders, cfg["prior"], **cfg["data"])
+    task = HierarchyPriorTask(autoencoder, folders, cfg["prior"], device=device, **cfg["data"])
     return run(task, cfg["loop"], out, description="priors", progress=progress)
 
 

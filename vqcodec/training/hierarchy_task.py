@@ -39,8 +39,8 @@ def rate_distortion_loss(bpp: torch.Tensor, mse: torch.Tensor, vq: torch.Tensor,
 class HierarchyTask:
     def __init__(self, cfg: HierarchyConfig, folders: list[str], *, batch_size: int = 16, crop_size: int = 128,
                  held_out_per_folder: int = 3, extra_scales: tuple[float, ...] = (0.6,), name: str = "photo2",
-                 warm_start: str | Path | None = None):
-        self.cfg, self.name = cfg, name
+                 warm_start: str | Path | None = None, device: torch.device | str = "cpu"):
+        self.cfg, self.name, self.device = cfg, name, torch.device(device)
         self.batch_size, self.crop_size = batch_size, crop_size
         train_files, held_files = split_by_name(folders, held_out_per_folder)
         self.pool = load_pool(train_files, extra_scales, crop_size)
@@ -49,15 +49,18 @@ class HierarchyTask:
         self.model = HierarchicalVQ(cfg)
         if warm_start is not None:
             self.warm_start(warm_start)
-        self.lambdas = self.model.stage_lambdas()
+        self.model.to(self.device)
+        self.lambdas = self.model.stage_lambdas().to(self.device)
 
     def warm_start(self, path: str | Path) -> None:
         """Start from the tensors of another hierarchical model's weights file: every tensor
-        of the same name and shape; the spatial-context convolutions it lacks start at zero,
-        so the model starts as that one was. A VQ-VAE's weights file (today's models) becomes
-        the stride-8 level instead (HierarchicalVQ.load_vqvae). Files of either kind may be
-        training outputs or installable weights files (which keep no codebook EMA statistics:
-        those restart from a count of one per code)."""
+        of the same name and shape. The spatial-context convolutions it lacks start at zero,
+        and so do the outputs of a level whose quantization it lacks or shapes otherwise (its
+        codebooks restart by k-means), so the model starts decoding as that one did; the
+        transforms must match. A VQ-VAE's weights file (today's models) becomes the stride-8
+        level instead (HierarchicalVQ.load_vqvae). Files of either kind may be training outputs
+        or installable weights files (which keep no codebook EMA statistics: those restart
+        from a count of one per code)."""
         source = load_file(str(path))
         if "encoder.net.0.weight" in source:
             self.model.load_vqvae(load_vqvae(path))
@@ -72,18 +75,40 @@ class HierarchyTask:
                 source.setdefault(stem + "initialized", torch.ones((), dtype=torch.bool))
         own = self.model.state_dict()
         matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-        missing = [k for k in own if k not in matched]
-        if any(".context." not in k for k in missing):
-            raise ValueError(f"{path} does not fit this model: {[k for k in missing if '.context.' not in k][:4]}")
+        missing = [k for k in own if k not in matched and ".context." not in k]
+        fresh_levels = {self._level_of(k) for k in missing} - {None}
+        unfit = [k for k in missing if self._level_of(k) is None]
+        if unfit:
+            raise ValueError(f"{path} does not fit this model: {unfit[:4]}")
         self.model.load_state_dict({**own, **matched})
         with torch.no_grad():
             for name, param in self.model.named_parameters():
                 if ".context." in name:
                     param.zero_()
+            for level in fresh_levels:
+                stride = str(self.cfg.level_strides[level])
+                outputs = ([self.model.latent_out[stride]] if stride in self.model.latent_out
+                           else [stage.project_out for stage in self.model.levels[level]])
+                for layer in outputs:
+                    layer.weight.zero_()
+                    layer.bias.zero_()
+                for k, stage in enumerate(self.model.levels[level]):
+                    if f"levels.{level}.{k}.codebook" not in matched:
+                        stage.initialized.fill_(False)  # k-means on the first batch
+
+    def _level_of(self, key: str) -> int | None:
+        """The level whose quantization a state-dict key belongs to (its stages, or its shared
+        latent projections); None for the transforms."""
+        part = key.split(".")
+        if part[0] == "levels":
+            return int(part[1])
+        if part[0] in ("latent_in", "latent_out"):
+            return self.cfg.level_strides.index(int(part[1]))
+        return None
 
     def batch_loss(self, step: int, generator: torch.Generator):
-        images = random_crops(self.pool, self.batch_size, self.crop_size, generator)
-        keep = torch.randint(1, self.model.num_stages + 1, (self.batch_size,), generator=generator)
+        images = random_crops(self.pool, self.batch_size, self.crop_size, generator, self.device)
+        keep = torch.randint(1, self.model.num_stages + 1, (self.batch_size,), generator=generator).to(self.device)
         lambdas = self.lambdas[keep - 1]
         reconstruction, bits, vq = self.model(images, keep, lambdas)
         mse = (reconstruction.float() - images).pow(2).mean(dim=(1, 2, 3))
@@ -102,7 +127,7 @@ class HierarchyTask:
         used = [set() for _ in range(n_stages)]
         stride = self.cfg.stride
         for image in self.held_out:
-            x = central_crop(image, stride)
+            x = central_crop(image, stride).to(self.device)
             h, w = x.shape[2:]
             for n in range(1, n_stages + 1):
                 grids, bits = self.model.encode_indices(x, n, float(self.lambdas[n - 1]))
@@ -116,7 +141,7 @@ class HierarchyTask:
                 "codes_used": [len(u) for u in used]}
 
     def save_weights(self, path: Path, record: dict) -> None:
-        tensors = {k: v.detach().float().contiguous() if v.is_floating_point() else v.contiguous()
+        tensors = {k: v.detach().cpu().float().contiguous() if v.is_floating_point() else v.cpu().contiguous()
                    for k, v in self.model.state_dict().items()}
         metadata = {"format": "vqcodec-hierarchy", "name": self.name,
                     "hierarchy_config": json.dumps(asdict(self.cfg)),
@@ -131,10 +156,10 @@ def read_config(path: str | Path) -> tuple[HierarchyConfig, LoopConfig, dict]:
 
 
 def train(config_path: str | Path, folders: list[str], out: str | Path, progress: bool = True,
-          warm_start: str | None = None) -> dict:
+          warm_start: str | None = None, device: str = "cpu") -> dict:
     model_cfg, loop_cfg, data_cfg = read_config(config_path)
     setup(loop_cfg)
-    task = HierarchyTask(model_cfg, folders, warm_start=warm_start, **data_cfg)
+    task = HierarchyTask(model_cfg, folders, warm_start=warm_start, device=device, **data_cfg)
     return run(task, loop_cfg, out, description="autoencoder (rate term)", progress=progress)
 
 
@@ -146,5 +171,6 @@ if __name__ == "__main__":
     parser.add_argument("out", help="run folder: checkpoint, weights, log")
     parser.add_argument("folders", nargs="+")
     parser.add_argument("--warm-start", help="weights file of a hierarchical model, or of a VQ-VAE, to start from")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    train(args.config, args.folders, args.out, warm_start=args.warm_start)
+    train(args.config, args.folders, args.out, warm_start=args.warm_start, device=args.device)

@@ -1,7 +1,7 @@
 """The one training loop: every phase of every model trains through `run`.
 
     task.batch_loss(step, generator) ──> loss ──backward, clip, Adam──> parameters
-       │ warm-up + cosine learning rate; bf16 autocast where the CPU has native bf16
+       │ warm-up + cosine learning rate; bf16 autocast on CUDA and where the CPU has native bf16
        │ every checkpoint_every steps: task.save_weights(<dir>/weights.safetensors), then
        │   <dir>/checkpoint.pt (model, optimizer, random states, step, log); a kill loses at most
        │   that much, and the resumed run ends with the weights of an uninterrupted one
@@ -51,7 +51,7 @@ class LoopConfig:
     eval_every: int = 1000
     seed: int = 0
     threads: int = 0  # torch threads; 0 = torch's default
-    bf16: bool = True  # bf16 autocast on CPUs with native bf16 (AVX512-BF16 / AMX)
+    bf16: bool = True  # bf16 autocast on CUDA, and on CPUs with native bf16 (AVX512-BF16 / AMX)
     # roll back to the last checkpoint and halve the learning rate when the mean loss of the
     # last 20 steps exceeds spike_factor times its long-run mean; 0 disables it
     spike_factor: float = 3.0
@@ -196,7 +196,8 @@ def run(task: Task, cfg: LoopConfig, where: str | Path | RunFiles, *, descriptio
     model = task.model
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(cfg.seed + 1000 * rank)
-    bf16 = cfg.bf16 and cpu_has_native_bf16()
+    device_type = next(model.parameters()).device.type
+    bf16 = cfg.bf16 and (device_type == "cuda" or cpu_has_native_bf16())
     key = getattr(task, "checkpoint_key", None)
     state = {"step": 0, "elapsed": 0.0, "lr_scale": 1.0, "rollbacks": [], "last_eval": {}, "log": []}
 
@@ -258,7 +259,7 @@ def run(task: Task, cfg: LoopConfig, where: str | Path | RunFiles, *, descriptio
         step = state["step"]
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, cfg) * state["lr_scale"]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             loss, scalars = task.batch_loss(step, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -283,7 +284,7 @@ def run(task: Task, cfg: LoopConfig, where: str | Path | RunFiles, *, descriptio
         step = state["step"]
         if main and (step % cfg.eval_every == 0 or step == cfg.steps):
             model.eval()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 state["last_eval"] = task.evaluate()
             model.train()
             entry = {"step": step, "wall_seconds": round(state["elapsed"], 1), **state["last_eval"]}

@@ -53,11 +53,12 @@ def work_folder(out: str | Path, work: str | Path | None = None) -> Path:
 
 def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path, *, name: str,
                    description: str, work: str | Path | None = None, progress: bool = True,
-                   steps: int | None = None, init_from: str | Path | None = None) -> Path:
+                   steps: int | None = None, init_from: str | Path | None = None, device: str = "cpu") -> Path:
     """Both phases of `config_path` on the images in `folders`, into `out`; intermediate files
     in work_folder(out, work). steps: every phase's step count (overrides the config).
     init_from: weights the autoencoder starts from (HierarchyTask.warm_start: a hierarchical
-    model, or a VQ-VAE as its stride-8 level); ignored once phase 1 has a checkpoint."""
+    model, or a VQ-VAE as its stride-8 level); ignored once phase 1 has a checkpoint. device:
+    where both phases train ("cpu" or "cuda")."""
     from .hierarchy_prior_task import HierarchyPriorTask
     from .hierarchy_task import HierarchyTask
 
@@ -69,13 +70,14 @@ def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path,
     work = work_folder(out, work)
     ae_loop, ae_data = cfg["autoencoder"]
     torch.manual_seed(ae_loop.seed)
-    task = HierarchyTask(cfg["model"], folders, name=name, warm_start=init_from, **ae_data)
+    task = HierarchyTask(cfg["model"], folders, name=name, warm_start=init_from, device=device, **ae_data)
     run(task, ae_loop, work / "autoencoder", description=f"phase 1/{len(PHASES)}: autoencoder", progress=progress)
     prior_cfg, prior_loop, prior_data = cfg["priors"]
     start_over_if_changed(RunFiles.in_folder(work / "priors"), work / "autoencoder" / "weights.safetensors",
                           work / "priors" / "source")
     torch.manual_seed(prior_loop.seed)
-    priors = HierarchyPriorTask(work / "autoencoder" / "weights.safetensors", folders, prior_cfg, **prior_data)
+    priors = HierarchyPriorTask(work / "autoencoder" / "weights.safetensors", folders, prior_cfg, device=device,
+                                **prior_data)
     run(priors, prior_loop, work / "priors", description=f"phase 2/{len(PHASES)}: priors", progress=progress)
     assemble(work / "autoencoder" / "weights.safetensors", work / "priors" / "weights.safetensors", out,
              name=name, description=description)

@@ -25,8 +25,9 @@ def encode_passes(prior: IntegerPrior, indices: torch.Tensor, coarse: list[torch
     return list(iter_passes(prior, indices, coarse))
 
 
-def _starting_embedding(prior: IntegerPrior, count: int | None, rows: int, cols: int,
-                        coarse: list[torch.Tensor] | None) -> torch.Tensor:
+def starting_embedding(prior: IntegerPrior, count: int | None, rows: int, cols: int,
+                       coarse: list[torch.Tensor] | None) -> torch.Tensor:
+    """`previous` before a grid's first stage: zeros, plus the coarser levels' grids' embedding."""
     previous = empty_embedding(count, prior.config.channels, rows, cols)
     if len(prior.config.coarse_factors) != len(coarse or []):
         raise ValueError(f"the prior conditions on {len(prior.config.coarse_factors)} coarser grids, "
@@ -45,7 +46,7 @@ def iter_passes(prior: IntegerPrior, indices: torch.Tensor, coarse: list[torch.T
     q, rows, cols = indices.shape
     indices = indices.long()
     chunk = max(1, PASS_CHUNK_POSITIONS // (rows * cols))
-    previous = _starting_embedding(prior, None, rows, cols, coarse)
+    previous = starting_embedding(prior, None, rows, cols, coarse)
     if label is not None:
         previous = previous + prior.class_context(torch.tensor([label]))[0]
     pending = []  # (inputs, stage, coded mask, context) of passes not yet evaluated
@@ -79,7 +80,7 @@ def decode_passes(prior: IntegerPrior, num_stages: int, rows: int, cols: int, ne
     classes: (count,) the class of each grid for a class-conditional prior (generation; -1 or
     None: no class, which is how files are coded)."""
     indices = torch.zeros(count, num_stages, rows, cols, dtype=torch.long)
-    previous = _starting_embedding(prior, count, rows, cols, coarse)
+    previous = starting_embedding(prior, count, rows, cols, coarse)
     if classes is not None:
         if not prior.config.num_classes:
             raise ValueError("the prior is not class-conditional")

@@ -105,7 +105,7 @@ class ContextPrior(nn.Module):
         previous = self._quantize_embedding(self.previous_embed)  # (S, K, C)
         per_stage = torch.stack([previous[t][indices[:, t]] for t in range(indices.shape[1])], dim=1)
         cumulative = torch.cat([torch.zeros_like(per_stage[:, :1]), per_stage.cumsum(1)], dim=1)
-        return cumulative[torch.arange(indices.shape[0]), stage]
+        return cumulative[torch.arange(indices.shape[0], device=indices.device), stage]
 
     def forward(self, indices: torch.Tensor, stage: torch.Tensor, known: torch.Tensor,
                 earlier: torch.Tensor | None = None, far: torch.Tensor | None = None) -> torch.Tensor:
@@ -115,7 +115,7 @@ class ContextPrior(nn.Module):
         the positions of stage[b] that the pass may see; earlier = earlier_stages(...);
         far (B,) bool marks far passes (far_pass)."""
         b, s_total, h, w = indices.shape
-        rows = torch.arange(b)
+        rows = torch.arange(b, device=indices.device)
         a_max = ACTIVATION_MAX / 2.0 ** ACTIVATION_BITS
         x = self.earlier_stages(indices, stage) if earlier is None else earlier
         current = self._quantize_embedding(self.current_embed)[stage.view(-1, 1, 1), indices[rows, stage]]
@@ -151,12 +151,12 @@ class ContextPrior(nn.Module):
         earlier-stage indices differ from the position's) on the logit of the index there."""
         b, s_total, h, w = indices.shape
         width, r = 2 * MATCH_RADIUS + 1, MATCH_RADIUS * dilation
-        padded_index = F.pad(indices[torch.arange(b), stage], (r, r, r, r))
+        padded_index = F.pad(indices[torch.arange(b, device=indices.device), stage], (r, r, r, r))
         padded_known = F.pad(known.float(), (r, r, r, r))
         if diverged is not None:
             padded_all = F.pad(indices, (r, r, r, r))
-            later = (torch.arange(s_total).view(1, -1) >= stage.view(-1, 1)).view(b, s_total, 1, 1)
-        match = torch.zeros(b, self.config.codebook_size, h, w)
+            later = (torch.arange(s_total, device=indices.device).view(1, -1) >= stage.view(-1, 1)).view(b, s_total, 1, 1)
+        match = torch.zeros(b, self.config.codebook_size, h, w, device=indices.device)
         for offset in range(width * width):
             dy, dx = offset // width * dilation, offset % width * dilation
             neighbour = padded_index[:, dy:dy + h, dx:dx + w].unsqueeze(1)
@@ -178,12 +178,12 @@ class ContextPrior(nn.Module):
         the positions before it (a superset of the conditionals raster decoding uses); in a
         stage past raster_stages, one checkerboard half, given the other or given nothing."""
         b, _, h, w = indices.shape
-        target = indices[torch.arange(b), stage]  # (B, H, W)
-        groups = torch.stack([group_map(self.config, int(s), h, w) for s in stage])  # (B, H, W)
+        target = indices[torch.arange(b, device=indices.device), stage]  # (B, H, W)
+        groups = torch.stack([group_map(self.config, int(s), h, w) for s in stage]).to(indices.device)  # (B, H, W)
         if self.config.schedule == "raster":
-            cut = torch.randint(h * w, (b, 1, 1), generator=generator)
+            cut = torch.randint(h * w, (b, 1, 1), generator=generator).to(indices.device)
             # stages past raster_stages: one checkerboard half given the other (or given nothing)
-            halves = torch.tensor([0 < self.config.raster_stages <= int(s) for s in stage]).view(b, 1, 1)
+            halves = torch.tensor([0 < self.config.raster_stages <= int(s) for s in stage], device=indices.device).view(b, 1, 1)
             cut = torch.where(halves, cut % 2, cut)
             passes = [(groups < cut, torch.where(halves, groups == cut, groups >= cut))]
         else:
@@ -195,7 +195,7 @@ class ContextPrior(nn.Module):
         if classes is not None and self.config.num_classes:
             earlier = earlier + self.class_context(classes)
         for g, (known, scored) in enumerate(passes):
-            far = torch.tensor([far_pass(self.config, int(s), g) for s in stage])
+            far = torch.tensor([far_pass(self.config, int(s), g) for s in stage], device=indices.device)
             logits = self(indices, stage, known, earlier, far) * math.log(2)
             nll = F.cross_entropy(logits, target, reduction="none") / math.log(2)
             total = total + (nll * scored).sum()
