@@ -155,6 +155,15 @@ def test_work_folder_option_and_config_errors(folder):
     assert result.exit_code == 1 and "not valid JSON" in result.output
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine whose torch sees no CUDA device")
+def test_device_cuda_without_a_cuda_device_is_a_clear_error(folder):
+    out = folder / "m.safetensors"
+    result = CliRunner().invoke(main, ["train", "--data", str(folder / "data"), "--out", str(out),
+                                       "--config", str(folder / "both.json"), "--device", "cuda"])
+    assert result.exit_code == 2 and "no CUDA device" in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
 def test_config_kind():
     assert training.config_kind(None) == "vqvae"
     assert training.config_kind("configs/digits.json") == "vqvae"

@@ -120,6 +120,12 @@ def train(data_dir, out, config_file, steps, work, batch_size, device, resume, i
 
     from .. import train as training
 
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise click.UsageError("--device cuda: this torch sees no CUDA device (a CPU-only build, or no GPU "
+                                   "or driver); train with --device cpu")
     kind = training.config_kind(config_file)
     out_path = _out_path(out)
     name = name or out_path.stem
