@@ -86,7 +86,9 @@ def test_spatial_context_conditions_the_other_half_of_the_positions_on_the_ancho
         assert torch.equal(stage.code(residual, state, None)[0], stage.choose(residual, None, None))
 
 
-def test_a_warm_start_adds_spatial_context_to_a_trained_model_without_changing_it(tmp_path):
+@pytest.fixture
+def trained_source(tmp_path):
+    """(a tiny trained HierarchyTask, its photo folder, its weights file)."""
     from vqcodec.training.hierarchy_task import HierarchyTask
 
     folder = tmp_path / "photos"
@@ -96,8 +98,15 @@ def test_a_warm_start_adds_spatial_context_to_a_trained_model_without_changing_i
     source = HierarchyTask(TINY, [str(folder)], crop_size=32, held_out_per_folder=1, extra_scales=())
     source.model(torch.rand(2, 3, 32, 32), torch.tensor([4, 4]), torch.tensor([0.01, 0.01]))  # k-means init
     source.save_weights(tmp_path / "w.safetensors", {})
+    return source, folder, tmp_path / "w.safetensors"
+
+
+def test_a_warm_start_adds_spatial_context_to_a_trained_model_without_changing_it(trained_source):
+    from vqcodec.training.hierarchy_task import HierarchyTask
+
+    source, folder, weights = trained_source
     task = HierarchyTask(replace(TINY, spatial_context=True), [str(folder)], crop_size=32, held_out_per_folder=1,
-                         extra_scales=(), warm_start=tmp_path / "w.safetensors")
+                         extra_scales=(), warm_start=weights)
     x = torch.rand(1, 3, 32, 48)
     before = source.model.eval().encode_indices(x, 4, 0.01)
     after = task.model.eval().encode_indices(x, 4, 0.01)
@@ -105,22 +114,16 @@ def test_a_warm_start_adds_spatial_context_to_a_trained_model_without_changing_i
     torch.testing.assert_close(before[1], after[1])
     with pytest.raises(ValueError, match="does not fit"):
         HierarchyTask(replace(TINY, widths=(8, 8, 16, 16)), [str(folder)], crop_size=32, held_out_per_folder=1,
-                      extra_scales=(), warm_start=tmp_path / "w.safetensors")
+                      extra_scales=(), warm_start=weights)
 
 
-def test_a_warm_start_with_a_new_finest_level_quantizer_keeps_the_coarser_prefixes(tmp_path):
+def test_a_warm_start_with_a_new_finest_level_quantizer_keeps_the_coarser_prefixes(trained_source):
     from vqcodec.training.hierarchy_task import HierarchyTask
 
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for i in range(2):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-    source = HierarchyTask(TINY, [str(folder)], crop_size=32, held_out_per_folder=1, extra_scales=())
-    source.model(torch.rand(2, 3, 32, 32), torch.tensor([4, 4]), torch.tensor([0.01, 0.01]))  # k-means init
-    source.save_weights(tmp_path / "w.safetensors", {})
+    source, folder, weights = trained_source
     finer = replace(TINY, level_dims=TINY.level_dims[:-1] + (3,), shared_latent_strides=(TINY.level_strides[-1],))
     task = HierarchyTask(finer, [str(folder)], crop_size=32, held_out_per_folder=1, extra_scales=(),
-                         warm_start=tmp_path / "w.safetensors")
+                         warm_start=weights)
     assert not any(bool(stage.initialized) for stage in task.model.levels[-1])
     coarse = sum(TINY.level_stages[:-1])
     x = torch.rand(1, 3, 32, 48)
