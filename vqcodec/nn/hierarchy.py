@@ -123,6 +123,13 @@ class ECVQStage(nn.Module):
             log2_p = torch.where(anchors, log2_p, log2_p_ctx)
         return indices, log2_p.gather(1, indices.unsqueeze(1)).squeeze(1)
 
+    @staticmethod
+    def state_from_codebook(codebook: torch.Tensor, count: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A stage's codebook buffers (state-dict names within the stage) for `codebook` whose
+        codes were each used `count` times: EMA sums to match, marked initialized."""
+        return {"codebook": codebook, "ema_count": count, "ema_sum": codebook * count.unsqueeze(1),
+                "initialized": torch.ones((), dtype=torch.bool)}
+
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) codebook vectors of indices (B, h, w)."""
         return F.embedding(indices, self.codebook).permute(0, 3, 1, 2)
@@ -203,6 +210,26 @@ class HierarchicalVQ(nn.Module):
         return self.config.widths[int(math.log2(stride)) - 1]
 
     # -- one level's stages ------------------------------------------------------------------
+    def quantizer_level(self, key: str) -> int | None:
+        """The level whose quantizer a state-dict key belongs to (its stages, or its shared
+        latent projections); None for the transforms."""
+        part = key.split(".")
+        if part[0] == "levels":
+            return int(part[1])
+        if part[0] in ("latent_in", "latent_out"):
+            return self.config.level_strides.index(int(part[1]))
+        return None
+
+    @torch.no_grad()
+    def silence_level(self, level: int) -> None:
+        """Zero what a level adds to the decoder state (its shared latent's output projection,
+        or every stage's), so that the model decodes as it would without the level."""
+        stride = str(self.config.level_strides[level])
+        outputs = [self.latent_out[stride]] if stride in self.latent_out else [s.project_out for s in self.levels[level]]
+        for layer in outputs:
+            layer.weight.zero_()
+            layer.bias.zero_()
+
     def _level_latent(self, stride: int, target: torch.Tensor, state: torch.Tensor) -> torch.Tensor | None:
         """The latent all stages of a shared-latent level quantize (float32); None elsewhere."""
         key = str(stride)
@@ -292,7 +319,7 @@ class HierarchicalVQ(nn.Module):
             target = features[stride]
             start, codes = state, None
             latent = self._level_latent(stride, target, state)
-            level_active = (keep > global_stage).to(state.dtype).view(b, 1, 1, 1)
+            level_active = None if latent is None else (keep > global_stage).to(state.dtype).view(b, 1, 1, 1)
             for stage in stages:
                 active = (keep > global_stage).float()
                 global_stage += 1
@@ -402,20 +429,15 @@ class HierarchicalVQ(nn.Module):
             for prefix, origin in mapped.items():
                 if name.startswith(prefix + "."):
                     state[name] = weights[origin + name[len(prefix):]]
-        for k, stage in enumerate(self.levels[0]):
-            codebook = weights[f"quantizer.stages.{k}.codebook"]
-            count = weights[f"quantizer.stages.{k}.ema_count"]
-            state.update({f"levels.0.{k}.codebook": codebook, f"levels.0.{k}.ema_count": count,
-                          f"levels.0.{k}.ema_sum": codebook * count.unsqueeze(1),
-                          f"levels.0.{k}.initialized": torch.ones((), dtype=torch.bool)})
+        for k in range(len(self.levels[0])):
+            buffers = ECVQStage.state_from_codebook(weights[f"quantizer.stages.{k}.codebook"],
+                                                    weights[f"quantizer.stages.{k}.ema_count"])
+            state.update({f"levels.0.{k}.{name}": value for name, value in buffers.items()})
         self.load_state_dict({**own, **state})
         gdn = self.analysis["8"][1]
         gdn.beta_root.fill_(1.0)
         gdn.gamma_root.zero_()
         self.refine4.body[2].weight.zero_()
         self.refine4.body[2].bias.zero_()
-        for stride, stages in zip(cfg.level_strides[1:], self.levels[1:]):
-            outputs = [self.latent_out[str(stride)]] if str(stride) in self.latent_out else [s.project_out for s in stages]
-            for layer in outputs:
-                layer.weight.zero_()
-                layer.bias.zero_()
+        for level in range(1, len(self.levels)):
+            self.silence_level(level)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save as save_safetensors
 
 from ..config import HierarchyConfig
 from ..fileio import atomic_write_bytes
-from ..nn.hierarchy import HierarchicalVQ
+from ..nn.hierarchy import ECVQStage, HierarchicalVQ
 from ..weights_io import HIERARCHY_PREFIX, load_vqvae
 from .data import central_crop, load_pool, psnr, random_crops, read_sections, split_by_name
 from .loop import LoopConfig, run, setup
@@ -70,14 +70,14 @@ class HierarchyTask:
             source = installable
             for name in [k for k in source if k.endswith(".codebook")]:
                 stem = name[:-len("codebook")]
-                source.setdefault(stem + "ema_count", torch.ones(source[name].shape[0]))
-                source.setdefault(stem + "ema_sum", source[name] * source[stem + "ema_count"].unsqueeze(1))
-                source.setdefault(stem + "initialized", torch.ones((), dtype=torch.bool))
+                buffers = ECVQStage.state_from_codebook(source[name], torch.ones(source[name].shape[0]))
+                for key, value in buffers.items():
+                    source.setdefault(stem + key, value)
         own = self.model.state_dict()
         matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
         missing = [k for k in own if k not in matched and ".context." not in k]
-        fresh_levels = {self._level_of(k) for k in missing} - {None}
-        unfit = [k for k in missing if self._level_of(k) is None]
+        fresh_levels = {self.model.quantizer_level(k) for k in missing} - {None}
+        unfit = [k for k in missing if self.model.quantizer_level(k) is None]
         if unfit:
             raise ValueError(f"{path} does not fit this model: {unfit[:4]}")
         self.model.load_state_dict({**own, **matched})
@@ -86,25 +86,10 @@ class HierarchyTask:
                 if ".context." in name:
                     param.zero_()
             for level in fresh_levels:
-                stride = str(self.cfg.level_strides[level])
-                outputs = ([self.model.latent_out[stride]] if stride in self.model.latent_out
-                           else [stage.project_out for stage in self.model.levels[level]])
-                for layer in outputs:
-                    layer.weight.zero_()
-                    layer.bias.zero_()
+                self.model.silence_level(level)
                 for k, stage in enumerate(self.model.levels[level]):
                     if f"levels.{level}.{k}.codebook" not in matched:
                         stage.initialized.fill_(False)  # k-means on the first batch
-
-    def _level_of(self, key: str) -> int | None:
-        """The level whose quantization a state-dict key belongs to (its stages, or its shared
-        latent projections); None for the transforms."""
-        part = key.split(".")
-        if part[0] == "levels":
-            return int(part[1])
-        if part[0] in ("latent_in", "latent_out"):
-            return self.cfg.level_strides.index(int(part[1]))
-        return None
 
     def batch_loss(self, step: int, generator: torch.Generator):
         images = random_crops(self.pool, self.batch_size, self.crop_size, generator, self.device)
