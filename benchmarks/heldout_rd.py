@@ -86,20 +86,12 @@ def hierarchy(images, weights, priors=None, lambda_scale=1.0):
     per, per_prior = [], []
     prior_task = None
     if priors:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-        from vqcodec.config import PriorConfig, from_dict
-        from vqcodec.nn.prior import ContextPrior, IntegerPrior
+        from vqcodec.nn.prior import ContextPrior
+        from vqcodec.training.hierarchy_prior_task import read_level_priors
 
-        with safe_open(str(priors), "pt") as f:
-            configs = [from_dict(PriorConfig, c) for c in json.loads(f.metadata()["prior_configs"])]
-        tensors = load_file(str(priors))
         prior_task = HierarchyPriorTask.__new__(HierarchyPriorTask)
         prior_task.autoencoder = model
-        prior_task.model = torch.nn.ModuleList(
-            ContextPrior.from_integer(IntegerPrior(c, {k.split(".", 1)[1]: v for k, v in tensors.items()
-                                                      if k.startswith(f"prior{i}.")}))
-            for i, c in enumerate(configs))
+        prior_task.model = torch.nn.ModuleList(ContextPrior.from_integer(p) for p in read_level_priors(priors)[0])
     for rgb in images:
         x = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).float() / 255
         pixels = rgb.shape[0] * rgb.shape[1]

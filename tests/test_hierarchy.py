@@ -117,6 +117,39 @@ def test_a_warm_start_adds_spatial_context_to_a_trained_model_without_changing_i
                       extra_scales=(), warm_start=weights)
 
 
+def test_a_warm_start_adds_stride_4_residual_blocks_that_start_as_identities(trained_source):
+    from vqcodec.training.hierarchy_task import HierarchyTask
+
+    source, folder, weights = trained_source
+    task = HierarchyTask(replace(TINY, stride4_blocks=2), [str(folder)], crop_size=32, held_out_per_folder=1,
+                         extra_scales=(), warm_start=weights)
+    assert len(task.model.detail4) == 2
+    x = torch.rand(1, 3, 32, 48)
+    source.model.eval()
+    task.model.eval()
+    grids = source.model.encode_indices(x, 4, 0.01)[0]
+    assert all(torch.equal(a, b) for a, b in zip(grids, task.model.encode_indices(x, 4, 0.01)[0]))
+    torch.testing.assert_close(task.model.decode_indices(grids), source.model.decode_indices(grids))
+
+
+def test_level_priors_continue_from_another_runs_priors(trained_source):
+    from vqcodec.training.hierarchy_prior_task import HierarchyPriorTask
+
+    _, folder, weights = trained_source
+    prior = PriorConfig(channels=8, layers=1)
+    common = dict(batch_size=2, crop_size=32, held_out_per_folder=1, extra_scales=())
+    torch.manual_seed(1)
+    first = HierarchyPriorTask(weights, [str(folder)], prior, **common)
+    first.save_weights(weights.parent / "priors.safetensors", {})
+    torch.manual_seed(2)  # a fresh start would draw other weights
+    continued = HierarchyPriorTask(weights, [str(folder)], prior, warm_start=weights.parent / "priors.safetensors",
+                                   **common)
+    fresh = HierarchyPriorTask(weights, [str(folder)], prior, **common)
+    bits = [task.evaluate()["prior_bpp"] for task in (first, continued, fresh)]
+    assert bits[1] == pytest.approx(bits[0], rel=0.01)  # up to the integer weights' rounding
+    assert bits[2] != pytest.approx(bits[0], rel=0.01)
+
+
 def test_a_warm_start_with_a_new_finest_level_quantizer_keeps_the_coarser_prefixes(trained_source):
     from vqcodec.training.hierarchy_task import HierarchyTask
 

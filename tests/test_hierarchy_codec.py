@@ -10,8 +10,9 @@ import torch
 
 import vqcodec
 from vqcodec import codec, container, images, inference, zoo
-from vqcodec.config import PriorConfig
+from vqcodec.config import HierarchyConfig, PriorConfig
 from vqcodec.container import VqzError
+from vqcodec.nn.hierarchy import HierarchicalVQ
 from vqcodec.nn.prior import ContextPrior, IntegerPrior
 from vqcodec.nn.rdoq import HierarchyRateDistortion
 from vqcodec.training.hierarchy_prior_task import level_prior_configs
@@ -20,19 +21,29 @@ from vqcodec.weights_io import save_hierarchy
 from test_hierarchy import TINY, tiny_model
 
 
+def install_tiny(folder, name, **config):
+    """Register tiny_model() (with `config` changes that keep its tensors) and untrained level
+    priors in `folder` as model `name`."""
+    model = tiny_model()
+    if config:
+        changed = HierarchicalVQ(dataclasses.replace(TINY, **config))
+        changed.load_state_dict(model.state_dict())
+        model = changed.eval()
+    priors = []
+    for level, cfg in enumerate(level_prior_configs(TINY, PriorConfig(channels=8, layers=2))):
+        torch.manual_seed(level)
+        priors.append(IntegerPrior(cfg, ContextPrior(cfg).to_integer()))
+    save_hierarchy(folder / f"{name}.safetensors", model, priors, name=name, description="tiny hierarchy",
+                   training={})
+    return zoo.register(folder / f"{name}.safetensors")
+
+
 @pytest.fixture(scope="module")
 def tiny_hierarchy(tmp_path_factory):
     """The entry of a tiny hierarchical model (levels at stride 16, 8, 4 with 2, 1, 1 stages),
     installed alone in a weights folder that VQCODEC_WEIGHTS points to during the tests."""
     folder = tmp_path_factory.mktemp("weights")
-    model = tiny_model()
-    priors = []
-    for level, cfg in enumerate(level_prior_configs(TINY, PriorConfig(channels=8, layers=2))):
-        torch.manual_seed(level)
-        priors.append(IntegerPrior(cfg, ContextPrior(cfg).to_integer()))
-    save_hierarchy(folder / "tinyh.safetensors", model, priors, name="tinyh", description="tiny hierarchy",
-                   training={})
-    entry = zoo.register(folder / "tinyh.safetensors")
+    entry = install_tiny(folder, "tinyh")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VQCODEC_WEIGHTS", str(folder))
         yield entry
@@ -76,6 +87,33 @@ def test_the_file_holds_the_grids_the_model_chose_and_decodes_to_their_image(tin
     expected = inference.decode_hierarchy(model, chosen, policy)[:40, :56]
     assert np.array_equal(np.asarray(vqcodec.decode(data)), expected)
     assert np.array_equal(np.asarray(vqcodec.decode_indices(indices)), expected)
+
+
+def test_a_quality_ladder_adds_levels_between_prefixes_at_a_smaller_lambda(tiny_hierarchy, tmp_path, monkeypatch):
+    ladder = ((1, 1.0), (2, 1.0), (3, 0.01), (3, 1.0), (4, 1.0))
+    monkeypatch.setenv("VQCODEC_WEIGHTS", str(tmp_path))
+    entry = install_tiny(tmp_path, "laddered", quality_ladder=ladder)
+    assert entry.info()["quality_levels"] == [1, 2, 3, 4, 5]
+    image = pixels(64, 96, seed=4)
+    files = {q: codec.encode_image(image, q, model="laddered") for q in (3, 4)}
+    for result in files.values():  # both keep 3 stages: the stride-16 level's 2 and one at stride 8
+        assert tuple((layer.stride, layer.stages) for layer in result.header.layers) == ((16, 2), (8, 1))
+        assert vqcodec.decode(result.data).size == (96, 64)
+    assert len(files[3].data) < len(files[4].data)  # the smaller lambda weighs bits more
+    install_tiny(tmp_path, "plain")  # without a ladder, quality 3 is the same prefix at its own lambda
+    plain = vqcodec.read_indices(codec.encode_image(image, 3, model="plain").data)
+    ours = vqcodec.read_indices(files[4].data)
+    assert all(np.array_equal(a, b) for x, y in zip(plain.layers, ours.layers) for a, b in zip(x.indices, y.indices))
+    from PIL import Image
+
+    from vqcodec import bench
+
+    Image.fromarray(image).save(tmp_path / "image.png")
+    usage = bench.run_bench([tmp_path / "image.png"], codecs=["vqz"], model="laddered", progress=False)["usage"]
+    assert [len(level["stages"]) for level in usage] == [1, 2, 3, 3, 4]  # each level's own stages
+    for bad in (((0, 1.0),), ((2, 1.0), (1, 1.0)), ((1, 0.0),), ((5, 1.0),), ((2, 1.0), (2, 0.5)), ((1, 1), (1, 1))):
+        with pytest.raises(ValueError, match="quality_ladder"):
+            HierarchyConfig(**{**dataclasses.asdict(TINY), "quality_ladder": bad})
 
 
 def test_a_file_whose_finer_level_skips_a_coarser_stage_is_refused(tiny_hierarchy):

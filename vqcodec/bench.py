@@ -193,7 +193,7 @@ def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = T
             levels["vqz"] = list(model_info["quality_levels"])
         model_info = {k: model_info[k] for k in ("name", "sha256", "quality_levels", "codebook_size", "stride")}
         K = model_info["codebook_size"]
-        counts = {q: [np.zeros(K, dtype=np.int64) for _ in range(q)] for q in levels["vqz"]}
+        counts = {q: [] for q in levels["vqz"]}  # per stage the level's files hold (its layers say how many)
         coded = {q: [0, 0, 0, 0] for q in levels["vqz"]}  # payload bytes, indices, file bytes, zstd bytes
 
     originals = []
@@ -243,6 +243,8 @@ def run_bench(paths, codecs=CODECS, model: str | None = None, progress: bool = T
             grids = [grid for layer in vq.read_indices(data).layers for grid in layer.indices]
             used_coder = parsed.header.coder
             for stage, grid in enumerate(grids):
+                if stage == len(counts[quality]):
+                    counts[quality].append(np.zeros(K, dtype=np.int64))
                 counts[quality][stage] += np.bincount(grid.ravel(), minlength=K)[:K]
             coded[quality][0] += len(parsed.index_payload)
             coded[quality][1] += sum(g.size for g in grids)

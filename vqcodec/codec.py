@@ -116,7 +116,7 @@ def _load_model(entry: zoo.ModelEntry) -> _Model:
         cfg = model.config
         layers = tuple(_ModelLayer(stride, stages, cfg.codebook_size, prior, cfg.level_stages[i - 1] if i else None)
                        for i, (stride, stages, prior) in enumerate(zip(cfg.level_strides, cfg.level_stages, priors)))
-        return _Model(entry, None, None, layers, Levels(cfg.level_stages), model)
+        return _Model(entry, None, None, layers, cfg.quality_levels(), model)
     vqvae, enhance = zoo.load(entry), zoo.load_enhance(entry)
     cfg, levels = vqvae.config, zoo.levels_of(vqvae, enhance)
     layers = [_ModelLayer(cfg.stride, cfg.num_stages, cfg.codebook_size, zoo.load_prior(entry))]
@@ -192,14 +192,16 @@ def _choose_coder(coder: str | None, model: _Model, layers: tuple[Layer, ...]) -
 # ------------------------------------------------------------------ indices <-> payload
 
 
-def _index_payload(model: _Model, padded: np.ndarray, layers: tuple[Layer, ...], coder: str,
+def _index_payload(model: _Model, padded: np.ndarray, quality: int, coder: str,
                    tradeoff: float, refine_steps: int) -> tuple[list[np.ndarray], bytes]:
-    """The index grids of padded pixels, layer by layer in coding order, and their coded
-    payload: the base model's grids, then the enhancement layer's over that base level."""
+    """The index grids of padded pixels at a quality level, layer by layer in coding order,
+    and their coded payload: the base model's grids, then the enhancement layer's over that
+    base level."""
     if model.hierarchy is not None:
         if refine_steps:
             raise ValueError(f"model '{model.entry.name}' is hierarchical: refine_steps is for VQ-VAE models")
-        return _hierarchy_payload(model, padded, layers, coder, tradeoff)
+        return _hierarchy_payload(model, padded, quality, coder, tradeoff)
+    layers = _structure(model, quality)
     vqvae, base_layer, policy = model.vqvae, model.layers[0], inference.Policy.default()
     z = inference.encode_latents(vqvae, padded, policy)
     if refine_steps:
@@ -221,18 +223,19 @@ def _index_payload(model: _Model, padded: np.ndarray, layers: tuple[Layer, ...],
     return grids, entropy.zstd_encode(grids) if coder == "zstd" else encoder.payload()
 
 
-def _hierarchy_payload(model: _Model, padded: np.ndarray, layers: tuple[Layer, ...], coder: str,
+def _hierarchy_payload(model: _Model, padded: np.ndarray, quality: int, coder: str,
                        tradeoff: float) -> tuple[list[np.ndarray], bytes]:
     """_index_payload of a hierarchical model: every stage's indices by ECVQ at the model's
-    encode_lambda_scale x its lambda of the quality level, with bits weighted
+    encode_lambda_scale x the quality level's lambda (HierarchyConfig.ladder), with bits weighted
     tradeoff / RATE_TRADEOFF times as much (tradeoff 0: the nearest codes); each level
     range-coded with its prior, given the coarser levels' grids. With the prior coder the
     bits ECVQ weighs are the priors' own (nn.rdoq.HierarchyRateDistortion), else those of
     the model's training entropy model."""
-    n = sum(layer.stages for layer in layers)
+    layers = _structure(model, quality)
     hierarchy = model.hierarchy
-    lam = (float(hierarchy.stage_lambdas()[n - 1]) * hierarchy.config.encode_lambda_scale * RATE_TRADEOFF / tradeoff
-           if tradeoff else None)
+    n, multiple = hierarchy.config.ladder[quality - 1]
+    lam = (float(hierarchy.stage_lambdas()[n - 1]) * hierarchy.config.encode_lambda_scale * multiple
+           * RATE_TRADEOFF / tradeoff if tradeoff else None)
     policy = inference.Policy.default()
     if coder == "prior" and lam is not None:
         encoder = entropy.RangeEncoder()
@@ -338,7 +341,7 @@ def encode_image(image, quality: int | None = None, model: str | None = None,
     rgb, alpha = images.split_alpha(picture)
     padded = images.pad_to_multiple(rgb, chosen.padding)
     tradeoff = RATE_TRADEOFF if rate_tradeoff is None else float(rate_tradeoff)
-    grids, payload = _index_payload(chosen, padded, layers, coder, tradeoff, int(refine_steps))
+    grids, payload = _index_payload(chosen, padded, quality, coder, tradeoff, int(refine_steps))
     header = Header(
         model_prefix=container.model_prefix(chosen.entry.sha256), width=picture.width, height=picture.height,
         mode=picture.mode, quality=quality, coder=coder, layers=layers, index_crc32=entropy.index_checksum(grids),

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from .quality import Levels
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -138,6 +140,10 @@ class HierarchyConfig:
 
     widths: tuple[int, ...] = (64, 96, 128, 160)  # channels at strides 2, 4, 8, 16
     res_blocks: int = 2  # residual blocks at the first level's stride, in analysis and synthesis
+    # residual blocks at stride 4, in the analysis (before the stride-8 convolution) and in the
+    # synthesis (after the stride-4 level); they start as identities, so a model without them
+    # warm-starts onto them decoding as before
+    stride4_blocks: int = 0
     level_strides: tuple[int, ...] = (16, 8, 4)  # coarse to fine: the global stage order
     level_dims: tuple[int, ...] = (16, 8, 4)  # codebook dimension per level
     level_stages: tuple[int, ...] = (3, 3, 3)  # ECVQ stages per level
@@ -167,10 +173,29 @@ class HierarchyConfig:
     # codec's RATE_TRADEOFF); a property of each trained model, measured on held-out photos
     # (docs/EXPERIMENTS.md: 1 suits the stride-8/4 ladders with the prior-driven choice)
     encode_lambda_scale: float = 1.0
+    # the quality levels, lowest first: (stages of the ladder kept, multiple of that prefix's
+    # lambda for the encoder's ECVQ); a multiple under 1 weighs bits more, for a rate between
+    # two prefixes. Chosen on held-out photos for each trained model (docs/EXPERIMENTS.md).
+    # Empty: one level per prefix, at its own lambda.
+    quality_ladder: tuple[tuple[int, float], ...] = ()
+
+    def __post_init__(self):
+        total, ladder = sum(self.level_stages), list(self.quality_ladder)
+        if ladder != sorted(set(ladder)) or any(not (1 <= n <= total and m > 0) for n, m in ladder):
+            raise ValueError(f"quality_ladder {self.quality_ladder}: each level keeps 1..{total} stages at a "
+                             "positive lambda multiple, in increasing order of both (stages first)")
 
     @property
     def stride(self) -> int:
         return max(self.level_strides)
+
+    @property
+    def ladder(self) -> tuple[tuple[int, float], ...]:
+        """(stages kept, lambda multiple) of each quality level 1, 2, ..."""
+        return self.quality_ladder or tuple((n, 1.0) for n in range(1, sum(self.level_stages) + 1))
+
+    def quality_levels(self) -> Levels:
+        return Levels(tuple(self.level_stages), tuple(n for n, _ in self.ladder))
 
 
 def from_dict(cls, data: dict):
@@ -180,7 +205,12 @@ def from_dict(cls, data: dict):
     unknown = set(data) - names
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    return cls(**{k: _tuples(v) for k, v in data.items()})
+
+
+def _tuples(value):
+    """JSON lists, nested ones too, as tuples."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def to_json(config) -> str:

@@ -6,8 +6,8 @@ A model codes its layers in order: the base VQ-VAE, then, if it has one, an enha
 b + n adds the enhancement layer's first n stages to base level b. b is the enhancement
 layer's base_stages (0: all of the base's stages); without an enhancement layer, quality q
 keeps q of the base's stages, up to all of them. A hierarchical model (nn/hierarchy.py) has one
-layer per level, coarse to fine: Levels(level_stages), quality q keeping the first q stages of
-the whole ladder.
+layer per level, coarse to fine: quality q keeps the first q stages of the whole ladder, or as
+many as its model's quality ladder says (HierarchyConfig.quality_ladder).
 """
 from __future__ import annotations
 
@@ -19,11 +19,14 @@ class Levels:
     """A model's quality levels: layer i (in coding order) adds per_layer[i] of them."""
 
     per_layer: tuple[int, ...]
+    # stages of the whole ladder that each quality level keeps (a hierarchical model's
+    # HierarchyConfig.ladder); empty: quality q keeps q
+    kept: tuple[int, ...] = ()
 
     @property
     def count(self) -> int:
         """The highest quality level (levels are 1..count)."""
-        return sum(self.per_layer)
+        return len(self.kept) or sum(self.per_layer)
 
     @property
     def base(self) -> int:
@@ -36,7 +39,7 @@ class Levels:
         it reaches: each layer filled up to its levels before the next one starts."""
         if not 1 <= quality <= self.count:
             raise ValueError(f"quality {quality} is not one of the levels 1..{self.count}")
-        stages, remaining = [], quality
+        stages, remaining = [], self.kept[quality - 1] if self.kept else quality
         for levels in self.per_layer:
             stages.append(min(remaining, levels))
             remaining -= stages[-1]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import quality
+from .config import HierarchyConfig, from_dict
 from .container import CODERS
 from .fileio import atomic_write_bytes
 from .weights_io import (enhance_from_bytes, hierarchy_from_bytes, is_hierarchy, metadata_from_bytes,
@@ -49,7 +50,7 @@ class ModelEntry:
         metadata = read_metadata(self.path)
         if is_hierarchy(metadata):
             config = json.loads(metadata["hierarchy_config"])
-            levels = quality.Levels(tuple(config["level_stages"]))
+            levels = from_dict(HierarchyConfig, config).quality_levels()
             stride, has_prior = max(config["level_strides"]), "prior_configs" in metadata
             default = quality.default_quality(levels.count)
             enhancement_levels: list[int] = []

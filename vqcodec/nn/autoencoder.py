@@ -43,13 +43,19 @@ class GDN(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, channels: int):
+    """x + conv3x3(GELU(conv3x3(x))); identity=True starts the second convolution at zero, so
+    the block starts as the identity (SkipInit, De & Smith 2020)."""
+
+    def __init__(self, channels: int, identity: bool = False):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.GELU(),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
+        if identity:
+            nn.init.zeros_(self.body[2].weight)
+            nn.init.zeros_(self.body[2].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)

@@ -180,8 +180,10 @@ class HierarchicalVQ(nn.Module):
 
         def trunk(channels: int) -> list[nn.Module]:  # the residual blocks, at the first level's stride
             return [ResidualBlock(channels) for _ in range(cfg.res_blocks)]
+        def stride4(count: int) -> list[nn.Module]:
+            return [ResidualBlock(c4, identity=True) for _ in range(count)]
         self.analysis = nn.ModuleDict({
-            "4": nn.Sequential(_conv_down(3, c2), GDN(c2), _conv_down(c2, c4), GDN(c4)),
+            "4": nn.Sequential(_conv_down(3, c2), GDN(c2), _conv_down(c2, c4), GDN(c4), *stride4(cfg.stride4_blocks)),
             "8": nn.Sequential(_conv_down(c4, c8), GDN(c8), *(trunk(c8) if first == 8 else [])),
         })
         if first == 16:
@@ -203,6 +205,7 @@ class HierarchicalVQ(nn.Module):
         self.refine8 = nn.Sequential(*trunk(c8)) if first == 8 else ResidualBlock(c8)
         self.up8 = nn.Sequential(_conv_up(c8, c4), GDN(c4, inverse=True))
         self.refine4 = ResidualBlock(c4)
+        self.detail4 = nn.Sequential(*stride4(cfg.stride4_blocks))
         self.up4 = nn.Sequential(_conv_up(c4, c2), GDN(c2, inverse=True), _conv_up(c2, 3))
 
     def channels(self, stride: int) -> int:
@@ -219,6 +222,12 @@ class HierarchicalVQ(nn.Module):
         if part[0] in ("latent_in", "latent_out"):
             return self.config.level_strides.index(int(part[1]))
         return None
+
+    def starts_as_identity(self, key: str) -> bool:
+        """Whether a state-dict key belongs to the stride-4 residual blocks, which start as
+        identities (config.stride4_blocks), so a model without them can warm-start onto them."""
+        part = key.split(".")
+        return part[0] == "detail4" or (part[:2] == ["analysis", "4"] and int(part[2]) >= 4)
 
     @torch.no_grad()
     def silence_level(self, level: int) -> None:
@@ -286,7 +295,7 @@ class HierarchicalVQ(nn.Module):
             return self.up16(self.refine16(state))
         if stride == 8:
             return self.up8(self.refine8(state))
-        return self.up4(self.refine4(state)) + 0.5
+        return self.up4(self.detail4(self.refine4(state))) + 0.5
 
     def assignment_weight(self, lambdas: torch.Tensor) -> torch.Tensor:
         """ECVQ weight on squared latent distance per example, from its lambda: a latent error
@@ -398,7 +407,7 @@ class HierarchicalVQ(nn.Module):
                     if not remaining:
                         break
                     state, codes = self._add(stride, stage, start, state, codes, stage.lookup(remaining.pop(0)))
-            hidden = self.up4[:-1](self.refine4(self._to_stride_4(state, self.config.level_strides[-1])))
+            hidden = self.up4[:-1](self.detail4(self.refine4(self._to_stride_4(state, self.config.level_strides[-1]))))
         return self.up4[-1](hidden.float()) + 0.5
 
     @torch.no_grad()

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save as save_safetensors
 
 from ..config import HierarchyConfig, PriorConfig, from_dict
 from ..fileio import atomic_write_bytes
 from ..nn.hierarchy import HierarchicalVQ
-from ..nn.prior import ContextPrior
+from ..nn.prior import ContextPrior, IntegerPrior
 from .data import central_crop, load_pool, random_crops, read_sections, split_by_name
 from .loop import LoopConfig, run, setup
 
@@ -39,9 +40,19 @@ def level_prior_configs(model_cfg: HierarchyConfig, base: PriorConfig, condition
     return configs
 
 
-def load_hierarchy(path: str | Path) -> HierarchicalVQ:
-    from safetensors import safe_open
+def read_level_priors(path: str | Path) -> tuple[list[IntegerPrior], dict]:
+    """The level priors of this phase's weights file (HierarchyPriorTask.save_weights) and
+    its metadata."""
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    priors = [IntegerPrior(from_dict(PriorConfig, raw), {k.split(".", 1)[1]: v for k, v in tensors.items()
+                                                         if k.startswith(f"prior{level}.")})
+              for level, raw in enumerate(json.loads(metadata["prior_configs"]))]
+    return priors, metadata
 
+
+def load_hierarchy(path: str | Path) -> HierarchicalVQ:
     with safe_open(str(path), "pt") as f:
         cfg = from_dict(HierarchyConfig, json.loads(f.metadata()["hierarchy_config"]))
     model = HierarchicalVQ(cfg)
@@ -52,7 +63,12 @@ def load_hierarchy(path: str | Path) -> HierarchicalVQ:
 class HierarchyPriorTask:
     def __init__(self, autoencoder: str | Path, folders: list[str], prior: PriorConfig, *, conditioned: bool = True,
                  batch_size: int = 8, crop_size: int = 256, held_out_per_folder: int = 3,
-                 extra_scales: tuple[float, ...] = (0.6,), device: torch.device | str = "cpu"):
+                 extra_scales: tuple[float, ...] = (0.6,), device: torch.device | str = "cpu",
+                 warm_start: str | Path | None = None):
+        """warm_start: a weights file of this phase (another autoencoder's level priors, for the
+        same levels and codebook sizes) whose priors these continue (ContextPrior.from_integer):
+        an autoencoder trained on from the one they were made for keeps most of its index
+        statistics, so they start near their optimum."""
         self.device = torch.device(device)
         self.autoencoder = load_hierarchy(autoencoder).to(self.device)
         for p in self.autoencoder.parameters():
@@ -60,7 +76,14 @@ class HierarchyPriorTask:
         cfg = self.autoencoder.config
         self.lambdas = self.autoencoder.stage_lambdas()
         self.configs = level_prior_configs(cfg, prior, conditioned)
-        self.model = torch.nn.ModuleList(ContextPrior(c) for c in self.configs).to(self.device)
+        if warm_start is None:
+            self.model = torch.nn.ModuleList(ContextPrior(c) for c in self.configs)
+        else:
+            source, _ = read_level_priors(warm_start)
+            if len(source) != len(self.configs):
+                raise ValueError(f"{warm_start} has {len(source)} level priors, this model {len(self.configs)} levels")
+            self.model = torch.nn.ModuleList(ContextPrior.from_integer(p, c) for p, c in zip(source, self.configs))
+        self.model.to(self.device)
         self.batch_size, self.crop_size = batch_size, crop_size
         train_files, held_files = split_by_name(folders, held_out_per_folder)
         self.pool = load_pool(train_files, extra_scales, crop_size)
@@ -146,14 +169,22 @@ class HierarchyPriorTask:
 
 
 def train(autoencoder: str, config_path: str, folders: list[str], out: str, progress: bool = True,
-          device: str = "cpu") -> dict:
+          device: str = "cpu", warm_start: str | None = None) -> dict:
     cfg = read_sections(config_path, {"prior": PriorConfig, "loop": LoopConfig, "data": dict})
     setup(cfg["loop"])
-    task = HierarchyPriorTask(autoencoder, folders, cfg["prior"], device=device, **cfg["data"])
+    task = HierarchyPriorTask(autoencoder, folders, cfg["prior"], device=device, warm_start=warm_start, **cfg["data"])
     return run(task, cfg["loop"], out, description="priors", progress=progress)
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
-    train(sys.argv[1], sys.argv[2], sys.argv[4:], sys.argv[3])
+    parser = argparse.ArgumentParser(description="train a hierarchical autoencoder's level priors alone (one phase)")
+    parser.add_argument("autoencoder", help="the autoencoder phase's weights file")
+    parser.add_argument("config", help='JSON {"prior": ..., "loop": ..., "data": ...}')
+    parser.add_argument("out", help="run folder: checkpoint, weights, log")
+    parser.add_argument("folders", nargs="+")
+    parser.add_argument("--warm-start", help="a weights file of this phase whose priors to continue")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = parser.parse_args()
+    train(args.autoencoder, args.config, args.folders, args.out, device=args.device, warm_start=args.warm_start)

@@ -56,8 +56,9 @@ class HierarchyTask:
         """Start from the tensors of another hierarchical model's weights file: every tensor
         of the same name and shape. The spatial-context convolutions it lacks start at zero,
         and so do the outputs of a level whose quantization it lacks or shapes otherwise (its
-        codebooks restart by k-means), so the model starts decoding as that one did; the
-        transforms must match. A VQ-VAE's weights file (today's models) becomes the stride-8
+        codebooks restart by k-means), and the stride-4 residual blocks it lacks start as
+        identities, so the model starts decoding as that one did; the other transforms must
+        match. A VQ-VAE's weights file (today's models) becomes the stride-8
         level instead (HierarchicalVQ.load_vqvae). Files of either kind may be training outputs
         or installable weights files (which keep no codebook EMA statistics: those restart
         from a count of one per code)."""
@@ -77,7 +78,7 @@ class HierarchyTask:
         matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
         missing = [k for k in own if k not in matched and ".context." not in k]
         fresh_levels = {self.model.quantizer_level(k) for k in missing} - {None}
-        unfit = [k for k in missing if self.model.quantizer_level(k) is None]
+        unfit = [k for k in missing if self.model.quantizer_level(k) is None and not self.model.starts_as_identity(k)]
         if unfit:
             raise ValueError(f"{path} does not fit this model: {unfit[:4]}")
         self.model.load_state_dict({**own, **matched})

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from ..config import HierarchyConfig, PriorConfig, from_dict
 from .data import read_json_object
@@ -80,24 +79,23 @@ def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path,
                                 **prior_data)
     run(priors, prior_loop, work / "priors", description=f"phase 2/{len(PHASES)}: priors", progress=progress)
     assemble(work / "autoencoder" / "weights.safetensors", work / "priors" / "weights.safetensors", out,
-             name=name, description=description)
+             name=name, description=description, quality_ladder=cfg["model"].quality_ladder)
     return out
 
 
-def assemble(autoencoder: Path, priors: Path, out: Path, *, name: str, description: str) -> str:
-    """One weights file (weights_io.save_hierarchy) from the two phases' outputs; its sha256."""
-    from ..nn.prior import IntegerPrior
+def assemble(autoencoder: Path, priors: Path, out: Path, *, name: str, description: str,
+             quality_ladder: tuple | None = None) -> str:
+    """One weights file (weights_io.save_hierarchy) from the two phases' outputs; its sha256.
+    quality_ladder: the model's quality levels (HierarchyConfig.quality_ladder), chosen after
+    training (benchmarks/quality_ladder.py); None keeps the autoencoder's."""
     from ..weights_io import save_hierarchy
-    from .hierarchy_prior_task import load_hierarchy
+    from .hierarchy_prior_task import load_hierarchy, read_level_priors
 
     model = load_hierarchy(autoencoder)
+    if quality_ladder is not None:
+        model.config = replace(model.config, quality_ladder=quality_ladder)
     with safe_open(str(autoencoder), "pt") as f:
         ae_training = json.loads(f.metadata()["training"])
-    with safe_open(str(priors), "pt") as f:
-        prior_meta = f.metadata()
-    tensors = load_file(str(priors))
-    level_priors = [IntegerPrior(from_dict(PriorConfig, raw), {k.split(".", 1)[1]: v for k, v in tensors.items()
-                                                                if k.startswith(f"prior{level}.")})
-                    for level, raw in enumerate(json.loads(prior_meta["prior_configs"]))]
+    level_priors, prior_meta = read_level_priors(priors)
     training = {"autoencoder": ae_training, "priors": json.loads(prior_meta["training"])}
     return save_hierarchy(out, model, level_priors, name=name, description=description, training=training)

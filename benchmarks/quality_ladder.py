@@ -1,0 +1,99 @@
+"""Choose a hierarchical model's quality ladder on the held-out training photos (never Kodak).
+
+A quality level of a hierarchical model is a prefix of its stage ladder coded at a multiple of
+that prefix's training lambda (HierarchyConfig.quality_ladder). Consecutive prefixes can be
+far apart in rate (the first stage of a finer level adds a whole grid); the same prefix at a
+smaller multiple weighs bits more in the encoder's ECVQ and lands between them. This script
+measures real .vqz files of an installed model without a ladder, for every prefix at every
+multiple, on the held-out crops of benchmarks/heldout_rd.py, and picks the ladder:
+
+  1. the points no other point beats in both bpp and PSNR (the Pareto front);
+  2. from the lowest of them up: the next level is the front's point of highest bpp within
+     --ratio times the bpp of the level below (the next point of the front if none is), among
+     those that keep at least the stages of the level below, up to the front's top.
+
+    VQCODEC_WEIGHTS=DIR python benchmarks/quality_ladder.py MODEL --data ../shared/data/photos \
+        ../shared/data/photos2 [--multiples 0.125,0.25,0.5,1,2] [--ratio 1.5] [--json out.json]
+
+Prints every point, the chosen ladder with its bpp / PSNR and step ratios, and the
+`quality_ladder` JSON for the model's config.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+from PIL import Image
+
+from heldout_rd import crops, mean_points, psnr
+from vqcodec import codec, zoo
+from vqcodec.codec import RATE_TRADEOFF
+from vqcodec.weights_io import read_metadata
+
+
+def measure(model: str, images, multiples) -> dict[tuple[int, float], tuple[float, float]]:
+    """(prefix, multiple) -> mean (bpp, PSNR) of real files; quality n is prefix n (no ladder)."""
+    entry = zoo.find(model)
+    config = json.loads(read_metadata(entry.path)["hierarchy_config"])
+    if config.get("quality_ladder"):
+        raise SystemExit(f"model '{model}' already has a quality ladder: measure one without it")
+    points = {}
+    for n in entry.info()["quality_levels"]:
+        for multiple in multiples:
+            per = []
+            for rgb in images:
+                data = codec.encode_image(Image.fromarray(rgb), n, model=model,
+                                          rate_tradeoff=RATE_TRADEOFF / multiple).data
+                out = np.asarray(codec.decode(data).convert("RGB"))
+                per.append([(len(data) * 8 / (rgb.shape[0] * rgb.shape[1]), psnr(out, rgb))])
+            points[n, multiple] = mean_points(per)[0]
+            print(f"prefix {n} x{multiple:g}: {points[n, multiple][0]:.4f} bpp {points[n, multiple][1]:.2f} dB",
+                  flush=True)
+    return points
+
+
+def choose_ladder(points: dict, ratio: float) -> list:
+    """The ladder's (prefix, multiple) keys, lowest rate first (module docstring)."""
+    front, best = [], -float("inf")
+    for key, (bpp, quality) in sorted(points.items(), key=lambda item: (item[1][0], -item[1][1])):
+        if quality > best:
+            front.append(key)
+            best = quality
+    ladder = [front[0]]
+    while True:  # quality levels keep non-decreasing prefixes (HierarchyConfig.quality_ladder)
+        rest = [k for k in front[front.index(ladder[-1]) + 1:] if k[0] >= ladder[-1][0]]
+        if not rest:
+            return ladder
+        within = [k for k in rest if points[k][0] <= ratio * points[ladder[-1]][0]]
+        ladder.append(within[-1] if within else rest[0])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="an installed hierarchical model without a quality ladder")
+    parser.add_argument("--data", nargs="+", required=True)
+    parser.add_argument("--multiples", default="0.125,0.25,0.5,1,2")
+    parser.add_argument("--ratio", type=float, default=1.5, help="largest wanted bpp step between levels")
+    parser.add_argument("--json", help="write the points and the ladder here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    _, images = crops(args.data)
+    points = measure(args.model, images, [float(m) for m in args.multiples.split(",")])
+    ladder = choose_ladder(points, args.ratio)
+    previous = None
+    for q, key in enumerate(ladder, 1):
+        bpp, quality = points[key]
+        step = f"  x{bpp / previous:.2f}" if previous else ""
+        print(f"quality {q}: prefix {key[0]} x{key[1]:g}  {bpp:.4f} bpp {quality:.2f} dB{step}")
+        previous = bpp
+    print("quality_ladder:", json.dumps([[n, m] for n, m in ladder]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"points": [[n, m, *points[n, m]] for n, m in points],
+                       "quality_ladder": [[n, m] for n, m in ladder]}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
