@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import vqcodec
-from vqcodec import codec, container, images, inference, zoo
+from vqcodec import bench, codec, container, images, inference, zoo
 from vqcodec.config import HierarchyConfig, PriorConfig
 from vqcodec.container import VqzError
 from vqcodec.nn.hierarchy import HierarchicalVQ
@@ -104,10 +105,6 @@ def test_a_quality_ladder_adds_levels_between_prefixes_at_a_smaller_lambda(tiny_
     plain = vqcodec.read_indices(codec.encode_image(image, 3, model="plain").data)
     ours = vqcodec.read_indices(files[4].data)
     assert all(np.array_equal(a, b) for x, y in zip(plain.layers, ours.layers) for a, b in zip(x.indices, y.indices))
-    from PIL import Image
-
-    from vqcodec import bench
-
     Image.fromarray(image).save(tmp_path / "image.png")
     usage = bench.run_bench([tmp_path / "image.png"], codecs=["vqz"], model="laddered", progress=False)["usage"]
     assert [len(level["stages"]) for level in usage] == [1, 2, 3, 3, 4]  # each level's own stages
