@@ -66,15 +66,14 @@ def real_files(images, model=None):
     from vqcodec import zoo
 
     levels = zoo.find(model).info()["quality_levels"]
-    per = []
-    for rgb in images:
-        pts = []
-        for q in levels:
-            data = codec.encode(Image.fromarray(rgb), quality=q, model=model)
-            out = np.asarray(codec.decode(data).convert("RGB"))
-            pts.append((len(data) * 8 / (rgb.shape[0] * rgb.shape[1]), psnr(out, rgb)))
-        per.append(pts)
-    return mean_points(per)
+    return mean_points([[file_point(rgb, q, model) for q in levels] for rgb in images])
+
+
+def file_point(rgb, quality, model=None, rate_tradeoff=None):
+    """(bpp, PSNR) of one image's real .vqz file at a quality level."""
+    data = codec.encode_image(Image.fromarray(rgb), quality, model=model, rate_tradeoff=rate_tradeoff).data
+    out = np.asarray(codec.decode(data).convert("RGB"))
+    return len(data) * 8 / (rgb.shape[0] * rgb.shape[1]), psnr(out, rgb)
 
 
 @torch.no_grad()

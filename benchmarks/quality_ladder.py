@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 import torch
-from PIL import Image
 
-from heldout_rd import crops, mean_points, psnr
-from vqcodec import codec, zoo
+from heldout_rd import crops, file_point, mean_points
+from vqcodec import zoo
 from vqcodec.codec import RATE_TRADEOFF
 from vqcodec.weights_io import read_metadata
 
@@ -42,13 +40,8 @@ def measure(model: str, images, multiples) -> dict[tuple[int, float], tuple[floa
     points = {}
     for n in entry.info()["quality_levels"]:
         for multiple in multiples:
-            per = []
-            for rgb in images:
-                data = codec.encode_image(Image.fromarray(rgb), n, model=model,
-                                          rate_tradeoff=RATE_TRADEOFF / multiple).data
-                out = np.asarray(codec.decode(data).convert("RGB"))
-                per.append([(len(data) * 8 / (rgb.shape[0] * rgb.shape[1]), psnr(out, rgb))])
-            points[n, multiple] = mean_points(per)[0]
+            points[n, multiple] = mean_points([[file_point(rgb, n, model, RATE_TRADEOFF / multiple)]
+                                               for rgb in images])[0]
             print(f"prefix {n} x{multiple:g}: {points[n, multiple][0]:.4f} bpp {points[n, multiple][1]:.2f} dB",
                   flush=True)
     return points

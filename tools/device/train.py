@@ -42,16 +42,16 @@ from vqcodec.training.loop import LoopConfig, RunFiles, run, setup
 DATA = os.environ.get("VQ_DATA", ".gpu/data")
 FOLDERS = [f"{DATA}/photos", f"{DATA}/photos2"]
 DEVICE = os.environ.get("VQ_DEVICE", "cuda")  # cpu: the trial of this script here
+PART_LIMIT = 15_000_000  # bytes: the most the device returns per file
 
 
 def synchronize() -> None:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
-PART_LIMIT = 15_000_000
 
 
-def timed_steps(task, loop_cfg: LoopConfig, seconds: float, trial: int = 12) -> int:
-    """Steps of loop_cfg's kind that fit in `seconds`, from `trial` forward/backward passes of a
+def timed_steps(task, tag: str, seconds: float, trial: int = 12) -> int:
+    """Training steps of the task that fit in `seconds`, from `trial` forward/backward passes of a
     copy of the task's model (the first 3 not counted: warm-up)."""
     original = task.model
     task.model = copy.deepcopy(original)
@@ -70,7 +70,7 @@ def timed_steps(task, loop_cfg: LoopConfig, seconds: float, trial: int = 12) -> 
         task.model = original
     per_step = sum(times[3:]) / len(times[3:]) * 1.12  # + optimizer step, checkpoints, evaluations
     steps = max(50, int(seconds / per_step))
-    print(f"[{TAG}] {per_step * 1000:.0f} ms/step -> {steps} steps in {seconds:.0f} s", flush=True)
+    print(f"[{tag}] {per_step * 1000:.0f} ms/step -> {steps} steps in {seconds:.0f} s", flush=True)
     return steps
 
 
@@ -94,28 +94,26 @@ def split_save(full: Path, out_stem: Path) -> None:
         save_file(part, f"{out_stem}.part{i}.safetensors", metadata=metadata)
 
 
-TAG = sys.argv[1]
-
-
 def main() -> None:
+    tag = sys.argv[1]
     model_cfg = from_dict(HierarchyConfig, json.loads(sys.argv[2]))
     ae = json.loads(sys.argv[3])
     prior = json.loads(sys.argv[4])
     t0, ae_until, end_at = float(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
     out = Path(sys.argv[8])
     warm = sys.argv[9] if len(sys.argv) > 9 else None
-    work = Path("/tmp/gpu_runs") / TAG
+    work = Path("/tmp/gpu_runs") / tag
     work.mkdir(parents=True, exist_ok=True)
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    log = out / f"{TAG}.log.jsonl"
+    log = out / f"{tag}.log.jsonl"
 
     loop_cfg = from_dict(LoopConfig, ae["loop"])
     setup(loop_cfg)
-    task = HierarchyTask(model_cfg, FOLDERS, warm_start=warm, device=DEVICE, name=f"gpu_{TAG}", **ae["data"])
-    print(f"[{TAG}] autoencoder ready at {time.time() - t0:.0f} s", flush=True)
-    steps = timed_steps(task, loop_cfg, t0 + ae_until - time.time())
+    task = HierarchyTask(model_cfg, FOLDERS, warm_start=warm, device=DEVICE, name=f"gpu_{tag}", **ae["data"])
+    print(f"[{tag}] autoencoder ready at {time.time() - t0:.0f} s", flush=True)
+    steps = timed_steps(task, tag, t0 + ae_until - time.time())
     loop_cfg = replace(loop_cfg, steps=steps, eval_every=max(1, steps // int(os.environ.get("EVALS", "3"))))
     full = work / "ae.safetensors"
 
@@ -123,12 +121,12 @@ def main() -> None:
 
     def save_weights(path: Path, record: dict) -> None:
         original_save(path, record)
-        split_save(path, out / f"{TAG}.ae")
+        split_save(path, out / f"{tag}.ae")
 
     task.save_weights = save_weights
     files = RunFiles(work / "ae.ckpt", log, full)
-    run(task, loop_cfg, files, description=f"{TAG} autoencoder", progress=False)
-    print(f"[{TAG}] autoencoder done at {time.time() - t0:.0f} s", flush=True)
+    run(task, loop_cfg, files, description=f"{tag} autoencoder", progress=False)
+    print(f"[{tag}] autoencoder done at {time.time() - t0:.0f} s", flush=True)
     del task
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
@@ -140,11 +138,11 @@ def main() -> None:
         prior_loop = from_dict(LoopConfig, prior["loop"])
         setup(prior_loop)
         priors = HierarchyPriorTask(full, FOLDERS, prior_cfg, device=DEVICE, **prior["data"])
-        steps = timed_steps(priors, prior_loop, t0 + end_at - time.time())
+        steps = timed_steps(priors, tag, t0 + end_at - time.time())
         prior_loop = replace(prior_loop, steps=steps, eval_every=steps)
-        run(priors, prior_loop, RunFiles(work / "priors.ckpt", log, out / f"{TAG}.priors.safetensors"),
-            description=f"{TAG} priors", progress=False)
-        print(f"[{TAG}] priors done at {time.time() - t0:.0f} s", flush=True)
+        run(priors, prior_loop, RunFiles(work / "priors.ckpt", log, out / f"{tag}.priors.safetensors"),
+            description=f"{tag} priors", progress=False)
+        print(f"[{tag}] priors done at {time.time() - t0:.0f} s", flush=True)
     except Exception:
         traceback.print_exc()
 
