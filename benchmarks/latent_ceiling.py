@@ -33,14 +33,13 @@ def psnr(y: torch.Tensor, x: torch.Tensor) -> float:
 def decode_latents(model, features, latents: list) -> torch.Tensor:
     """Pixels when level l's code sum is latents[l] (None: the level's exact latent)."""
     strides = model.config.level_strides
-    state = torch.zeros_like(features[strides[0]])
+    state, previous = torch.zeros_like(features[strides[0]]), strides[0]
     for level, stride in enumerate(strides):
-        if level:
-            state = model._upsample(2 * stride, state)
-        key = str(stride)
+        state, previous = model._descend(state, previous, stride), stride
+        key = model.latent_keys[level]
         codes = latents[level] if latents[level] is not None else model.latent_in[key](features[stride] - state)
         state = state + model.latent_out[key](codes)
-    return model._upsample(4, model._to_stride_4(state, strides[-1]))
+    return model._upsample(4, model._descend(state, strides[-1]))
 
 
 @torch.no_grad()
@@ -65,7 +64,7 @@ def main():
     torch.set_num_threads(2)
     model = load_hierarchy(args.weights)
     cfg = model.config
-    if set(cfg.shared_latent_strides) != set(cfg.level_strides):
+    if None in model.latent_keys:
         raise SystemExit("every level must share one latent (config.shared_latent_strides)")
     _, images = crops(args.data)
     levels = len(cfg.level_strides)

@@ -20,10 +20,17 @@ TINY = HierarchyConfig(widths=(8, 8, 8, 8), res_blocks=1, level_dims=(4, 2, 2), 
                        codebook_size=16, entropy_channels=8)
 
 
-def tiny_model(seed=0) -> HierarchicalVQ:
+# TINY with a second stride-4 level of its own projections (NVTC's finer codebook dimension),
+# its lambda ladder extended at the same ratio, so that TINY's prefixes keep their lambdas
+TINY_REFINED = replace(TINY, level_strides=(16, 8, 4, 4), level_dims=(4, 2, 2, 3), level_stages=(2, 1, 1, 2),
+                       lambda_high=TINY.lambda_low * (TINY.lambda_high / TINY.lambda_low) ** (5 / 3))
+
+
+def tiny_model(seed=0, cfg: HierarchyConfig = TINY) -> HierarchicalVQ:
     torch.manual_seed(seed)
-    model = HierarchicalVQ(TINY)
-    model(torch.rand(2, 3, 32, 32), torch.tensor([4, 4]), torch.tensor([0.01, 0.01]))  # k-means init
+    model = HierarchicalVQ(cfg)
+    stages = torch.tensor([sum(cfg.level_stages)] * 2)
+    model(torch.rand(2, 3, 32, 32), stages, torch.tensor([0.01, 0.01]))  # k-means init
     return model.eval()
 
 
@@ -168,6 +175,48 @@ def test_a_warm_start_with_a_new_finest_level_quantizer_keeps_the_coarser_prefix
         grids = task.model.encode_indices(x, n, 0.01)[0]
         assert all(torch.equal(a, b) for a, b in zip(grids, source.model.encode_indices(x, coarse, 0.01)[0]))
         torch.testing.assert_close(task.model.decode_indices(grids), before)
+
+
+def test_a_second_level_at_the_finest_stride_refines_it_from_a_warm_start(trained_source):
+    from vqcodec.training.hierarchy_prior_task import HierarchyPriorTask
+    from vqcodec.training.hierarchy_task import HierarchyTask
+
+    source, folder, weights = trained_source
+    task = HierarchyTask(TINY_REFINED, [str(folder)], crop_size=32, held_out_per_folder=1, extra_scales=(),
+                         warm_start=weights)
+    model = task.model
+    assert model.latent_keys == (None,) * 4 and not any(bool(s.initialized) for s in model.levels[3])
+    x = torch.rand(1, 3, 32, 48)
+    source.model.eval()
+    model.eval()
+    model(x, torch.tensor([6]), torch.tensor([0.01]))  # the new level's k-means start (no EMA steps in eval)
+    old, _ = source.model.encode_indices(x, 4, 0.01)
+    grids, _ = model.encode_indices(x, 6, 0.01)
+    assert [g.shape for g in grids[4:]] == [(1, 8, 12)] * 2  # stride 4 again, no upsampling
+    assert all(torch.equal(a, b) for a, b in zip(old, grids))
+    for n in (4, 5, 6):  # the new level adds nothing until it trains
+        torch.testing.assert_close(model.decode_indices(grids[:n]), source.model.decode_indices(old))
+    with torch.no_grad():
+        for stage in model.levels[3]:
+            stage.project_out.weight.normal_()
+    assert not torch.allclose(model.decode_indices(grids), source.model.decode_indices(old))
+    # its priors continue the source's levels and start the new one fresh
+    model_weights = weights.parent / "refined.safetensors"
+    task.save_weights(model_weights, {})
+    prior = PriorConfig(channels=8, layers=1)
+    common = dict(batch_size=2, crop_size=32, held_out_per_folder=1, extra_scales=())
+    first = HierarchyPriorTask(weights, [str(folder)], prior, **common)
+    first.save_weights(weights.parent / "p.safetensors", {})
+    priors = HierarchyPriorTask(model_weights, [str(folder)], prior, warm_start=weights.parent / "p.safetensors",
+                                **common)
+    assert [c.coarse_factors for c in priors.configs][3] == (4, 4, 2, 1)  # the same stride: factor 1
+    bits = priors.evaluate()["prior_bpp"]
+    assert len(bits) == 6 and bits[5] > bits[3]
+    assert bits[:4] == pytest.approx(first.evaluate()["prior_bpp"], rel=0.01)
+    for strides in ((16, 4), (8, 8, 16), (8, 4, 2)):
+        with pytest.raises(ValueError, match="level strides"):
+            HierarchicalVQ(replace(TINY, level_strides=strides, level_dims=(2,) * len(strides),
+                                   level_stages=(1,) * len(strides)))
 
 
 def test_balanced_prefixes_weigh_every_prefixs_distortion_alike():

@@ -19,19 +19,19 @@ from vqcodec.nn.rdoq import HierarchyRateDistortion
 from vqcodec.training.hierarchy_prior_task import level_prior_configs
 from vqcodec.weights_io import save_hierarchy
 
-from test_hierarchy import TINY, tiny_model
+from test_hierarchy import TINY, TINY_REFINED, tiny_model
 
 
-def install_tiny(folder, name, **config):
-    """Register tiny_model() (with `config` changes that keep its tensors) and untrained level
-    priors in `folder` as model `name`."""
-    model = tiny_model()
+def install_tiny(folder, name, base=TINY, **config):
+    """Register tiny_model(cfg=base) (with `config` changes that keep its tensors) and untrained
+    level priors in `folder` as model `name`."""
+    model = tiny_model(cfg=base)
     if config:
-        changed = HierarchicalVQ(dataclasses.replace(TINY, **config))
+        changed = HierarchicalVQ(dataclasses.replace(base, **config))
         changed.load_state_dict(model.state_dict())
         model = changed.eval()
     priors = []
-    for level, cfg in enumerate(level_prior_configs(TINY, PriorConfig(channels=8, layers=2))):
+    for level, cfg in enumerate(level_prior_configs(base, PriorConfig(channels=8, layers=2))):
         torch.manual_seed(level)
         priors.append(IntegerPrior(cfg, ContextPrior(cfg).to_integer()))
     save_hierarchy(folder / f"{name}.safetensors", model, priors, name=name, description="tiny hierarchy",
@@ -111,6 +111,27 @@ def test_a_quality_ladder_adds_levels_between_prefixes_at_a_smaller_lambda(tiny_
     for bad in (((0, 1.0),), ((2, 1.0), (1, 1.0)), ((1, 0.0),), ((5, 1.0),), ((2, 1.0), (2, 0.5)), ((1, 1), (1, 1))):
         with pytest.raises(ValueError, match="quality_ladder"):
             HierarchyConfig(**{**dataclasses.asdict(TINY), "quality_ladder": bad})
+
+
+def test_two_levels_at_one_stride_are_two_layers_of_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQCODEC_WEIGHTS", str(tmp_path))
+    install_tiny(tmp_path, "refined", base=TINY_REFINED)
+    image = pixels(64, 96, seed=2)
+    decoded = {}
+    for quality, layers in ((4, ((16, 2), (8, 1), (4, 1))), (6, ((16, 2), (8, 1), (4, 1), (4, 2)))):
+        for coder in ("prior", "zstd"):
+            result = codec.encode_image(image, quality, model="refined", coder=coder)
+            assert tuple((layer.stride, layer.stages) for layer in result.header.layers) == layers
+            indices = vqcodec.read_indices(result.data)
+            assert [layer.indices.shape for layer in indices.layers][-1] == (layers[-1][1], 16, 24)
+            decoded[quality, coder] = np.asarray(vqcodec.decode(result.data))
+            assert np.array_equal(decoded[quality, coder], np.asarray(vqcodec.decode_indices(indices)))
+    assert not np.array_equal(decoded[4, "prior"], decoded[6, "prior"])
+    assert [im.size for im in codec.generate(1, model="refined", size=(32, 48), seed=1)] == [(48, 32)]
+    parsed = container.unpack(codec.encode_image(image, 6, model="refined", coder="zstd").data)
+    skipped = dataclasses.replace(parsed.header, layers=parsed.header.layers[:2] + parsed.header.layers[3:])
+    with pytest.raises(VqzError, match="cannot decode the layers"):  # the second stride-4 layer needs the first
+        vqcodec.decode(container.pack(skipped, parsed.index_payload, parsed.alpha_payload, parsed.metadata))
 
 
 def test_a_file_whose_finer_level_skips_a_coarser_stage_is_refused(tiny_hierarchy):

@@ -144,7 +144,9 @@ class HierarchyConfig:
     # synthesis (after the stride-4 level); they start as identities, so a model without them
     # warm-starts onto them decoding as before
     stride4_blocks: int = 0
-    level_strides: tuple[int, ...] = (16, 8, 4)  # coarse to fine: the global stage order
+    # coarse to fine: the global stage order; each stride is the one before or half of it (a
+    # level at the same stride refines the same decoder state further)
+    level_strides: tuple[int, ...] = (16, 8, 4)
     level_dims: tuple[int, ...] = (16, 8, 4)  # codebook dimension per level
     level_stages: tuple[int, ...] = (3, 3, 3)  # ECVQ stages per level
     codebook_size: int = 256
@@ -167,7 +169,8 @@ class HierarchyConfig:
     spatial_context: bool = False
     # strides of the levels whose stages share one latent projection (residual VQ of one latent,
     # as in today's VQ-VAE, which maps onto such a stride-8 level: HierarchicalVQ.load_vqvae);
-    # other levels give each stage a fresh projection of what the decoder state still misses
+    # the first level at each of these strides only; other levels give each stage a fresh
+    # projection of what the decoder state still misses
     shared_latent_strides: tuple[int, ...] = ()
     # the encoder's ECVQ lambda as a multiple of each quality level's training lambda (at the
     # codec's RATE_TRADEOFF); a property of each trained model, measured on held-out photos

@@ -278,8 +278,8 @@ def _check_header(h: Header) -> None:
     if not h.layers:
         raise VqzError("bad layer count 0: a file holds at least one layer")
     strides = [layer.stride for layer in h.layers]
-    if len(set(strides)) != len(strides):
-        raise VqzError(f"bad layers {strides}: two layers with the same stride")
+    if any(fine > coarse for coarse, fine in zip(strides, strides[1:])):
+        raise VqzError(f"bad layers {strides}: a layer's stride exceeds the one before (layers go coarse to fine)")
     if not _is_int(h.index_crc32) or not 0 <= h.index_crc32 <= _U32_MAX:
         raise VqzError(f"bad index_crc32 {h.index_crc32!r}: must be 0..{_U32_MAX}")
 

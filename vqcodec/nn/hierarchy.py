@@ -12,6 +12,8 @@ Every stage quantizes a fresh low-dimensional projection of what the decoder sti
 its level (NVTC, Feng et al. CVPR 2023: stride 16/8/4 with codebook dimension 16/8/4), or, at
 the levels of config.shared_latent_strides, all the level's stages quantize one latent
 projection by residual VQ (today's VQ-VAE, whose weights map onto such a level: load_vqvae). A
+level may repeat the stride of the one before: it goes on refining the same decoder state, with
+projections of its own (a finer quantizer at the finest stride, as NVTC's dimension 4). A
 stage's index distribution is predicted from the decoder state before it (the coarser levels
 and the earlier stages of its level), so each index costs bits under that conditional model.
 
@@ -188,15 +190,21 @@ class HierarchicalVQ(nn.Module):
         })
         if first == 16:
             self.analysis["16"] = nn.Sequential(_conv_down(c8, c16), *trunk(c16))
+        strides = cfg.level_strides
+        if any(fine not in (coarse, coarse // 2) for coarse, fine in zip(strides, strides[1:])) or strides[-1] < 4:
+            raise ValueError(f"level strides {strides}: each level's stride is the one before or half of it, down to 4")
         shared = set(cfg.shared_latent_strides)
-        if not shared <= set(cfg.level_strides):
+        if not shared <= set(strides):
             raise ValueError(f"shared_latent_strides {sorted(shared)} are not all level strides")
+        # the first level at each shared stride shares one latent; a later level at that stride
+        # quantizes fresh projections of what is still missing
+        self.latent_keys = tuple(str(s) if s in shared and strides.index(s) == i else None for i, s in enumerate(strides))
         self.levels = nn.ModuleList(
             nn.ModuleList(ECVQStage(self.channels(stride), dim, cfg.codebook_size, cfg.entropy_channels,
-                                    cfg.spatial_context, projections=stride not in shared)
+                                    cfg.spatial_context, projections=key is None)
                           for _ in range(stages))
-            for stride, dim, stages in zip(cfg.level_strides, cfg.level_dims, cfg.level_stages))
-        dims = dict(zip(cfg.level_strides, cfg.level_dims))
+            for stride, dim, stages, key in zip(strides, cfg.level_dims, cfg.level_stages, self.latent_keys))
+        dims = {int(key): dim for key, dim in zip(self.latent_keys, cfg.level_dims) if key is not None}
         self.latent_in = nn.ModuleDict({str(s): nn.Conv2d(self.channels(s), dims[s], 1) for s in sorted(shared)})
         self.latent_out = nn.ModuleDict({str(s): nn.Conv2d(dims[s], self.channels(s), 1) for s in sorted(shared)})
         if first == 16:
@@ -233,16 +241,16 @@ class HierarchicalVQ(nn.Module):
     def silence_level(self, level: int) -> None:
         """Zero what a level adds to the decoder state (its shared latent's output projection,
         or every stage's), so that the model decodes as it would without the level."""
-        stride = str(self.config.level_strides[level])
-        outputs = [self.latent_out[stride]] if stride in self.latent_out else [s.project_out for s in self.levels[level]]
+        key = self.latent_keys[level]
+        outputs = [self.latent_out[key]] if key is not None else [s.project_out for s in self.levels[level]]
         for layer in outputs:
             layer.weight.zero_()
             layer.bias.zero_()
 
-    def _level_latent(self, stride: int, target: torch.Tensor, state: torch.Tensor) -> torch.Tensor | None:
+    def _level_latent(self, level: int, target: torch.Tensor, state: torch.Tensor) -> torch.Tensor | None:
         """The latent all stages of a shared-latent level quantize (float32); None elsewhere."""
-        key = str(stride)
-        return self.latent_in[key](target - state).float() if key in self.latent_in else None
+        key = self.latent_keys[level]
+        return None if key is None else self.latent_in[key](target - state).float()
 
     def _residual(self, stage: ECVQStage, target: torch.Tensor, state: torch.Tensor,
                   latent: torch.Tensor | None, codes: torch.Tensor | None) -> torch.Tensor:
@@ -252,12 +260,12 @@ class HierarchicalVQ(nn.Module):
             return stage.project_in(target - state).float()
         return latent if codes is None else latent - codes
 
-    def _add(self, stride: int, stage: ECVQStage, start: torch.Tensor, state: torch.Tensor,
+    def _add(self, level: int, stage: ECVQStage, start: torch.Tensor, state: torch.Tensor,
              codes: torch.Tensor | None, quantized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(decoder state, the level's code sum) after a stage adds `quantized` (B, D, h, w); start
         is the state the level began from."""
-        key = str(stride)
-        if key not in self.latent_out:
+        key = self.latent_keys[level]
+        if key is None:
             return state + stage.project_out(quantized.to(state.dtype)), None
         codes = quantized if codes is None else codes + quantized
         return start + self.latent_out[key](codes.to(start.dtype)), codes
@@ -282,10 +290,10 @@ class HierarchicalVQ(nn.Module):
             return {4: f4, 8: f8}
         return {4: f4, 8: f8, 16: self.analysis["16"](f8)}
 
-    def _to_stride_4(self, state: torch.Tensor, stride: int) -> torch.Tensor:
-        """The decoder state of the level at `stride` carried down to stride 4 (through the
-        levels a ladder that ends above stride 4 lacks)."""
-        while stride > 4:
+    def _descend(self, state: torch.Tensor, stride: int, target: int = 4) -> torch.Tensor:
+        """The decoder state at `stride` carried down to the `target` stride (through the levels
+        a ladder that ends above it lacks; unchanged where the two are equal)."""
+        while stride > target:
             state = self._upsample(stride, state)
             stride //= 2
         return state
@@ -319,15 +327,14 @@ class HierarchicalVQ(nn.Module):
         choice_weight = weight if cfg.rate_in_training and cfg.ecvq_scale > 0 else None
         bits = images.new_zeros(b, dtype=torch.float32)
         vq_loss = images.new_zeros(b, dtype=torch.float32)
-        first = cfg.level_strides[0]
-        state = torch.zeros_like(features[first])
+        previous = cfg.level_strides[0]
+        state = torch.zeros_like(features[previous])
         global_stage = 0
-        for stride, stages in zip(cfg.level_strides, self.levels):
-            if stride != first:
-                state = self._upsample(2 * stride, state)
+        for level, (stride, stages) in enumerate(zip(cfg.level_strides, self.levels)):
+            state, previous = self._descend(state, previous, stride), stride
             target = features[stride]
             start, codes = state, None
-            latent = self._level_latent(stride, target, state)
+            latent = self._level_latent(level, target, state)
             level_active = None if latent is None else (keep > global_stage).to(state.dtype).view(b, 1, 1, 1)
             for stage in stages:
                 active = (keep > global_stage).float()
@@ -349,8 +356,8 @@ class HierarchicalVQ(nn.Module):
                 else:  # the straight-through estimate of the level's whole code sum, as ResidualVQ
                     codes = code * active.view(b, 1, 1, 1) + (0 if codes is None else codes)
                     quantized = latent + (codes - latent).detach()
-                    state = start + self.latent_out[str(stride)](quantized.to(state.dtype)) * level_active
-        return self._upsample(4, self._to_stride_4(state, cfg.level_strides[-1])), bits, vq_loss
+                    state = start + self.latent_out[self.latent_keys[level]](quantized.to(state.dtype)) * level_active
+        return self._upsample(4, self._descend(state, cfg.level_strides[-1])), bits, vq_loss
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -366,16 +373,15 @@ class HierarchicalVQ(nn.Module):
             features = self.analyze(images)
             b = images.shape[0]
             weight = None if lam is None else self.assignment_weight(torch.full((b,), float(lam), device=images.device))
-            first = self.config.level_strides[0]
-            state = torch.zeros_like(features[first])
+            previous = self.config.level_strides[0]
+            state = torch.zeros_like(features[previous])
             grids, bits = [], torch.zeros(b, device=images.device)
-            for stride, stages in zip(self.config.level_strides, self.levels):
+            for level, (stride, stages) in enumerate(zip(self.config.level_strides, self.levels)):
                 if len(grids) == num_stages:
                     break
-                if stride != first:
-                    state = self._upsample(2 * stride, state)
+                state, previous = self._descend(state, previous, stride), stride
                 start, codes = state, None
-                latent = self._level_latent(stride, features[stride], state)
+                latent = self._level_latent(level, features[stride], state)
                 for stage in stages:
                     if len(grids) == num_stages:
                         break
@@ -386,7 +392,7 @@ class HierarchicalVQ(nn.Module):
                     else:
                         indices = chooser(len(grids), stage, residual)
                     grids.append(indices)
-                    state, codes = self._add(stride, stage, start, state, codes, stage.lookup(indices))
+                    state, codes = self._add(level, stage, start, state, codes, stage.lookup(indices))
             return grids, bits
 
     @torch.no_grad()
@@ -395,19 +401,19 @@ class HierarchicalVQ(nn.Module):
         bfloat16: every layer but the last runs under bf16 autocast; the last makes the
         pixels in float32."""
         b, h, w = grids[0].shape
-        first = self.config.level_strides[0]
-        state = torch.zeros(b, self.channels(first), h, w, device=grids[0].device)
+        previous = self.config.level_strides[0]
+        state = torch.zeros(b, self.channels(previous), h, w, device=grids[0].device)
         remaining = list(grids)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
-            for stride, stages in zip(self.config.level_strides, self.levels):
-                if stride != first:  # levels beyond the prefix add nothing but still upsample
-                    state = self._upsample(2 * stride, state)
+            for level, (stride, stages) in enumerate(zip(self.config.level_strides, self.levels)):
+                # levels beyond the prefix add nothing but still upsample
+                state, previous = self._descend(state, previous, stride), stride
                 start, codes = state, None
                 for stage in stages:
                     if not remaining:
                         break
-                    state, codes = self._add(stride, stage, start, state, codes, stage.lookup(remaining.pop(0)))
-            hidden = self.up4[:-1](self.detail4(self.refine4(self._to_stride_4(state, self.config.level_strides[-1]))))
+                    state, codes = self._add(level, stage, start, state, codes, stage.lookup(remaining.pop(0)))
+            hidden = self.up4[:-1](self.detail4(self.refine4(self._descend(state, self.config.level_strides[-1]))))
         return self.up4[-1](hidden.float()) + 0.5
 
     @torch.no_grad()

@@ -66,9 +66,10 @@ class HierarchyPriorTask:
                  extra_scales: tuple[float, ...] = (0.6,), device: torch.device | str = "cpu",
                  warm_start: str | Path | None = None):
         """warm_start: a weights file of this phase (another autoencoder's level priors, for the
-        same levels and codebook sizes) whose priors these continue (ContextPrior.from_integer):
+        same first levels and codebook sizes) whose priors these continue (ContextPrior.from_integer):
         an autoencoder trained on from the one they were made for keeps most of its index
-        statistics, so they start near their optimum."""
+        statistics, so they start near their optimum. Levels it lacks (an autoencoder that
+        added a level) start fresh."""
         self.device = torch.device(device)
         self.autoencoder = load_hierarchy(autoencoder).to(self.device)
         for p in self.autoencoder.parameters():
@@ -80,9 +81,10 @@ class HierarchyPriorTask:
             self.model = torch.nn.ModuleList(ContextPrior(c) for c in self.configs)
         else:
             source, _ = read_level_priors(warm_start)
-            if len(source) != len(self.configs):
+            if len(source) > len(self.configs):
                 raise ValueError(f"{warm_start} has {len(source)} level priors, this model {len(self.configs)} levels")
             self.model = torch.nn.ModuleList(ContextPrior.from_integer(p, c) for p, c in zip(source, self.configs))
+            self.model.extend(ContextPrior(c) for c in self.configs[len(source):])
         self.model.to(self.device)
         self.batch_size, self.crop_size = batch_size, crop_size
         train_files, held_files = split_by_name(folders, held_out_per_folder)
