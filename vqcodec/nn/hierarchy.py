@@ -228,7 +228,7 @@ class HierarchicalVQ(nn.Module):
         if part[0] == "levels":
             return int(part[1])
         if part[0] in ("latent_in", "latent_out"):
-            return self.config.level_strides.index(int(part[1]))
+            return self.latent_keys.index(part[1])
         return None
 
     def starts_as_identity(self, key: str) -> bool:
