@@ -9,7 +9,7 @@ from vqcodec.config import PriorConfig
 from vqcodec.nn import prior as prior_module
 from vqcodec.nn.prior import (ContextPrior, IntegerPrior, coding, decode_passes, encode_passes, frequency_table,
                               group_map, pass_schedule)
-from vqcodec.nn.prior.exact import conv3x3_by_shifts, exact_conv3x3, exact_float32
+from vqcodec.nn.prior.exact import conv3x3_by_shifts, exact_conv3x3, exact_float32, int8_matmul_available
 
 SMALL = PriorConfig(num_stages=3, codebook_size=16, channels=8, layers=2)
 
@@ -186,6 +186,31 @@ def test_thread_count_does_not_change_frequencies():
     finally:
         torch.set_num_threads(threads)
     assert all(np.array_equal(a[2], b[2]) for a, b in zip(one, two, strict=True))
+
+
+@pytest.mark.skipif(not int8_matmul_available(), reason="torch has no int8 matrix product here")
+@pytest.mark.parametrize("cfg", [SMALL, RASTER, CONDITIONAL, replace(SMALL, layers=1), replace(SMALL, layers=0),
+                                 replace(CONDITIONAL, channels=32, layers=3)],
+                         ids=["grouped", "raster", "conditional", "one-layer", "no-layers", "wide"])
+def test_int8_and_float32_evaluation_give_the_same_frequencies(cfg, monkeypatch):
+    """The int8 path (int8 products, the last convolution only where a pass codes) is the
+    float32 path's arithmetic on the same integers: identical tables, also at the extremes
+    (activations 0 and 255, weights +-127, the largest biases)."""
+    tensors = trained_like(cfg).to_integer()
+    generator = torch.Generator().manual_seed(1)
+    for i in range(cfg.layers):
+        weight = tensors[f"conv{i}_weight"]
+        tensors[f"conv{i}_weight"] = torch.randint(-127, 128, weight.shape, generator=generator, dtype=weight.dtype)
+        tensors[f"conv{i}_weight"][0] = 127  # the largest sum of products, 255 * 127 * 9 C
+        tensors[f"conv{i}_bias"][1] = -(1 << 22)  # an output that stays 0
+        tensors[f"conv{i}_exponent"][:] = 8
+    fast, reference = IntegerPrior(cfg, tensors, int8=True), IntegerPrior(cfg, tensors, int8=False)
+    for chunk in (coding.PASS_CHUNK_POSITIONS, 1):  # passes evaluated together, and one at a time
+        monkeypatch.setattr(coding, "PASS_CHUNK_POSITIONS", chunk)
+        for rows, cols in [(9, 13), (2, 1), (1, 3), (1, 1)]:  # grids one position wide or high too
+            grid = torch.randint(0, cfg.codebook_size, (cfg.num_stages, rows, cols), generator=generator)
+            for (s1, _, f1), (s2, _, f2) in zip(encode_passes(fast, grid), encode_passes(reference, grid), strict=True):
+                assert s1 == s2 and np.array_equal(f1, f2)
 
 
 def test_exact_conv_and_its_fallback_match_float64():

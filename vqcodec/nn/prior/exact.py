@@ -1,5 +1,6 @@
-"""Exact arithmetic on integer-valued float32 tensors: every product and partial sum stays an
-integer below 2**24, so results cannot depend on summation order, threads or hardware."""
+"""Exact arithmetic on integers, so that results cannot depend on summation order, threads or
+hardware: integer-valued float32 tensors whose every product and partial sum stays below 2**24,
+or int8 x int8 matrix products summed in int32 (the faster path where torch has one)."""
 from __future__ import annotations
 
 import contextlib
@@ -37,6 +38,63 @@ def conv3x3_by_shifts(act: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
             window = padded[:, :, dy:dy + h, dx:dx + w].reshape(p, c_in, h * w)
             out += torch.matmul(kernel[:, :, dy, dx], window)
     return out.view(p, c_out, h, w)
+
+
+CENTER = 128  # int8 holds an activation a in [0, 255] as a - 128
+
+
+@functools.cache
+def int8_matmul_available() -> bool:
+    """Whether torch._int_mm (int8 x int8 matrix product summed in int32) runs here, exactly."""
+    try:
+        a = torch.tensor([[-128, 127, 3], [5, -7, 127]], dtype=torch.int8)
+        b = a.t().contiguous()
+        return bool(torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long()))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+class Int8Affine:
+    """y = floor((x . W + bias) / 2**shift) for activations x in [0, 255], exactly: x enters as
+    x - 128 (int8), W holds integer weights in [-127, 127] (int8), and 128 x sum(W) moves into
+    the bias. weight (M, K), bias (M,), shift (M,): integer-valued tensors; shift >= 0."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, shift: torch.Tensor):
+        self.weight = weight.to(torch.int8).t().contiguous()  # (K, M)
+        self.offset = (bias + CENTER * weight.sum(1)).to(torch.int32)
+        self.shift = shift.to(torch.int32)
+
+    def __call__(self, centered: torch.Tensor) -> torch.Tensor:
+        """(N, K) int8 -> (N, M) int32. (contiguous: a reshaped view of windows, as for grids one
+        position wide, can have overlapping rows, which the int8 product misreads)"""
+        return torch._int_mm(centered.contiguous(), self.weight).add_(self.offset).bitwise_right_shift_(self.shift)
+
+
+def centered_int8(act: torch.Tensor) -> torch.Tensor:
+    """Integer activations in [0, 255] (any dtype) -> act - 128 as int8."""
+    return act.to(torch.int16).sub_(CENTER).to(torch.int8)
+
+
+def padded_int8(centered: torch.Tensor) -> torch.Tensor:
+    """(P, H, W, C) int8 -> (P, H + 2, W + 2, C), bordered by activation 0 ('same' padding)."""
+    p, h, w, c = centered.shape
+    padded = torch.full((p, h + 2, w + 2, c), -CENTER, dtype=torch.int8)
+    padded[:, 1:-1, 1:-1] = centered
+    return padded
+
+
+def windows3x3(padded: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """The 3x3 windows of a padded (P, H + 2, W + 2, C) grid, one row per position (rows ordered
+    by pass, then position; columns by row offset, column offset, channel): (P * n, 9 C) for
+    the (n, 2) `positions` (row, column), or for every position in row-major order."""
+    p, h, w, c = padded.shape[0], padded.shape[1] - 2, padded.shape[2] - 2, padded.shape[3]
+    if positions is None:
+        s = padded.stride()
+        return padded.as_strided((p, h, w, 3, 3, c), (s[0], s[1], s[2], s[1], s[2], s[3])).reshape(-1, 9 * c)
+    offsets = torch.arange(3).view(3, 1) * (w + 2) + torch.arange(3).view(1, 3)  # (3, 3)
+    top_left = positions[:, 0] * (w + 2) + positions[:, 1]
+    flat = (top_left.view(-1, 1, 1) + offsets).view(-1)  # (n * 9,)
+    return padded.view(p, -1, c)[:, flat].reshape(-1, 9 * c)
 
 
 def power_of_two(exponent: torch.Tensor) -> torch.Tensor:

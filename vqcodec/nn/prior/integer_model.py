@@ -7,7 +7,8 @@ import math
 import torch
 
 from ...config import PriorConfig
-from .exact import exact_conv3x3, exact_float32, power_of_two
+from .exact import (Int8Affine, centered_int8, exact_conv3x3, exact_float32, int8_matmul_available, padded_int8,
+                    power_of_two, windows3x3)
 from .schedule import SCHEDULES
 
 ACTIVATION_BITS = 5  # activations are integers a with real value a / 2**5
@@ -45,9 +46,12 @@ def frequency_table() -> torch.Tensor:
 class IntegerPrior:
     """Integer-exact evaluation of a trained prior: integer CDF frequencies per pass.
 
-    All tensors hold integers (float32 for fast exact matmuls); see the package docstring."""
+    All tensors hold integers (float32 for fast exact matmuls); see the package docstring.
+    Where torch has an int8 matrix product (exact.int8_matmul_available, or int8=True), the
+    convolutions and the head run as int8 products summed in int32 instead, and the last
+    convolution only at the positions a pass codes: the same integers, about twice as fast."""
 
-    def __init__(self, cfg: PriorConfig, tensors: dict[str, torch.Tensor]):
+    def __init__(self, cfg: PriorConfig, tensors: dict[str, torch.Tensor], int8: bool | None = None):
         check_config(cfg)
         self.config = cfg
         s, k, c = cfg.num_stages, cfg.codebook_size, cfg.channels
@@ -80,19 +84,61 @@ class IntegerPrior:
             raise ValueError("prior frequency table is out of range")
         self.t = {name: tensors[name].to(torch.float32) for name in expected}
         self.freq_table = table.to(torch.float32)
+        self.int8 = int8_matmul_available() if int8 is None else int8
+        if self.int8:
+            self._convs = [Int8Affine(self.t[f"conv{i}_weight"].view(c, c, 3, 3).permute(0, 2, 3, 1).reshape(c, -1),
+                                      self.t[f"conv{i}_bias"], self.t[f"conv{i}_exponent"]) for i in range(cfg.layers)]
+            logit_shift, gate_shift = self._head_shifts()
+            self._heads = [Int8Affine(self.t["head_weight"][i], self.t["head_bias"][i], logit_shift[i]) for i in range(s)]
+            self._gates = [Int8Affine(self.t["gate_weight"][i], self.t["gate_bias"][i], gate_shift[i]) for i in range(s)]
         self._pairs: dict = {}  # the same few (coded, known) masks recur in every stage and image
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: t.to(torch.int32) for name, t in self.t.items()}
 
+    def _head_shifts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right shifts (S, K) of the logits and (S, 1) of the gate: activations count 1/2**5,
+        logits 1/16 bit and the gate 1/16, so each sum is divided by 2**(5 - 4 + exponent)."""
+        return (ACTIVATION_BITS - int(math.log2(LOGIT_STEPS)) + self.t["head_exponent"],
+                ACTIVATION_BITS - int(math.log2(GATE_STEPS)) + self.t["gate_exponent"])
+
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """x (P, C, H, W) integer pre-activations -> (P, C, H, W) integer activations."""
+        """Float path: x (P, C, H, W) integer pre-activations -> (P, C, H, W) integer activations."""
         act = x.clamp(0, ACTIVATION_MAX).contiguous(memory_format=torch.channels_last)  # faster convolutions
         for i in range(self.config.layers):
             weight, bias = self.t[f"conv{i}_weight"], self.t[f"conv{i}_bias"]
             shift = power_of_two(-self.t[f"conv{i}_exponent"]).view(1, -1, 1, 1)
             act = exact_conv3x3(act, weight, bias).mul_(shift).floor_().clamp_(0, ACTIVATION_MAX)
         return act
+
+    def _trunk_but_last(self, x: torch.Tensor) -> torch.Tensor:
+        """int8 path: x (P, C, H, W) integer pre-activations -> the last convolution's input,
+        centered int8, padded (P, H + 2, W + 2, C) (with no convolutions: the activations)."""
+        p, c, h, w = x.shape
+        act = centered_int8(x.clamp(0, ACTIVATION_MAX).permute(0, 2, 3, 1))
+        for conv in self._convs[:-1]:
+            act = centered_int8(conv(windows3x3(padded_int8(act))).clamp_(0, ACTIVATION_MAX)).view(p, h, w, c)
+        return padded_int8(act)
+
+    def _head_rows(self, hidden: torch.Tensor, stage: int, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer logits (G * n, K) and match gates (G * n,) at the coded positions of G passes
+        (rows g * n + i for position i, row-major, of pass g); hidden: _trunk's output (float
+        path) or _trunk_but_last's (int8 path)."""
+        if self.int8:
+            positions = mask.nonzero()
+            if self._convs:
+                act = self._convs[-1](windows3x3(hidden, positions)).clamp_(0, ACTIVATION_MAX)
+                h = centered_int8(act)
+            else:
+                h = hidden[:, 1 + positions[:, 0], 1 + positions[:, 1]].reshape(-1, hidden.shape[-1])
+            return self._heads[stage](h), self._gates[stage](h).clamp_(0, GATE_MAX).view(-1)
+        logit_shift, gate_shift = self._head_shifts()
+        h = hidden[:, :, mask].transpose(1, 2).reshape(-1, hidden.shape[1])  # (G * n, C)
+        logits = torch.addmm(self.t["head_bias"][stage], h, self.t["head_weight"][stage].t())
+        logits = logits.mul_(power_of_two(-logit_shift[stage])).floor_()
+        gate = torch.addmm(self.t["gate_bias"][stage], h, self.t["gate_weight"][stage].t())
+        gate = gate.mul_(power_of_two(-gate_shift[stage])).floor_().clamp_(0, GATE_MAX).view(-1)
+        return logits.int(), gate.int()
 
     def pass_inputs(self, previous: torch.Tensor, indices_stage: torch.Tensor, stage: int,
                     known: torch.Tensor) -> torch.Tensor:
@@ -144,7 +190,7 @@ class IntegerPrior:
         (int32): its code length is d / 16 bits more than the likeliest code's, up to the
         rounding of the frequency table."""
         with exact_float32():
-            act = self._trunk(inputs)
+            hidden = self._trunk_but_last(inputs) if self.int8 else self._trunk(inputs)
             out: list[torch.Tensor] = []
             p = 0
             while p < len(stages):
@@ -153,28 +199,23 @@ class IntegerPrior:
                        and contexts[end][1] is contexts[p][1]):
                     end += 1
                 grids = torch.stack([contexts[i][0][:stages[p] + 1] for i in range(p, end)])
-                out.extend(self._head(act[p:end], stages[p], masks[p], grids, contexts[p][1], contexts[p][2]))
+                out.extend(self._head(hidden[p:end], stages[p], masks[p], grids, contexts[p][1], contexts[p][2]))
                 p = end
         return out
 
-    def _head(self, act: torch.Tensor, stage: int, mask: torch.Tensor, grids: torch.Tensor,
+    def _head(self, hidden: torch.Tensor, stage: int, mask: torch.Tensor, grids: torch.Tensor,
               known: torch.Tensor, far: bool) -> list[torch.Tensor]:
-        """Logit distances (n, K) for each of G passes: act (G, C, H, W), grids (G, stage + 1, H, W)."""
-        count, k = act.shape[0], self.config.codebook_size
-        h = act[:, :, mask].transpose(1, 2).reshape(-1, act.shape[1])  # (G * n, C)
-        steps = int(math.log2(LOGIT_STEPS)) - ACTIVATION_BITS
-        shift = power_of_two(steps - self.t["head_exponent"][stage])
-        logits = torch.addmm(self.t["head_bias"][stage], h, self.t["head_weight"][stage].t()).mul_(shift).floor_()
-        g_shift = power_of_two(int(math.log2(GATE_STEPS)) - ACTIVATION_BITS - self.t["gate_exponent"][stage])
-        gate = torch.addmm(self.t["gate_bias"][stage], h, self.t["gate_weight"][stage].t()).mul_(g_shift)
-        gate = gate.floor_().clamp_(0, GATE_MAX).view(-1)  # (G * n,)
+        """Logit distances (n, K) for each of G passes: hidden (G, ...) from the trunk, grids
+        (G, stage + 1, H, W)."""
+        count, k = grids.shape[0], self.config.codebook_size
+        logits, gate = self._head_rows(hidden, stage, mask)
         cells, match = self._matches(stage, mask, grids, known, far)  # flat (row * K + k) and its sum
         if len(cells):  # only where a neighbour holds the index (repeated cells write equal values)
             flat = logits.view(-1)
-            flat[cells] = flat[cells] + torch.floor(match * gate[cells // k] * (1.0 / GATE_STEPS))
+            flat[cells] = flat[cells] + torch.floor(match * gate[cells // k] * (1.0 / GATE_STEPS)).int()
         peak = logits.amax(dim=1, keepdim=True)
         distance = logits.neg_().add_(peak).clamp_(max=TABLE_SIZE - 1)
-        return list(distance.int().view(count, -1, k))
+        return list(distance.view(count, -1, k))
 
     def _matches(self, stage: int, mask: torch.Tensor, grids: torch.Tensor, known: torch.Tensor,
                  far: bool) -> tuple[torch.Tensor, torch.Tensor]:
