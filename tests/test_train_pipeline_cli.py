@@ -233,3 +233,46 @@ def test_a_hierarchical_config_starts_from_a_model_given_by_init_from(folder):
     result = CliRunner().invoke(main, ["train", "--data", str(folder / "data"), "--out", str(folder / "h" / "x.safetensors"),
                                        "--config", str(folder / "h.json"), "--init-from", str(vqvae)])
     assert result.exit_code == 1 and "maps onto" in result.output and not (folder / "h" / "x.safetensors").exists()
+
+
+def test_rounds_continue_the_autoencoder_and_its_priors_and_a_kill_resumes_in_the_round_it_hit(folder):
+    """A config's later rounds train on from the round before (the autoencoder with what the
+    round changes, here a higher lambda_high; the priors continued on it); after a kill in
+    round 1, rerunning the command skips round 0 and resumes round 1 from its checkpoint."""
+    from vqcodec.training.hierarchy_task import HierarchyTask
+
+    config = {**PIPELINE, "rounds": [{"model": {"lambda_high": 0.1}, "autoencoder": {"loop": {"steps": 4}}}]}
+    (folder / "r.json").write_text(json.dumps(config))
+
+    def train_rounds(out):
+        return invoke("train", "--data", folder / "data", "--out", out, "--config", folder / "r.json", "--no-register")
+    straight = folder / "a" / "tiny.safetensors"
+    assert train_rounds(straight).exit_code == 0
+    work = folder / "a" / "tiny.work"
+    first, second = (load_file(str(work / part / "autoencoder" / "weights.safetensors")) for part in (".", "round1"))
+    key = "analysis.4.0.weight"
+    assert 0 < (second[key] - first[key]).abs().max() < 0.01  # trained on, not started afresh
+    first, second = (load_file(str(work / part / "priors" / "weights.safetensors")) for part in (".", "round1"))
+    assert (first["prior0.conv0_weight"] == second["prior0.conv0_weight"]).float().mean() > 0.5  # continued
+    meta = read_metadata(straight)
+    assert json.loads(meta["hierarchy_config"])["lambda_high"] == 0.1
+    training_record = json.loads(meta["training"])
+    assert training_record["autoencoder"]["steps"] == 4 and len(training_record["earlier_rounds"]) == 1
+
+    out = folder / "b" / "tiny.safetensors"
+    with killed_at_step(HierarchyTask, 3):  # round 0 has 2 steps: the kill hits round 1
+        assert train_rounds(out).exit_code == 1
+    assert not out.exists()
+    checkpoint = folder / "b" / "tiny.work" / "round1" / "autoencoder" / "checkpoint.pt"
+    assert torch.load(checkpoint, weights_only=False)["state"]["step"] == 2  # where round 1 resumes
+    round0 = [folder / "b" / "tiny.work" / phase / "checkpoint.pt" for phase in ("autoencoder", "priors")]
+    written = [path.stat().st_mtime_ns for path in round0]
+    result = train_rounds(out)
+    assert result.exit_code == 0, result.output
+    assert [path.stat().st_mtime_ns for path in round0] == written  # round 0 done: not trained again
+    same_tensors(straight, out)
+
+    (folder / "r.json").write_text(json.dumps({**PIPELINE, "rounds": [{"prior": {}}]}))
+    result = CliRunner().invoke(main, ["train", "--data", str(folder / "data"), "--out", str(out),
+                                       "--config", str(folder / "r.json")])
+    assert result.exit_code == 1 and "round 1: unknown sections ['prior']" in result.output

@@ -29,13 +29,12 @@ from .config import ModelConfig, PriorTrainConfig, TrainConfig
 from .training.data import load_training_data, parse_sections, read_json_object
 from .training.loop import (LoopConfig, RunFiles, finished, is_main_process, run, setup, setup_distributed,
                             start_over_if_changed)
-from .training.pipeline import PHASES as PIPELINE_PHASES, work_folder
+from .training.pipeline import SECTIONS as PIPELINE_SECTIONS, work_folder
 from .training.vqvae_task import VQVAETask, initialize_from
 
 __all__ = ["config_kind", "read_config_file", "read_phases", "train", "train_with_prior", "is_main_process"]
 
 VQVAE_SECTIONS = ("model", "train", "prior")
-PIPELINE_SECTIONS = ("model", *PIPELINE_PHASES)
 
 
 def config_kind(path: str | os.PathLike | None) -> str:

@@ -71,15 +71,19 @@ The config's sections say what to train:
                        .ckpt, .log.jsonl). Phase 2: VQ-VAE plus prior, OUT, as
                        `vqcodec train-prior --weights WORK/autoencoder.safetensors`
                        writes it; its checkpoint, log and grids in WORK/prior.*.
-  model, autoencoder, priors
+  model, autoencoder, priors[, rounds]
                        a hierarchical model (vqcodec.training.pipeline). Phase 1:
                        the autoencoder, WORK/autoencoder/. Phase 2: its level
                        priors, WORK/priors/. Then both as one file, OUT.
+                       "rounds": a list of further rounds, each training the
+                       autoencoder on and continuing its priors, in
+                       WORK/round<n>/; a round gives only the keys it changes
+                       (e.g. {"autoencoder": {"loop": {"steps": 3400}}}).
 
 WORK is --work, by default OUT without its suffix plus .work (weights/x.safetensors:
 weights/x.work/). Each phase shows its own progress bar. Rerunning the command after
 a kill skips the finished phases and resumes the interrupted one from its checkpoint
-(phase 2 starts over if phase 1's weights changed since it began). OUT is registered
+(a phase starts over if the weights it starts from changed since it began). OUT is registered
 at the end (see --no-register)."""
 
 

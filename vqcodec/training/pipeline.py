@@ -1,22 +1,29 @@
 """`vqcodec train` for hierarchical models: every phase, in order, resumable after a kill.
 
-    config {"model": HierarchyConfig, "autoencoder": {loop, data}, "priors": {prior, loop, data}}
+    config {"model": HierarchyConfig, "autoencoder": {loop, data}, "priors": {prior, loop, data},
+            "rounds": [{"model": ..., "autoencoder": ..., "priors": ...}, ...]}
         │
-        ├─ phase 1  autoencoder with the rate term  (training.hierarchy_task)  -> <work>/autoencoder/
-        ├─ phase 2  integer priors over its indices  (training.hierarchy_prior_task) -> <work>/priors/
+        ├─ round 0   autoencoder with the rate term (training.hierarchy_task) -> <work>/autoencoder/
+        │            integer priors over its indices (training.hierarchy_prior_task) -> <work>/priors/
+        ├─ round 1   the autoencoder trained on from round 0's, the priors continued from round 0's
+        │   ...      on it -> <work>/round1/autoencoder/, <work>/round1/priors/
         v
-    <out>.safetensors: the autoencoder's tensors + "prior<level>.*", both configs and the
-    training records in its metadata: one file, one sha256
+    <out>.safetensors: the last round's autoencoder tensors + "prior<level>.*", both configs and
+    every round's training records in its metadata: one file, one sha256
+
+A round after the first states only what changes: its sections are the round before's with the
+keys it gives replaced (a longer run at another batch size, a higher lambda_high, one more
+level), so the recipe of a model trained in several sittings is one config.
 
 Each phase runs through the one loop (training.loop); a phase whose checkpoint has reached
 its step count is done and is skipped, so rerunning the same command after a kill continues
-where it stopped. Phase 2 starts over when phase 1's weights have changed since it began
-(<work>/priors/source holds their sha256).
+where it stopped. A phase starts over when a file it starts from has changed since it began
+(its folder's source* files hold their sha256).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,21 +34,52 @@ from .data import read_json_object
 from .loop import LoopConfig, RunFiles, run, start_over_if_changed
 
 PHASES = ("autoencoder", "priors")
+SECTIONS = ("model", *PHASES, "rounds")
 
 
-def read_pipeline_config(path: str | Path) -> dict:
+@dataclass(frozen=True)
+class Round:
+    """One round of the pipeline: the autoencoder phase, then the priors phase."""
+    model: HierarchyConfig
+    autoencoder: tuple[LoopConfig, dict]  # loop, data
+    priors: tuple[PriorConfig, LoopConfig, dict]  # prior, loop, data
+
+
+def _updated(base: dict, changes: dict, where: str) -> dict:
+    """base with the keys that changes gives replaced, at any depth (a round that gives
+    {"autoencoder": {"loop": {"steps": 4}}} keeps every other loop setting)."""
+    if not isinstance(changes, dict):
+        raise ValueError(f"{where}: expected a JSON object")
+    out = dict(base)
+    for key, value in changes.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _updated(base[key], value, f"{where}.{key}") if nested else value
+    return out
+
+
+def read_pipeline_config(path: str | Path) -> list[Round]:
+    """The rounds of a pipeline config (see the module docstring), first to last."""
     data = read_json_object(path)
-    unknown = set(data) - {"model", *PHASES}
+    unknown = set(data) - set(SECTIONS)
     if unknown:
-        raise ValueError(f"{path}: unknown sections {sorted(unknown)} (expected model, {', '.join(PHASES)})")
-    return {
-        "model": from_dict(HierarchyConfig, data.get("model", {})),
-        "autoencoder": (from_dict(LoopConfig, data.get("autoencoder", {}).get("loop", {})),
-                        data.get("autoencoder", {}).get("data", {})),
-        "priors": (from_dict(PriorConfig, data.get("priors", {}).get("prior", {})),
-                   from_dict(LoopConfig, data.get("priors", {}).get("loop", {})),
-                   data.get("priors", {}).get("data", {})),
-    }
+        raise ValueError(f"{path}: unknown sections {sorted(unknown)} (expected {', '.join(SECTIONS)})")
+    raw = {key: data.get(key, {}) for key in ("model", *PHASES)}
+    later = data.get("rounds", [])
+    if not isinstance(later, list):
+        raise ValueError(f"{path}: 'rounds' must be a list of rounds")
+    rounds = []
+    for number, changes in enumerate([{}] + later):
+        where = f"{path}: round {number}"
+        unknown = set(changes) - {"model", *PHASES}
+        if unknown:
+            raise ValueError(f"{where}: unknown sections {sorted(unknown)} (expected model, {', '.join(PHASES)})")
+        raw = _updated(raw, changes, where)
+        ae, priors = raw["autoencoder"], raw["priors"]
+        rounds.append(Round(from_dict(HierarchyConfig, raw["model"]),
+                            (from_dict(LoopConfig, ae.get("loop", {})), ae.get("data", {})),
+                            (from_dict(PriorConfig, priors.get("prior", {})), from_dict(LoopConfig, priors.get("loop", {})),
+                             priors.get("data", {}))))
+    return rounds
 
 
 def work_folder(out: str | Path, work: str | Path | None = None) -> Path:
@@ -50,52 +88,83 @@ def work_folder(out: str | Path, work: str | Path | None = None) -> Path:
     return Path(work) if work else Path(out).with_suffix(".work")
 
 
+def round_folder(work: Path, number: int) -> Path:
+    """Round 0's phases keep their folders in `work` itself, later rounds in work/round<n>."""
+    return work if number == 0 else work / f"round{number}"
+
+
 def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path, *, name: str,
                    description: str, work: str | Path | None = None, progress: bool = True,
                    steps: int | None = None, init_from: str | Path | None = None, device: str = "cpu") -> Path:
-    """Both phases of `config_path` on the images in `folders`, into `out`; intermediate files
+    """Every round of `config_path` on the images in `folders`, into `out`; intermediate files
     in work_folder(out, work). steps: every phase's step count (overrides the config).
-    init_from: weights the autoencoder starts from (HierarchyTask.warm_start: a hierarchical
-    model, or a VQ-VAE as its stride-8 level); ignored once phase 1 has a checkpoint. device:
-    where both phases train ("cpu" or "cuda")."""
+    init_from: weights the first autoencoder starts from (HierarchyTask.warm_start: a
+    hierarchical model, or a VQ-VAE as its stride-8 level); ignored once it has a checkpoint.
+    device: where every phase trains ("cpu" or "cuda")."""
     from .hierarchy_prior_task import HierarchyPriorTask
     from .hierarchy_task import HierarchyTask
 
-    cfg = read_pipeline_config(config_path)
+    rounds = read_pipeline_config(config_path)
     if steps is not None:
-        cfg["autoencoder"] = (replace(cfg["autoencoder"][0], steps=steps), cfg["autoencoder"][1])
-        cfg["priors"] = (cfg["priors"][0], replace(cfg["priors"][1], steps=steps), cfg["priors"][2])
+        rounds = [replace(r, autoencoder=(replace(r.autoencoder[0], steps=steps), r.autoencoder[1]),
+                          priors=(r.priors[0], replace(r.priors[1], steps=steps), r.priors[2])) for r in rounds]
     out = Path(out)
     work = work_folder(out, work)
-    ae_loop, ae_data = cfg["autoencoder"]
-    torch.manual_seed(ae_loop.seed)
-    task = HierarchyTask(cfg["model"], folders, name=name, warm_start=init_from, device=device, **ae_data)
-    run(task, ae_loop, work / "autoencoder", description=f"phase 1/{len(PHASES)}: autoencoder", progress=progress)
-    prior_cfg, prior_loop, prior_data = cfg["priors"]
-    start_over_if_changed(RunFiles.in_folder(work / "priors"), work / "autoencoder" / "weights.safetensors",
-                          work / "priors" / "source")
-    torch.manual_seed(prior_loop.seed)
-    priors = HierarchyPriorTask(work / "autoencoder" / "weights.safetensors", folders, prior_cfg, device=device,
-                                **prior_data)
-    run(priors, prior_loop, work / "priors", description=f"phase 2/{len(PHASES)}: priors", progress=progress)
-    assemble(work / "autoencoder" / "weights.safetensors", work / "priors" / "weights.safetensors", out,
-             name=name, description=description, quality_ladder=cfg["model"].quality_ladder)
+    total = len(PHASES) * len(rounds)
+    autoencoder, priors = init_from, None  # what the next phase of each kind starts from
+    records = []
+    for number, spec in enumerate(rounds):
+        folder = round_folder(work, number)
+        label = f" (round {number})" if len(rounds) > 1 else ""
+        ae_loop, ae_data = spec.autoencoder
+        if number > 0:
+            start_over_if_changed(RunFiles.in_folder(folder / "autoencoder"), autoencoder,
+                                  folder / "autoencoder" / "source")
+        torch.manual_seed(ae_loop.seed)
+        task = HierarchyTask(spec.model, folders, name=name, warm_start=autoencoder, device=device, **ae_data)
+        run(task, ae_loop, folder / "autoencoder", progress=progress,
+                        description=f"phase {2 * number + 1}/{total}: autoencoder{label}")
+        autoencoder = folder / "autoencoder" / "weights.safetensors"
+        prior_cfg, prior_loop, prior_data = spec.priors
+        prior_files = RunFiles.in_folder(folder / "priors")
+        start_over_if_changed(prior_files, autoencoder, folder / "priors" / "source")
+        if priors is not None:
+            start_over_if_changed(prior_files, priors, folder / "priors" / "source_priors")
+        torch.manual_seed(prior_loop.seed)
+        prior_task = HierarchyPriorTask(autoencoder, folders, prior_cfg, device=device, warm_start=priors,
+                                        **prior_data)
+        run(prior_task, prior_loop, folder / "priors", progress=progress,
+            description=f"phase {2 * number + 2}/{total}: priors{label}")
+        priors = folder / "priors" / "weights.safetensors"
+        records.append(_training_records(autoencoder, priors))
+    assemble(autoencoder, priors, out, name=name, description=description,
+             quality_ladder=rounds[-1].model.quality_ladder, earlier_rounds=records[:-1])
     return out
 
 
+def _training_records(autoencoder: Path, priors: Path) -> dict:
+    """The training records of a round's two phases, as their weights files hold them."""
+    with safe_open(str(autoencoder), "pt") as f:
+        ae_training = json.loads(f.metadata()["training"])
+    with safe_open(str(priors), "pt") as f:
+        prior_training = json.loads(f.metadata()["training"])
+    return {"autoencoder": ae_training, "priors": prior_training}
+
+
 def assemble(autoencoder: Path, priors: Path, out: Path, *, name: str, description: str,
-             quality_ladder: tuple | None = None) -> str:
+             quality_ladder: tuple | None = None, earlier_rounds: list[dict] = ()) -> str:
     """One weights file (weights_io.save_hierarchy) from the two phases' outputs; its sha256.
     quality_ladder: the model's quality levels (HierarchyConfig.quality_ladder), chosen after
-    training (benchmarks/quality_ladder.py); None keeps the autoencoder's."""
+    training (benchmarks/quality_ladder.py); None keeps the autoencoder's. earlier_rounds: the
+    training records of the rounds before (kept in the metadata with this round's)."""
     from ..weights_io import save_hierarchy
     from .hierarchy_prior_task import load_hierarchy, read_level_priors
 
     model = load_hierarchy(autoencoder)
     if quality_ladder is not None:
         model.config = replace(model.config, quality_ladder=quality_ladder)
-    with safe_open(str(autoencoder), "pt") as f:
-        ae_training = json.loads(f.metadata()["training"])
-    level_priors, prior_meta = read_level_priors(priors)
-    training = {"autoencoder": ae_training, "priors": json.loads(prior_meta["training"])}
+    level_priors, _ = read_level_priors(priors)
+    training = _training_records(autoencoder, priors)
+    if earlier_rounds:
+        training["earlier_rounds"] = list(earlier_rounds)
     return save_hierarchy(out, model, level_priors, name=name, description=description, training=training)
