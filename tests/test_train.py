@@ -99,6 +99,41 @@ def test_learning_rate_schedule():
     assert rates == sorted(rates, reverse=True)
 
 
+class LineTask:
+    """A one-parameter task: fit w to 3."""
+
+    def __init__(self):
+        self.model = torch.nn.Linear(1, 1, bias=False)
+
+    def batch_loss(self, step, generator):
+        return (self.model.weight - 3).pow(2).sum(), {}
+
+    def evaluate(self):
+        return {"w": self.model.weight.item()}
+
+    def save_weights(self, path, record):
+        path.write_text(json.dumps({"w": self.model.weight.item(), "steps": record["steps"]}))
+
+
+def test_stop_at_ends_a_run_early_on_the_learning_rate_schedule_of_its_steps(tmp_path):
+    """A run cut short (stop_at) is the first stop_at steps of the full schedule: the same
+    weights as that run's checkpoint there, and done (finished) there."""
+    full = loop.LoopConfig(steps=8, learning_rate=0.1, warmup_steps=1, checkpoint_every=4, eval_every=4, bf16=False)
+    torch.manual_seed(0)
+    whole = LineTask()
+    with killed_at_step(LineTask, 5):
+        with pytest.raises(KeyboardInterrupt):
+            loop.run(whole, full, tmp_path / "full", progress=False)
+    at_4 = json.loads((tmp_path / "full" / "weights.safetensors").read_text())
+    torch.manual_seed(0)
+    cut = loop.LoopConfig(**{**full.__dict__, "stop_at": 4})
+    assert cut.last_step == 4
+    loop.run(LineTask(), cut, tmp_path / "cut", progress=False)
+    assert json.loads((tmp_path / "cut" / "weights.safetensors").read_text()) == at_4 == {"w": at_4["w"], "steps": 4}
+    assert loop.finished(loop.RunFiles.in_folder(tmp_path / "cut"), cut)
+    assert not loop.finished(loop.RunFiles.in_folder(tmp_path / "cut"), full)
+
+
 @pytest.mark.slow
 def test_data_parallel_training_with_gloo_in_two_processes(folder):
     """The torchrun path: 2 CPU processes, gloo backend, codebooks kept in sync."""

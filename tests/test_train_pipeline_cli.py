@@ -236,28 +236,37 @@ def test_a_hierarchical_config_starts_from_a_model_given_by_init_from(folder):
 
 
 def test_rounds_continue_the_autoencoder_and_its_priors_and_a_kill_resumes_in_the_round_it_hit(folder):
-    """A config's later rounds train on from the round before (the autoencoder with what the
-    round changes, here a higher lambda_high; the priors continued on it); after a kill in
-    round 1, rerunning the command skips round 0 and resumes round 1 from its checkpoint."""
+    """A config's later rounds train on from the round before: the autoencoder with what the
+    round changes (here a higher lambda_high, which later rounds keep, and a run cut short on an
+    8-step schedule), the priors continued from the last ones trained (round 1 trains none).
+    After a kill in round 1, rerunning the command leaves round 0 alone and resumes round 1
+    from its checkpoint, to the same model as an uninterrupted run."""
     from vqcodec.training.hierarchy_task import HierarchyTask
 
-    config = {**PIPELINE, "rounds": [{"model": {"lambda_high": 0.1}, "autoencoder": {"loop": {"steps": 4}}}]}
+    config = {**PIPELINE, "rounds": [
+        {"model": {"lambda_high": 0.1}, "autoencoder": {"loop": {"steps": 8, "stop_at": 4}},
+         "priors": {"loop": {"steps": 0}}},
+        {"autoencoder": {"loop": {"steps": 2, "stop_at": 0}}, "priors": {"loop": {"steps": 2}}}]}
     (folder / "r.json").write_text(json.dumps(config))
 
     def train_rounds(out):
         return invoke("train", "--data", folder / "data", "--out", out, "--config", folder / "r.json", "--no-register")
     straight = folder / "a" / "tiny.safetensors"
-    assert train_rounds(straight).exit_code == 0
+    result = train_rounds(straight)
+    assert result.exit_code == 0, result.output
+    assert "phase 4/5: autoencoder (round 2)" in result.output
     work = folder / "a" / "tiny.work"
+    assert not (work / "round1" / "priors").exists()
     first, second = (load_file(str(work / part / "autoencoder" / "weights.safetensors")) for part in (".", "round1"))
     key = "analysis.4.0.weight"
     assert 0 < (second[key] - first[key]).abs().max() < 0.01  # trained on, not started afresh
-    first, second = (load_file(str(work / part / "priors" / "weights.safetensors")) for part in (".", "round1"))
-    assert (first["prior0.conv0_weight"] == second["prior0.conv0_weight"]).float().mean() > 0.5  # continued
+    first, last = (load_file(str(work / part / "priors" / "weights.safetensors")) for part in (".", "round2"))
+    assert (first["prior0.conv0_weight"] == last["prior0.conv0_weight"]).float().mean() > 0.5  # continued
     meta = read_metadata(straight)
     assert json.loads(meta["hierarchy_config"])["lambda_high"] == 0.1
     training_record = json.loads(meta["training"])
-    assert training_record["autoencoder"]["steps"] == 4 and len(training_record["earlier_rounds"]) == 1
+    assert [r["autoencoder"]["steps"] for r in training_record["earlier_rounds"]] == [2, 4]
+    assert "priors" not in training_record["earlier_rounds"][1]
 
     out = folder / "b" / "tiny.safetensors"
     with killed_at_step(HierarchyTask, 3):  # round 0 has 2 steps: the kill hits round 1
@@ -272,7 +281,9 @@ def test_rounds_continue_the_autoencoder_and_its_priors_and_a_kill_resumes_in_th
     assert [path.stat().st_mtime_ns for path in round0] == written  # round 0 done: not trained again
     same_tensors(straight, out)
 
-    (folder / "r.json").write_text(json.dumps({**PIPELINE, "rounds": [{"prior": {}}]}))
-    result = CliRunner().invoke(main, ["train", "--data", str(folder / "data"), "--out", str(out),
-                                       "--config", str(folder / "r.json")])
-    assert result.exit_code == 1 and "round 1: unknown sections ['prior']" in result.output
+    for rounds, message in (([{"prior": {}}], "round 1: unknown sections ['prior']"),
+                            ([{"priors": {"loop": {"steps": 0}}}], "the last round must train priors")):
+        (folder / "r.json").write_text(json.dumps({**PIPELINE, "rounds": rounds}))
+        result = CliRunner().invoke(main, ["train", "--data", str(folder / "data"), "--out", str(out),
+                                           "--config", str(folder / "r.json")])
+        assert result.exit_code == 1 and message in result.output, result.output

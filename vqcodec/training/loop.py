@@ -55,6 +55,14 @@ class LoopConfig:
     # roll back to the last checkpoint and halve the learning rate when the mean loss of the
     # last 20 steps exceeds spike_factor times its long-run mean; 0 disables it
     spike_factor: float = 3.0
+    # end the run at this step of its schedule (0: at `steps`): a run cut short, whose learning
+    # rate followed the schedule of `steps` up to there (a recipe that reproduces such a run)
+    stop_at: int = 0
+
+    @property
+    def last_step(self) -> int:
+        """The step the run ends at."""
+        return min(self.stop_at, self.steps) if self.stop_at > 0 else self.steps
 
     @classmethod
     def of(cls, config, **rest) -> "LoopConfig":
@@ -102,12 +110,12 @@ class RunFiles:
 
 def finished(files: RunFiles, cfg: LoopConfig, key: dict | None = None) -> bool:
     """Whether the run in `files` is done: its weights exist and its checkpoint has reached
-    cfg.steps (made with task checkpoint_key `key`, when given). A phase so done is skipped."""
+    cfg.last_step (made with task checkpoint_key `key`, when given). A phase so done is skipped."""
     if not (files.weights.exists() and files.checkpoint.exists()):
         return False
     blob = torch.load(files.checkpoint, map_location="cpu", weights_only=True)
     state = blob.get("state") if isinstance(blob, dict) else None
-    return (state is not None and state["step"] >= cfg.steps
+    return (state is not None and state["step"] >= cfg.last_step
             and (key is None or blob.get("task", key) == key))
 
 
@@ -185,7 +193,7 @@ class SpikeGuard:
 
 def run(task: Task, cfg: LoopConfig, where: str | Path | RunFiles, *, description: str = "training",
         progress: bool = True) -> dict:
-    """Train `task` for cfg.steps steps, its files in folder `where` (created) or as RunFiles
+    """Train `task` for cfg.last_step steps, its files in folder `where` (created) or as RunFiles
     name them, resuming from its checkpoint. Returns the last evaluation."""
     files = where if isinstance(where, RunFiles) else RunFiles.in_folder(where)
     files.checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -251,10 +259,10 @@ def run(task: Task, cfg: LoopConfig, where: str | Path | RunFiles, *, descriptio
         restore(start.read_bytes(), start)
     last_good = save() if state["step"] == 0 or start != files.checkpoint else files.checkpoint.read_bytes()
     guard = SpikeGuard(cfg.spike_factor)
-    bar = tqdm(total=cfg.steps, initial=state["step"], disable=not progress or not main, dynamic_ncols=True,
+    bar = tqdm(total=cfg.last_step, initial=state["step"], disable=not progress or not main, dynamic_ncols=True,
                desc=description)
     model.train()
-    while state["step"] < cfg.steps:
+    while state["step"] < cfg.last_step:
         started = time.perf_counter()
         step = state["step"]
         for group in optimizer.param_groups:
@@ -282,7 +290,7 @@ def run(task: Task, cfg: LoopConfig, where: str | Path | RunFiles, *, descriptio
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()})
         step = state["step"]
-        if main and (step % cfg.eval_every == 0 or step == cfg.steps):
+        if main and (step % cfg.eval_every == 0 or step == cfg.last_step):
             model.eval()
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
                 state["last_eval"] = task.evaluate()
@@ -293,7 +301,7 @@ def run(task: Task, cfg: LoopConfig, where: str | Path | RunFiles, *, descriptio
                 f.write(json.dumps(entry) + "\n")
             summary = getattr(task, "summary", None)
             bar.write(json.dumps(summary(entry) if summary else entry))
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 or step == cfg.last_step:
             last_good = save()
     bar.close()
     if main and not files.weights_at_checkpoints:

@@ -1,7 +1,7 @@
 """`vqcodec train` for hierarchical models: every phase, in order, resumable after a kill.
 
     config {"model": HierarchyConfig, "autoencoder": {loop, data}, "priors": {prior, loop, data},
-            "rounds": [{"model": ..., "autoencoder": ..., "priors": ...}, ...]}
+            "rounds": [{"model": ..., "autoencoder": ..., "priors": ..., "note": "..."}, ...]}
         │
         ├─ round 0   autoencoder with the rate term (training.hierarchy_task) -> <work>/autoencoder/
         │            integer priors over its indices (training.hierarchy_prior_task) -> <work>/priors/
@@ -13,7 +13,9 @@
 
 A round after the first states only what changes: its sections are the round before's with the
 keys it gives replaced (a longer run at another batch size, a higher lambda_high, one more
-level), so the recipe of a model trained in several sittings is one config.
+level), so the recipe of a model trained in several sittings is one config. A round whose
+priors loop has 0 steps trains no priors (the next priors phase continues the last ones
+trained, or starts fresh); a loop's stop_at ends a run cut short on its schedule.
 
 Each phase runs through the one loop (training.loop); a phase whose checkpoint has reached
 its step count is done and is skipped, so rerunning the same command after a kill continues
@@ -44,6 +46,12 @@ class Round:
     autoencoder: tuple[LoopConfig, dict]  # loop, data
     priors: tuple[PriorConfig, LoopConfig, dict]  # prior, loop, data
 
+    @property
+    def trains_priors(self) -> bool:
+        """A round whose priors loop has 0 steps leaves them out (a round whose autoencoder is
+        only a step on the way); the next priors phase continues the last priors trained."""
+        return self.priors[1].steps > 0
+
 
 def _updated(base: dict, changes: dict, where: str) -> dict:
     """base with the keys that changes gives replaced, at any depth (a round that gives
@@ -70,15 +78,17 @@ def read_pipeline_config(path: str | Path) -> list[Round]:
     rounds = []
     for number, changes in enumerate([{}] + later):
         where = f"{path}: round {number}"
-        unknown = set(changes) - {"model", *PHASES}
+        unknown = set(changes) - {"model", *PHASES, "note"}
         if unknown:
-            raise ValueError(f"{where}: unknown sections {sorted(unknown)} (expected model, {', '.join(PHASES)})")
-        raw = _updated(raw, changes, where)
+            raise ValueError(f"{where}: unknown sections {sorted(unknown)} (expected model, {', '.join(PHASES)}, note)")
+        raw = _updated(raw, {k: v for k, v in changes.items() if k != "note"}, where)
         ae, priors = raw["autoencoder"], raw["priors"]
         rounds.append(Round(from_dict(HierarchyConfig, raw["model"]),
                             (from_dict(LoopConfig, ae.get("loop", {})), ae.get("data", {})),
                             (from_dict(PriorConfig, priors.get("prior", {})), from_dict(LoopConfig, priors.get("loop", {})),
                              priors.get("data", {}))))
+    if not rounds[-1].trains_priors:
+        raise ValueError(f"{path}: the last round must train priors (its priors loop has 0 steps)")
     return rounds
 
 
@@ -110,45 +120,50 @@ def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path,
                           priors=(r.priors[0], replace(r.priors[1], steps=steps), r.priors[2])) for r in rounds]
     out = Path(out)
     work = work_folder(out, work)
-    total = len(PHASES) * len(rounds)
+    phases = [(number, "autoencoder") for number in range(len(rounds))]
+    phases += [(number, "priors") for number, r in enumerate(rounds) if r.trains_priors]
+    phases.sort()
     autoencoder, priors = init_from, None  # what the next phase of each kind starts from
     records = []
     for number, spec in enumerate(rounds):
         folder = round_folder(work, number)
-        label = f" (round {number})" if len(rounds) > 1 else ""
+
+        def title(kind: str) -> str:
+            round_name = f" (round {number})" if len(rounds) > 1 else ""
+            return f"phase {phases.index((number, kind)) + 1}/{len(phases)}: {kind}{round_name}"
         ae_loop, ae_data = spec.autoencoder
         if number > 0:
             start_over_if_changed(RunFiles.in_folder(folder / "autoencoder"), autoencoder,
                                   folder / "autoencoder" / "source")
         torch.manual_seed(ae_loop.seed)
         task = HierarchyTask(spec.model, folders, name=name, warm_start=autoencoder, device=device, **ae_data)
-        run(task, ae_loop, folder / "autoencoder", progress=progress,
-                        description=f"phase {2 * number + 1}/{total}: autoencoder{label}")
+        run(task, ae_loop, folder / "autoencoder", progress=progress, description=title("autoencoder"))
         autoencoder = folder / "autoencoder" / "weights.safetensors"
         prior_cfg, prior_loop, prior_data = spec.priors
-        prior_files = RunFiles.in_folder(folder / "priors")
-        start_over_if_changed(prior_files, autoencoder, folder / "priors" / "source")
-        if priors is not None:
-            start_over_if_changed(prior_files, priors, folder / "priors" / "source_priors")
-        torch.manual_seed(prior_loop.seed)
-        prior_task = HierarchyPriorTask(autoencoder, folders, prior_cfg, device=device, warm_start=priors,
-                                        **prior_data)
-        run(prior_task, prior_loop, folder / "priors", progress=progress,
-            description=f"phase {2 * number + 2}/{total}: priors{label}")
-        priors = folder / "priors" / "weights.safetensors"
-        records.append(_training_records(autoencoder, priors))
+        if spec.trains_priors:
+            prior_files = RunFiles.in_folder(folder / "priors")
+            start_over_if_changed(prior_files, autoencoder, folder / "priors" / "source")
+            if priors is not None:
+                start_over_if_changed(prior_files, priors, folder / "priors" / "source_priors")
+            torch.manual_seed(prior_loop.seed)
+            prior_task = HierarchyPriorTask(autoencoder, folders, prior_cfg, device=device, warm_start=priors,
+                                            **prior_data)
+            run(prior_task, prior_loop, folder / "priors", progress=progress, description=title("priors"))
+            priors = folder / "priors" / "weights.safetensors"
+        records.append(_training_records(autoencoder, priors if spec.trains_priors else None))
     assemble(autoencoder, priors, out, name=name, description=description,
              quality_ladder=rounds[-1].model.quality_ladder, earlier_rounds=records[:-1])
     return out
 
 
-def _training_records(autoencoder: Path, priors: Path) -> dict:
-    """The training records of a round's two phases, as their weights files hold them."""
-    with safe_open(str(autoencoder), "pt") as f:
-        ae_training = json.loads(f.metadata()["training"])
-    with safe_open(str(priors), "pt") as f:
-        prior_training = json.loads(f.metadata()["training"])
-    return {"autoencoder": ae_training, "priors": prior_training}
+def _training_records(autoencoder: Path, priors: Path | None) -> dict:
+    """The training records of a round's phases, as their weights files hold them."""
+    records = {}
+    for kind, path in (("autoencoder", autoencoder), ("priors", priors)):
+        if path is not None:
+            with safe_open(str(path), "pt") as f:
+                records[kind] = json.loads(f.metadata()["training"])
+    return records
 
 
 def assemble(autoencoder: Path, priors: Path, out: Path, *, name: str, description: str,
