@@ -72,14 +72,15 @@ class Int8Affine:
 
 def centered_int8(act: torch.Tensor) -> torch.Tensor:
     """Integer activations in [0, 255] (any dtype) -> act - 128 as int8."""
-    return act.to(torch.int16).sub_(CENTER).to(torch.int8)
+    return (act - CENTER).to(torch.int8)
 
 
-def padded_int8(centered: torch.Tensor) -> torch.Tensor:
-    """(P, H, W, C) int8 -> (P, H + 2, W + 2, C), bordered by activation 0 ('same' padding)."""
-    p, h, w, c = centered.shape
+def padded_int8(act: torch.Tensor) -> torch.Tensor:
+    """Integer activations (P, H, W, C) in [0, 255] (any dtype) -> act - 128 as int8, padded
+    to (P, H + 2, W + 2, C) with activation 0 ('same' padding)."""
+    p, h, w, c = act.shape
     padded = torch.full((p, h + 2, w + 2, c), -CENTER, dtype=torch.int8)
-    padded[:, 1:-1, 1:-1] = centered
+    padded[:, 1:-1, 1:-1] = act - CENTER  # integers in [-128, 127]: the cast is exact
     return padded
 
 
@@ -93,8 +94,10 @@ def windows3x3(padded: torch.Tensor, positions: torch.Tensor | None = None) -> t
         return padded.as_strided((p, h, w, 3, 3, c), (s[0], s[1], s[2], s[1], s[2], s[3])).reshape(-1, 9 * c)
     offsets = torch.arange(3).view(3, 1) * (w + 2) + torch.arange(3).view(1, 3)  # (3, 3)
     top_left = positions[:, 0] * (w + 2) + positions[:, 1]
-    flat = (top_left.view(-1, 1, 1) + offsets).view(-1)  # (n * 9,)
-    return padded.view(p, -1, c)[:, flat].reshape(-1, 9 * c)
+    flat = (top_left.view(-1, 1, 1) + offsets).view(1, -1)  # (1, n * 9)
+    if p > 1:
+        flat = flat + torch.arange(p).view(-1, 1) * ((h + 2) * (w + 2))
+    return padded.view(-1, c).index_select(0, flat.view(-1)).view(-1, 9 * c)  # index_select: fast gathers
 
 
 def power_of_two(exponent: torch.Tensor) -> torch.Tensor:

@@ -115,9 +115,9 @@ class IntegerPrior:
         """int8 path: x (P, C, H, W) integer pre-activations -> the last convolution's input,
         centered int8, padded (P, H + 2, W + 2, C) (with no convolutions: the activations)."""
         p, c, h, w = x.shape
-        act = centered_int8(x.clamp(0, ACTIVATION_MAX).permute(0, 2, 3, 1))
+        act = x.permute(0, 2, 3, 1).clamp(0, ACTIVATION_MAX)
         for conv in self._convs[:-1]:
-            act = centered_int8(conv(windows3x3(padded_int8(act))).clamp_(0, ACTIVATION_MAX)).view(p, h, w, c)
+            act = conv(windows3x3(padded_int8(act))).clamp_(0, ACTIVATION_MAX).view(p, h, w, c)
         return padded_int8(act)
 
     def _head_rows(self, hidden: torch.Tensor, stage: int, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,8 +127,7 @@ class IntegerPrior:
         if self.int8:
             positions = mask.nonzero()
             if self._convs:
-                act = self._convs[-1](windows3x3(hidden, positions)).clamp_(0, ACTIVATION_MAX)
-                h = centered_int8(act)
+                h = centered_int8(self._convs[-1](windows3x3(hidden, positions)).clamp_(0, ACTIVATION_MAX))
             else:
                 h = hidden[:, 1 + positions[:, 0], 1 + positions[:, 1]].reshape(-1, hidden.shape[-1])
             return self._heads[stage](h), self._gates[stage](h).clamp_(0, GATE_MAX).view(-1)
@@ -146,7 +145,7 @@ class IntegerPrior:
 
         previous: (..., C, H, W) sum of the earlier stages' embeddings; indices_stage: (..., H, W)
         this stage's indices, of which only the `known` (H, W) positions are read."""
-        current = self.t["current_embed"][stage][indices_stage * known].movedim(-1, -3)
+        current = lookup(self.t["current_embed"][stage], indices_stage * known).movedim(-1, -3)
         unknown = self.t["unknown_embed"][stage].view(-1, 1, 1)
         return previous + self.t["stage_bias"][stage].view(-1, 1, 1) + torch.where(known, current, unknown)
 
@@ -155,7 +154,7 @@ class IntegerPrior:
         starting `previous` of this level's passes (exact: sums of integers below 2**24)."""
         total = None
         for i, (grid, f) in enumerate(zip(coarse, self.config.coarse_factors)):
-            part = spread(self.t[f"coarse_embed{i}"][grid.long()], f)
+            part = spread(lookup(self.t[f"coarse_embed{i}"], grid.long()), f)
             total = part if total is None else total + part
         return total.movedim(-1, -3)
 
@@ -166,7 +165,7 @@ class IntegerPrior:
 
     def stage_embedding(self, stage: int, indices_stage: torch.Tensor) -> torch.Tensor:
         """(..., C, H, W) embedding of one stage's indices (..., H, W), added to `previous` once known."""
-        return self.t["previous_embed"][stage][indices_stage].movedim(-1, -3)
+        return lookup(self.t["previous_embed"][stage], indices_stage).movedim(-1, -3)
 
     def frequencies(self, inputs: torch.Tensor, stages: list[int], masks: list[torch.Tensor],
                     contexts: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> list[torch.Tensor]:
@@ -266,6 +265,12 @@ class IntegerPrior:
                 self._pairs.clear()
             self._pairs[key] = pairs
         return pairs
+
+
+def lookup(table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """table[indices] (the rows of table at indices (...), shape (..., *table.shape[1:])), by
+    index_select, several times faster than indexing with a tensor."""
+    return table.index_select(0, indices.reshape(-1)).view(*indices.shape, *table.shape[1:])
 
 
 def spread(embedded: torch.Tensor, factor: int) -> torch.Tensor:
