@@ -39,7 +39,8 @@ def decode_latents(model, features, latents: list) -> torch.Tensor:
         key = model.latent_keys[level]
         codes = latents[level] if latents[level] is not None else model.latent_in[key](features[stride] - state)
         state = state + model.latent_out[key](codes)
-    return model._upsample(4, model._descend(state, strides[-1]))
+    keep = torch.full((state.shape[0],), model.num_stages)  # the whole ladder, for a prefix-conditioned synthesis
+    return model.synthesize(model._descend(state, strides[-1]), keep)
 
 
 @torch.no_grad()

@@ -139,6 +139,33 @@ def test_a_warm_start_adds_stride_4_residual_blocks_that_start_as_identities(tra
     torch.testing.assert_close(task.model.decode_indices(grids), source.model.decode_indices(grids))
 
 
+def test_a_prefix_conditioned_synthesis_warm_starts_as_the_identity_and_then_decodes_per_prefix(trained_source):
+    """prefix_film: onto a model without it, every prefix decodes as before; the decoder
+    conditions on the number of stages it has (from the file), and training reaches the
+    per-prefix scales only of the prefixes in the batch."""
+    from vqcodec.training.hierarchy_task import HierarchyTask
+
+    source, folder, weights = trained_source
+    task = HierarchyTask(replace(TINY, prefix_film=True), [str(folder)], crop_size=32, held_out_per_folder=1,
+                         extra_scales=(), warm_start=weights)
+    x = torch.rand(1, 3, 32, 48)
+    source.model.eval()
+    model = task.model.eval()
+    grids = source.model.encode_indices(x, 4, 0.01)[0]
+    assert all(torch.equal(a, b) for a, b in zip(grids, model.encode_indices(x, 4, 0.01)[0]))
+    for n in range(1, 5):
+        torch.testing.assert_close(model.decode_indices(grids[:n]), source.model.decode_indices(grids[:n]))
+    with torch.no_grad():
+        model.film[1].scale[1].mul_(2)  # prefix 2's features before the last convolution
+    assert not torch.allclose(model.decode_indices(grids[:2]), source.model.decode_indices(grids[:2]))
+    torch.testing.assert_close(model.decode_indices(grids[:3]), source.model.decode_indices(grids[:3]))
+    model.train()
+    out, bits, vq = model(torch.rand(2, 3, 32, 32), torch.tensor([1, 3]), torch.tensor([0.01, 0.01]))
+    out.pow(2).mean().backward()
+    used = [bool(model.film[0].scale.grad[n - 1].abs().sum() > 0) for n in range(1, 5)]
+    assert used == [True, False, True, False]
+
+
 def test_level_priors_continue_from_another_runs_priors(trained_source):
     from vqcodec.training.hierarchy_prior_task import HierarchyPriorTask
 

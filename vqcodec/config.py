@@ -144,6 +144,11 @@ class HierarchyConfig:
     # synthesis (after the stride-4 level); they start as identities, so a model without them
     # warm-starts onto them decoding as before
     stride4_blocks: int = 0
+    # the synthesis after the last level (the stride-4 state up to the pixels) scales and
+    # shifts its features per prefix length, which the decoder knows from the file: one
+    # decoder sharp at the top of the ladder and smooth at the bottom, at no cost in bits. It
+    # starts as the identity, so a model without it warm-starts onto it decoding as before.
+    prefix_film: bool = False
     # coarse to fine: the global stage order; each stride is the one before or half of it (a
     # level at the same stride refines the same decoder state further)
     level_strides: tuple[int, ...] = (16, 8, 4)

@@ -169,6 +169,23 @@ class ECVQStage(nn.Module):
             self.ema_count[dead] = self.dead_code_threshold
 
 
+class PrefixFiLM(nn.Module):
+    """Per prefix length n (1..prefixes), a scale and a shift per channel, starting at 1 and 0:
+    feature-wise linear modulation (FiLM, Perez et al. 2018) by the rate, as the gain units of
+    variable-rate codecs (Cui et al. 2021, "Asymmetric Gained Deep Image Compression")."""
+
+    def __init__(self, prefixes: int, channels: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(prefixes, channels))
+        self.shift = nn.Parameter(torch.zeros(prefixes, channels))
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W), keep (B,): each example's prefix length."""
+        b, c = x.shape[:2]
+        rows = keep.long() - 1
+        return x * self.scale[rows].view(b, c, 1, 1).to(x.dtype) + self.shift[rows].view(b, c, 1, 1).to(x.dtype)
+
+
 class HierarchicalVQ(nn.Module):
     """Analysis transform, the levels of ECVQ stages, synthesis transform (see module docstring)."""
 
@@ -215,6 +232,8 @@ class HierarchicalVQ(nn.Module):
         self.refine4 = ResidualBlock(c4)
         self.detail4 = nn.Sequential(*stride4(cfg.stride4_blocks))
         self.up4 = nn.Sequential(_conv_up(c4, c2), GDN(c2, inverse=True), _conv_up(c2, 3))
+        if cfg.prefix_film:  # before the synthesis at stride 4, and before its last convolution
+            self.film = nn.ModuleList([PrefixFiLM(self.num_stages, c4), PrefixFiLM(self.num_stages, c2)])
 
     def channels(self, stride: int) -> int:
         """Feature channels at stride 4, 8 or 16 (config.widths are those at 2, 4, 8, 16)."""
@@ -232,10 +251,11 @@ class HierarchicalVQ(nn.Module):
         return None
 
     def starts_as_identity(self, key: str) -> bool:
-        """Whether a state-dict key belongs to the stride-4 residual blocks, which start as
-        identities (config.stride4_blocks), so a model without them can warm-start onto them."""
+        """Whether a state-dict key belongs to the stride-4 residual blocks or the prefix FiLM,
+        which start as identities (config.stride4_blocks, prefix_film), so a model without them
+        can warm-start onto them."""
         part = key.split(".")
-        return part[0] == "detail4" or (part[:2] == ["analysis", "4"] and int(part[2]) >= 4)
+        return part[0] in ("detail4", "film") or (part[:2] == ["analysis", "4"] and int(part[2]) >= 4)
 
     @torch.no_grad()
     def silence_level(self, level: int) -> None:
@@ -299,11 +319,23 @@ class HierarchicalVQ(nn.Module):
         return state
 
     def _upsample(self, stride: int, state: torch.Tensor) -> torch.Tensor:
+        """The decoder state at stride 16 or 8 carried to the next finer stride."""
         if stride == 16:
             return self.up16(self.refine16(state))
-        if stride == 8:
-            return self.up8(self.refine8(state))
-        return self.up4(self.detail4(self.refine4(state))) + 0.5
+        return self.up8(self.refine8(state))
+
+    def synthesize(self, state: torch.Tensor, keep: torch.Tensor, float32_last: bool = False) -> torch.Tensor:
+        """The image (B, 3, H, W) from the decoder state at stride 4 of the first keep (B,)
+        stages (config.prefix_film conditions on keep). float32_last: the last convolution
+        runs in float32 whatever the autocast around it (it makes the pixels)."""
+        hidden = self.detail4(self.refine4(state if "film" not in self._modules else self.film[0](state, keep)))
+        hidden = self.up4[:-1](hidden)
+        if "film" in self._modules:
+            hidden = self.film[1](hidden, keep)
+        if float32_last:
+            with torch.autocast(hidden.device.type, enabled=False):
+                return self.up4[-1](hidden.float()) + 0.5
+        return self.up4[-1](hidden) + 0.5
 
     def assignment_weight(self, lambdas: torch.Tensor) -> torch.Tensor:
         """ECVQ weight on squared latent distance per example, from its lambda: a latent error
@@ -357,7 +389,7 @@ class HierarchicalVQ(nn.Module):
                     codes = code * active.view(b, 1, 1, 1) + (0 if codes is None else codes)
                     quantized = latent + (codes - latent).detach()
                     state = start + self.latent_out[self.latent_keys[level]](quantized.to(state.dtype)) * level_active
-        return self._upsample(4, self._descend(state, cfg.level_strides[-1])), bits, vq_loss
+        return self.synthesize(self._descend(state, cfg.level_strides[-1]), keep), bits, vq_loss
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -413,8 +445,8 @@ class HierarchicalVQ(nn.Module):
                     if not remaining:
                         break
                     state, codes = self._add(level, stage, start, state, codes, stage.lookup(remaining.pop(0)))
-            hidden = self.up4[:-1](self.detail4(self.refine4(self._descend(state, self.config.level_strides[-1]))))
-        return self.up4[-1](hidden.float()) + 0.5
+            keep = torch.full((b,), len(grids), device=grids[0].device)
+            return self.synthesize(self._descend(state, self.config.level_strides[-1]), keep, float32_last=True)
 
     @torch.no_grad()
     def load_vqvae(self, vqvae: VQVAE) -> None:
