@@ -129,11 +129,11 @@ class HierarchyRateDistortion:
                                                self.grids if prior.config.coarse_factors else None)
         else:
             self.previous = self.previous + prior.stage_embedding(s - 1, self.indices[s - 1])
-        distances = stage.distances(residual)[0].reshape(rows * cols, -1)
+        vectors = residual[0].permute(1, 2, 0).reshape(rows * cols, -1)
         for pass_stage, known, coded, far in pass_schedule(prior.config, s + 1, rows, cols):
-            if pass_stage == s:
+            if pass_stage == s:  # distances of the pass's positions only (each position once per stage)
                 choice, freqs = _choose_pass(prior, self.previous, self.indices, s, known, coded, far, self.lam,
-                                             lambda at: distances[at])
+                                             lambda at: _distances(vectors.index_select(0, at), stage.codebook))
                 self.sink(s, choice.numpy(), freqs.numpy())
         self.grids.append(self.indices[s])
         return self.indices[s].unsqueeze(0)
