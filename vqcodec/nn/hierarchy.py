@@ -434,7 +434,9 @@ class HierarchicalVQ(nn.Module):
         pixels in float32."""
         b, h, w = grids[0].shape
         previous = self.config.level_strides[0]
-        state = torch.zeros(b, self.channels(previous), h, w, device=grids[0].device)
+        # channels-last, as the encoder's state (from channels-last images): faster convolutions
+        state = torch.zeros(b, self.channels(previous), h, w, device=grids[0].device).contiguous(
+            memory_format=torch.channels_last)
         remaining = list(grids)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             for level, (stride, stages) in enumerate(zip(self.config.level_strides, self.levels)):
