@@ -107,7 +107,8 @@ def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path,
                    description: str, work: str | Path | None = None, progress: bool = True,
                    steps: int | None = None, init_from: str | Path | None = None, device: str = "cpu") -> Path:
     """Every round of `config_path` on the images in `folders`, into `out`; intermediate files
-    in work_folder(out, work). steps: every phase's step count (overrides the config).
+    in work_folder(out, work). steps: every phase's step count (overrides the config; a
+    round without priors stays without).
     init_from: weights the first autoencoder starts from (HierarchyTask.warm_start: a
     hierarchical model, or a VQ-VAE as its stride-8 level); ignored once it has a checkpoint.
     device: where every phase trains ("cpu" or "cuda")."""
@@ -115,9 +116,10 @@ def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path,
     from .hierarchy_task import HierarchyTask
 
     rounds = read_pipeline_config(config_path)
-    if steps is not None:
+    if steps is not None:  # rounds that train no priors still train none
         rounds = [replace(r, autoencoder=(replace(r.autoencoder[0], steps=steps), r.autoencoder[1]),
-                          priors=(r.priors[0], replace(r.priors[1], steps=steps), r.priors[2])) for r in rounds]
+                          priors=(r.priors[0], replace(r.priors[1], steps=steps if r.trains_priors else 0),
+                                  r.priors[2])) for r in rounds]
     out = Path(out)
     work = work_folder(out, work)
     phases = [(number, "autoencoder") for number in range(len(rounds))]
