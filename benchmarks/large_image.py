@@ -1,6 +1,6 @@
 """Large images: peak memory and speed of encode and decode (tiled, see vqcodec/inference.py).
 
-    python benchmarks/large_image.py [--sizes 6000x4000,3000x2000,1500x1000] [--quality 4] [--coder prior]
+    python benchmarks/large_image.py [--sizes 6000x4000,3000x2000,1500x1000] [--quality 4] [--coder prior] [--model NAME]
 
 Makes each test image by resizing a training photo (../shared/data/photos, or the bundled
 sample), then runs `vqcodec encode` and `vqcodec decode` in child processes and reports
@@ -41,13 +41,16 @@ def main() -> int:
     parser.add_argument("--sizes", default="1500x1000,3000x2000,6000x4000")
     parser.add_argument("--quality", default="4")
     parser.add_argument("--coder", default=None)
+    parser.add_argument("--model", default=None, help="an installed model (default: the default model)")
     args = parser.parse_args()
     source = PHOTO if PHOTO.exists() else None
     if source is None:
         from vqcodec import images
         source = images.sample_image_path()
     coder = ["--coder", args.coder] if args.coder else []
-    print(f"source {source.name}, quality {args.quality}, coder {args.coder or 'default'}")
+    model = ["--model", args.model] if args.model else []
+    print(f"source {source.name}, model {args.model or 'default'}, quality {args.quality}, "
+          f"coder {args.coder or 'default'}")
     print("size        MP    encode s  enc MP/s  enc peak MB  decode s  dec MP/s  dec peak MB  bpp")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):
@@ -55,7 +58,7 @@ def main() -> int:
             png, vqz, out = Path(tmp, f"{size}.png"), Path(tmp, f"{size}.vqz"), Path(tmp, f"{size}.out.png")
             with Image.open(source) as im:
                 im.convert("RGB").resize((width, height), Image.LANCZOS).save(png, compress_level=1)
-            enc_s, enc_mb = run(["encode", str(png), "-o", str(vqz), "-q", args.quality, "-f", *coder])
+            enc_s, enc_mb = run(["encode", str(png), "-o", str(vqz), "-q", args.quality, "-f", *coder, *model])
             dec_s, dec_mb = run(["decode", str(vqz), "-o", str(out), "-f"])
             mp = width * height / 1e6
             bpp = vqz.stat().st_size * 8 / (width * height)

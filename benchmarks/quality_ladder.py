@@ -15,6 +15,9 @@ multiple, on the held-out crops of benchmarks/heldout_rd.py, and picks the ladde
     VQCODEC_WEIGHTS=DIR python benchmarks/quality_ladder.py MODEL --data ../shared/data/photos \
         ../shared/data/photos2 [--multiples 0.125,0.25,0.5,1,2] [--ratio 1.5] [--json out.json]
 
+The measurement parallelizes over processes: run it once per set of --multiples with --json,
+then `--points A.json B.json ...` chooses the ladder from all of their points together.
+
 Prints every point, the chosen ladder with its bpp / PSNR and step ratios, and the
 `quality_ladder` JSON for the model's config.
 """
@@ -66,14 +69,24 @@ def choose_ladder(points: dict, ratio: float) -> list:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", help="an installed hierarchical model without a quality ladder")
-    parser.add_argument("--data", nargs="+", required=True)
+    parser.add_argument("--data", nargs="+", help="photo folders whose held-out crops are measured")
+    parser.add_argument("--points", nargs="+", metavar="JSON",
+                        help="choose from the points of earlier runs' --json files instead of measuring")
     parser.add_argument("--multiples", default="0.125,0.25,0.5,1,2")
     parser.add_argument("--ratio", type=float, default=1.5, help="largest wanted bpp step between levels")
     parser.add_argument("--json", help="write the points and the ladder here")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    _, images = crops(args.data)
-    points = measure(args.model, images, [float(m) for m in args.multiples.split(",")])
+    if args.points:
+        points = {}
+        for path in args.points:
+            with open(path) as f:
+                points.update({(int(n), float(m)): (bpp, quality) for n, m, bpp, quality in json.load(f)["points"]})
+    elif args.data:
+        torch.set_num_threads(1)
+        _, images = crops(args.data)
+        points = measure(args.model, images, [float(m) for m in args.multiples.split(",")])
+    else:
+        parser.error("give --data (measure) or --points (choose from earlier measurements)")
     ladder = choose_ladder(points, args.ratio)
     previous = None
     for q, key in enumerate(ladder, 1):

@@ -11,7 +11,7 @@ from vqcodec import codec, container, entropy, inference, zoo
 from vqcodec.container import VqzError
 from vqcodec.metrics import psnr
 
-from conftest import photo_crop
+from conftest import installed_model, photo_crop
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +21,10 @@ def top(default_model) -> int:
 
 
 @pytest.fixture(scope="module")
-def base_top(default_model) -> int:
-    """The default model's top level without the enhancement layer."""
-    return zoo.levels_of(zoo.load(default_model), zoo.load_enhance(default_model)).base
+def photo_base_top() -> int:
+    """The photo model's (a VQ-VAE with an enhancement layer) top level without that layer."""
+    entry = installed_model("photo")
+    return zoo.levels_of(zoo.load(entry), zoo.load_enhance(entry)).base
 
 
 def round_trip(image, **kwargs):
@@ -99,9 +100,10 @@ def test_exif_orientation_is_applied(photo):
     assert out.size == (32, 64)
 
 
-def test_indices_survive_container_and_zstd_exactly(photo, base_top):
-    model = vqcodec.load_model()
-    data = vqcodec.encode(photo, quality=base_top, coder="zstd")
+def test_indices_survive_container_and_zstd_exactly(photo, photo_base_top):
+    base_top = photo_base_top
+    model = vqcodec.load_model("photo")
+    data = vqcodec.encode(photo, quality=base_top, model="photo", coder="zstd")
     parsed = container.unpack(data)
     stride = model.config.stride
     grids = entropy.zstd_decode(parsed.index_payload, [(photo.height // stride, photo.width // stride)] * base_top)
@@ -112,12 +114,15 @@ def test_indices_survive_container_and_zstd_exactly(photo, base_top):
     assert parsed.header.layers == (container.Layer(stride, base_top),)
 
 
-def test_prior_is_the_default_coder_and_codes_nearest_indices_smaller_than_zstd(photo, top):
-    nearest = codec.encode_image(photo, quality=top, rate_tradeoff=0)
-    zstd = codec.encode_image(photo, quality=top, coder="zstd")
+def test_prior_is_the_default_coder_and_codes_nearest_indices_smaller_than_zstd(photo):
+    """The photo model (a VQ-VAE): its zstd files hold the nearest codes, as its nearest-code
+    prior files do."""
+    top = max(installed_model("photo").info()["quality_levels"])
+    nearest = codec.encode_image(photo, quality=top, model="photo", rate_tradeoff=0)
+    zstd = codec.encode_image(photo, quality=top, model="photo", coder="zstd")
     assert nearest.header.coder == "prior" and nearest.header.index_crc32 == zstd.header.index_crc32
     assert len(nearest.data) < len(zstd.data)
-    tuned = codec.encode_image(photo, quality=top)  # rate-aware indices: fewer bits still
+    tuned = codec.encode_image(photo, quality=top, model="photo")  # rate-aware indices: fewer bits still
     assert len(tuned.data) < len(nearest.data)
     for a, b in zip(codec.read_indices(nearest.data).layers, codec.read_indices(zstd.data).layers):
         assert a.stride == b.stride and np.array_equal(a.indices, b.indices)
@@ -169,7 +174,7 @@ def test_wrong_index_checksum_is_detected(photo):
     (((8, 4), (4, 1), (2, 1)), "it has 2 layer"),
 ])
 def test_a_structure_the_model_cannot_decode_is_refused(photo, layers, problem):
-    data = _rewrite(vqcodec.encode(photo, quality=1, coder="zstd"), layers=layers)
+    data = _rewrite(vqcodec.encode(photo, quality=1, model="photo", coder="zstd"), layers=layers)
     with pytest.raises(VqzError, match=rf"model 'photo' cannot decode the layers of this file \(.*\): {problem}"):
         vqcodec.decode(data)
 

@@ -48,7 +48,7 @@ def test_each_level_above_the_base_adds_bytes_and_detail(photo, layer, base_stag
     pixels = np.asarray(photo)
     results = []
     for quality in range(base_stages, base_stages + layer.config.num_stages + 1):
-        data = vqcodec.encode(pixels, quality=quality)
+        data = vqcodec.encode(pixels, quality=quality, model="photo")
         results.append((len(data), psnr(pixels, np.asarray(vqcodec.decode(data)))))
     sizes, psnrs = zip(*results)
     assert list(sizes) == sorted(sizes) and len(set(sizes)) == len(sizes)
@@ -59,7 +59,7 @@ def test_each_level_above_the_base_adds_bytes_and_detail(photo, layer, base_stag
 @pytest.mark.parametrize("coder", ["prior", "zstd"])
 def test_enhancement_grids_are_finer_and_survive_the_container(photo, coder, entry, layer, base_stages):
     pixels = photo_crop(photo, 100, 60)  # padded to 104 x 64
-    data = vqcodec.encode(pixels, quality=base_stages + 2, coder=coder)
+    data = vqcodec.encode(pixels, quality=base_stages + 2, coder=coder, model="photo")
     layers = codec.read_indices(data).layers
     s, e = zoo.load(entry).config.stride, layer.config.stride
     assert [(x.stride, x.indices.shape) for x in layers] == [(s, (base_stages, 64 // s, 104 // s)),
@@ -69,7 +69,7 @@ def test_enhancement_grids_are_finer_and_survive_the_container(photo, coder, ent
 
 
 def test_an_enhancement_layer_over_another_base_level_is_refused(photo, base_stages):
-    data = vqcodec.encode(photo_crop(photo, 64, 64), quality=base_stages + 1, coder="zstd")
+    data = vqcodec.encode(photo_crop(photo, 64, 64), quality=base_stages + 1, coder="zstd", model="photo")
     parsed = container.unpack(data)
     base, detail = parsed.header.layers
     header = dataclasses.replace(parsed.header, layers=((base.stride, base.stages - 1), (detail.stride, 2)))
@@ -111,13 +111,13 @@ def test_old_files_with_more_base_stages_than_the_layer_builds_on_still_decode(p
 def test_files_of_the_model_before_the_layer_decode_at_base_levels_only(photo, entry, base_stages):
     if entry.decodes_base_of is None:
         pytest.skip("the photo model was not made by adding a layer to an earlier file")
-    data = vqcodec.encode(photo_crop(photo, 64, 64), quality=base_stages + 1)
+    data = vqcodec.encode(photo_crop(photo, 64, 64), quality=base_stages + 1, model="photo")
     parsed = container.unpack(data)
     earlier = container.model_prefix(entry.decodes_base_of)
     header = dataclasses.replace(parsed.header, model_prefix=earlier)
     with pytest.raises(VqzError, match="earlier enhancement layer.*not installed"):
         vqcodec.decode(container.pack(header, parsed.index_payload))
-    base_file = vqcodec.encode(photo_crop(photo, 64, 64), quality=base_stages)
+    base_file = vqcodec.encode(photo_crop(photo, 64, 64), quality=base_stages, model="photo")
     parsed = container.unpack(base_file)
     header = dataclasses.replace(parsed.header, model_prefix=earlier)
     assert vqcodec.decode(container.pack(header, parsed.index_payload)) == vqcodec.decode(base_file)

@@ -49,7 +49,7 @@ def test_the_header_states_the_layers_in_coding_order(photo, photo_model):
     levels = zoo.levels_of(vqvae, enhance)
     levels, base = levels.count, levels.base
     for quality in sorted({1, base, levels}):
-        header = container.unpack(vqcodec.encode(photo_crop(photo, 24, 16), quality=quality)).header
+        header = container.unpack(vqcodec.encode(photo_crop(photo, 24, 16), quality=quality, model="photo")).header
         expected = [Layer(vqvae.config.stride, min(quality, base))]
         if quality > base:
             expected.append(Layer(enhance.config.stride, quality - base))
@@ -58,7 +58,7 @@ def test_the_header_states_the_layers_in_coding_order(photo, photo_model):
 
 
 def test_file_names_its_model_by_sha256_prefix_and_ambiguity_is_an_error(photo, photo_model, monkeypatch):
-    data = vqcodec.encode(photo_crop(photo, 16, 16), quality=1)
+    data = vqcodec.encode(photo_crop(photo, 16, 16), quality=1, model="photo")
     twin = dataclasses.replace(photo_model, name="twin", sha256=photo_model.sha256[:16] + "0" * 48)
     monkeypatch.setattr(zoo, "entries", lambda: [photo_model, twin])
     prefix = photo_model.sha256[:16]
@@ -72,7 +72,7 @@ def test_file_names_its_model_by_sha256_prefix_and_ambiguity_is_an_error(photo, 
 
 
 def test_describe_shows_layers_grids_and_model(photo, photo_model):
-    data = vqcodec.encode(photo_crop(photo, 20, 12), quality=1, metadata="none")
+    data = vqcodec.encode(photo_crop(photo, 20, 12), quality=1, model="photo", metadata="none")
     fields = codec.describe(data)
     stride = zoo.load(photo_model).config.stride
     assert fields["format_version"] == 2 and fields["model_name"] == "photo"
@@ -89,7 +89,7 @@ def test_describe_shows_layers_grids_and_model(photo, photo_model):
                                                   ("RGB", 6, "zstd")])
 def test_read_indices_then_decode_indices_gives_what_decode_gives(photo, photo_model, mode, quality, coder):
     picture = Image.fromarray(photo_crop(photo, 37, 21)).convert(mode)
-    data = vqcodec.encode(picture, quality=quality, coder=coder)
+    data = vqcodec.encode(picture, quality=quality, model="photo", coder=coder)
     indices = vqcodec.read_indices(data)
     assert isinstance(indices, vqcodec.Indices) and indices.model == "photo"
     assert (indices.width, indices.height, indices.mode) == (37, 21, mode)
@@ -152,6 +152,6 @@ def test_readme_tokenizing_example_runs(tmp_path, photo, photo_model, monkeypatc
     exec(compile(code, str(README), "exec"), scope)  # noqa: S102 - our own README
     saved = np.load("tokens.npz")
     assert sorted(saved.files) == sorted(f"{n}.stride8" for n in ("a", "b"))
-    expected = vqcodec.decode(vqcodec.encode(tmp_path / "photos" / "a.png", quality=2))  # 64 x 48: no padding
+    expected = vqcodec.decode(vqcodec.encode(tmp_path / "photos" / "a.png", quality=2, model="photo"))  # 64 x 48: no padding
     assert np.array_equal(np.asarray(scope["image"]), np.asarray(expected))
     assert os.path.exists("first.png")

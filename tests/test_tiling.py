@@ -12,7 +12,7 @@ from conftest import photo_crop
 def test_tiles_have_no_visible_seams(photo):
     """Tiled encode + decode (tiles of 128 pixels, i.e. 16 latent positions) stays within 0.1 dB
     of doing the whole image at once, and differs from it only slightly near tile borders."""
-    vqvae = vqcodec.load_model()
+    vqvae = vqcodec.load_model("photo")  # a VQ-VAE: the model that tiles
     pixels = photo_crop(photo, 320, 256)
 
     def round_trip(policy: Policy) -> np.ndarray:
@@ -25,7 +25,7 @@ def test_tiles_have_no_visible_seams(photo):
 
 
 def test_one_tile_is_exactly_the_untiled_model(photo):
-    vqvae = vqcodec.load_model()
+    vqvae = vqcodec.load_model("photo")  # a VQ-VAE: the model that tiles
     pixels = photo_crop(photo, 64, 48)
     x = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).float() / 255
     assert torch.equal(inference.encode_latents(vqvae, pixels, Policy(bfloat16=False)), vqvae.encoder(x))

@@ -30,6 +30,13 @@ def test_bundled_default_model_loads_and_matches_manifest():
     assert entry.default
     info = entry.info()  # from the file's metadata, without loading the networks
     assert info["stride"] >= 1
+    hierarchy = zoo.load_hierarchy(entry)
+    if hierarchy is not None:  # quality n: the n-th (stages kept, lambda multiple) of its ladder
+        model, priors = hierarchy
+        assert info["quality_levels"] == list(range(1, len(model.config.ladder) + 1))
+        assert info["enhancement_levels"] == [] and len(priors) == len(model.config.level_strides)
+        assert info["stride"] == model.config.stride and info["codebook_size"] == model.config.codebook_size
+        return
     model, enhance = zoo.load(entry), zoo.load_enhance(entry)
     levels = zoo.levels_of(model, enhance)
     levels, base = levels.count, levels.base
