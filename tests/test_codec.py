@@ -101,17 +101,17 @@ def test_exif_orientation_is_applied(photo):
 
 
 def test_indices_survive_container_and_zstd_exactly(photo, photo_base_top):
-    base_top = photo_base_top
     model = vqcodec.load_model("photo")
-    data = vqcodec.encode(photo, quality=base_top, model="photo", coder="zstd")
+    data = vqcodec.encode(photo, quality=photo_base_top, model="photo", coder="zstd")
     parsed = container.unpack(data)
     stride = model.config.stride
-    grids = entropy.zstd_decode(parsed.index_payload, [(photo.height // stride, photo.width // stride)] * base_top)
+    shape = (photo.height // stride, photo.width // stride)
+    grids = entropy.zstd_decode(parsed.index_payload, [shape] * photo_base_top)
     z = inference.encode_latents(model, np.asarray(photo), inference.Policy.default())
-    expected = model.quantizer.quantize(z, base_top)[0].numpy()
+    expected = model.quantizer.quantize(z, photo_base_top)[0].numpy()
     np.testing.assert_array_equal(np.stack(grids), expected)
-    assert parsed.header.quality == base_top and len(grids) == base_top and parsed.header.coder == "zstd"
-    assert parsed.header.layers == (container.Layer(stride, base_top),)
+    assert parsed.header.quality == photo_base_top and len(grids) == photo_base_top and parsed.header.coder == "zstd"
+    assert parsed.header.layers == (container.Layer(stride, photo_base_top),)
 
 
 def test_prior_is_the_default_coder_and_codes_nearest_indices_smaller_than_zstd(photo):

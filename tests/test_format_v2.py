@@ -13,7 +13,7 @@ import vqcodec
 from vqcodec import codec, container, zoo
 from vqcodec.container import Layer, VqzError
 
-from conftest import photo_crop
+from conftest import installed_model, photo_crop
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -21,10 +21,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 @pytest.fixture(scope="module")
 def photo_model():
     """The photo model's zoo entry (skips when it is not installed)."""
-    try:
-        return zoo.find("photo")
-    except zoo.ModelError as error:
-        pytest.skip(str(error))
+    return installed_model("photo")
 
 
 @pytest.fixture(scope="module")
