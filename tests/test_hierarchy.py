@@ -166,6 +166,39 @@ def test_a_prefix_conditioned_synthesis_warm_starts_as_the_identity_and_then_dec
     assert used == [True, False, True, False]
 
 
+def test_a_fine_synthesis_warm_starts_as_a_copy_and_then_serves_only_the_prefixes_of_the_last_level(
+        trained_source):
+    """fine_synthesis: onto a model without it, every prefix decodes as before; after that the
+    prefixes that reach the last level (TINY: all 4 stages) decode with their own layers, and
+    training reaches each copy only from the examples it decodes."""
+    from vqcodec.training.hierarchy_task import HierarchyTask
+
+    source, folder, weights = trained_source
+    task = HierarchyTask(replace(TINY, fine_synthesis=True, prefix_film=True), [str(folder)], crop_size=32,
+                         held_out_per_folder=1, extra_scales=(), warm_start=weights)
+    x = torch.rand(1, 3, 32, 48)
+    source.model.eval()
+    model = task.model.eval()
+    grids = source.model.encode_indices(x, 4, 0.01)[0]
+    for n in range(1, 5):
+        torch.testing.assert_close(model.decode_indices(grids[:n]), source.model.decode_indices(grids[:n]))
+    with torch.no_grad():
+        model.fine.up4[-1].bias.add_(0.1)
+    assert not torch.allclose(model.decode_indices(grids), source.model.decode_indices(grids))
+    torch.testing.assert_close(model.decode_indices(grids[:3]), source.model.decode_indices(grids[:3]))
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():  # each example's image is the one its own copy of the layers makes
+        out, _, _ = model(images, torch.tensor([4, 1, 4]), torch.full((3,), 0.01))
+        for i, keep in enumerate((4, 1, 4)):
+            alone, _, _ = model(images[i:i + 1], torch.tensor([keep]), torch.tensor([0.01]))
+            torch.testing.assert_close(out[i], alone[0])
+    model.train()
+    model.zero_grad()
+    out, _, _ = model(images[:2], torch.tensor([4, 4]), torch.full((2,), 0.01))
+    out.pow(2).mean().backward()
+    assert model.fine.up4[-1].weight.grad.abs().sum() > 0 and model.up4[-1].weight.grad is None
+
+
 def test_level_priors_continue_from_another_runs_priors(trained_source):
     from vqcodec.training.hierarchy_prior_task import HierarchyPriorTask
 

@@ -405,3 +405,40 @@ def test_guided_sampling_pushes_towards_the_class_and_zero_guidance_is_plain_sam
     assert np.allclose(seen[-1][1], [0.6, 0.3, 0.1])  # grid 1: the class changes nothing
     with pytest.raises(ValueError, match="guidance must be"):
         prior_module.GuidedSampler(record, -1.0)
+
+
+def test_bands_split_a_pass_into_whole_rows_in_coding_order(monkeypatch):
+    monkeypatch.setattr(coding, "BAND_POSITIONS", 5)
+    mask = torch.rand(9, 7, generator=torch.Generator().manual_seed(0)) < 0.5
+    mask[4] = True  # a row of 7 positions, more than a band holds: a band of its own
+    parts = coding.bands(mask)
+    assert len(parts) > 2 and all(part.shape == mask.shape for part in parts)
+    assert torch.equal(torch.stack(parts).sum(0), mask.long())  # every position once
+    assert all(int(part.sum()) <= 5 or int(part.any(1).sum()) == 1 for part in parts)
+    rows = [part.any(1).nonzero()[:, 0] for part in parts]
+    assert all(int(a.max()) < int(b.min()) for a, b in zip(rows, rows[1:]))  # row-major order overall
+    small = torch.zeros(9, 7, dtype=torch.bool)
+    small[2, :3] = small[6, 1] = True
+    (alone,) = coding.bands(small)
+    assert alone is small  # a pass that fits is one band
+
+
+@CONFIGS
+def test_huge_passes_coded_in_bands_make_the_same_file(cfg, monkeypatch):
+    """A pass too large for its frequency tables to exist at once is coded in bands of rows,
+    the trunk's windows are made a few rows at a time, and the neighbour pairs of masks too
+    large to keep are not kept (memory bounded on huge images); the file is byte for byte the
+    same, and decodes."""
+    from vqcodec.nn.prior import integer_model
+
+    prior = IntegerPrior(cfg, trained_like(cfg).to_integer())
+    grid = torch.randint(0, cfg.codebook_size, (cfg.num_stages, 10, 12), generator=torch.Generator().manual_seed(3))
+    whole, decoded = round_trip(prior, grid)
+    monkeypatch.setattr(coding, "BAND_POSITIONS", 7)
+    monkeypatch.setattr(integer_model, "TRUNK_POSITIONS", 20)
+    monkeypatch.setattr(integer_model, "PAIR_CACHE_BYTES", 64)
+    prior = IntegerPrior(cfg, trained_like(cfg).to_integer())
+    schedule = list(pass_schedule(cfg, cfg.num_stages, 10, 12))
+    assert (len(encode_passes(prior, grid)) > len(schedule)) == any(int(coded.sum()) > 7 for _, _, coded, _ in schedule)
+    banded, banded_decoded = round_trip(prior, grid)
+    assert banded == whole and torch.equal(banded_decoded, grid) and torch.equal(decoded, grid)

@@ -56,3 +56,17 @@ def test_chunked_distances_choose_the_same_indices(monkeypatch):
     chunked, chunked_passes = rate_distortion_indices(vqvae.quantizer, prior, z, 3, 0.5)
     assert torch.equal(whole, chunked)
     assert all(np.array_equal(a[2], b[2]) for a, b in zip(whole_passes, chunked_passes, strict=True))
+
+
+def test_a_choice_in_bands_of_rows_makes_the_same_file(monkeypatch):
+    """On huge grids each pass is chosen and coded in bands of rows (nn.prior.bands); the
+    indices and the coded bytes do not depend on it."""
+    from vqcodec.nn.prior import coding
+    vqvae, prior, z = setup()
+    whole, whole_passes = rate_distortion_indices(vqvae.quantizer, prior, z, 3, 0.5)
+    monkeypatch.setattr(coding, "BAND_POSITIONS", 6)
+    banded, banded_passes = rate_distortion_indices(vqvae.quantizer, prior, z, 3, 0.5)
+    assert torch.equal(whole, banded) and len(banded_passes) > len(whole_passes)
+    payload = entropy.range_encode([(s, f) for _, s, f in banded_passes])
+    assert payload == entropy.range_encode([(s, f) for _, s, f in whole_passes])
+    assert torch.equal(decode_passes(prior, 3, 9, 11, entropy.RangeDecoder(payload))[0], banded)

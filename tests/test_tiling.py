@@ -50,3 +50,29 @@ def test_tiled_runs_a_function_of_several_inputs_at_their_own_scales():
     whole = fn(grid, image)
     for margin in (0, 1):
         assert torch.equal(inference.tiled(fn, [grid, image], 9, 7, tile=4, margin=margin), whole)
+
+
+def test_a_hierarchical_model_tiles_without_seams():
+    """A hierarchical model (nn.hierarchy) runs tile by tile too: the analysis step by step,
+    the synthesis over every level's grids together. One tile is exactly the whole-image
+    model; small tiles with a short margin decode the same grids to nearly the same pixels,
+    and a margin that covers the networks' reach to the same pixels up to float rounding."""
+    from test_hierarchy import tiny_model
+    from test_hierarchy_codec import pixels
+
+    model = tiny_model()  # stride 16: 64-pixel tiles are 4 x 4 positions
+    image = pixels(160, 224)
+    x = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float() / 255
+    whole_policy = Policy(bfloat16=False)
+    grids = inference.encode_hierarchy(model, image, model.num_stages, 0.01, whole_policy)
+    expected, _ = model.encode_indices(x, model.num_stages, 0.01)
+    assert all(torch.equal(grid, chosen[0]) for grid, chosen in zip(grids, expected))
+    whole = inference.decode_hierarchy(model, grids, whole_policy)
+    assert np.array_equal(whole, model.decode_indices([g.unsqueeze(0) for g in grids]).clamp(0, 1)
+                          .mul(255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy())
+    near = inference.decode_hierarchy(model, grids, Policy(bfloat16=False, tile_pixels=64, margin=2))
+    assert psnr(whole, near) > 55 and not np.array_equal(whole, near)
+    reach = Policy(bfloat16=False, tile_pixels=64, margin=4)
+    assert np.abs(whole.astype(int) - inference.decode_hierarchy(model, grids, reach)).max() <= 1  # float rounding
+    tiled_grids = inference.encode_hierarchy(model, image, model.num_stages, 0.01, reach)
+    assert all(float((a == b).float().mean()) > 0.99 for a, b in zip(grids, tiled_grids))

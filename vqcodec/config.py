@@ -149,6 +149,11 @@ class HierarchyConfig:
     # decoder sharp at the top of the ladder and smooth at the bottom, at no cost in bits. It
     # starts as the identity, so a model without it warm-starts onto it decoding as before.
     prefix_film: bool = False
+    # the prefixes that reach the last level decode with a synthesis of their own (a second
+    # copy of the layers after it, FiLM included), so the decoder of the lowest rates no longer
+    # has to serve the highest; a model without it warm-starts onto it with both copies equal,
+    # decoding as before. The same work per image; more weights.
+    fine_synthesis: bool = False
     # coarse to fine: the global stage order; each stride is the one before or half of it (a
     # level at the same stride refines the same decoder state further)
     level_strides: tuple[int, ...] = (16, 8, 4)

@@ -179,13 +179,30 @@ def encode_hierarchy(model, pixels: np.ndarray, num_stages: int, lam: float | No
     """A hierarchical model's (nn.hierarchy) index grids (h, w) of uint8 pixels (H, W, 3), H
     and W multiples of its stride: the first num_stages stages, coarse to fine, chosen by ECVQ
     at tradeoff lam (None: the nearest codes), or by `chooser` (HierarchicalVQ.encode_indices).
-    The whole image at once (no tiles)."""
-    grids, _ = model.encode_indices(_float(_tensor(pixels)), num_stages, lam, policy.bfloat16, chooser)
+    The analysis runs tile by tile, one step (stride) at a time, and so does the decoder state's
+    way down to a finer level; the choice of indices, on latent grids, over the whole image."""
+    features, previous = {}, _tensor(pixels)
+    for stride in model.analysis_strides():
+        def step(x: torch.Tensor, stride: int = stride) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=policy.bfloat16):
+                return model.analyze_step(stride, _float(x) if stride == 4 else x)
+        previous = features[stride] = tiled(step, [previous], *_grid(pixels, stride), policy.tile_pixels // stride,
+                                            policy.margin)
+    def convolve(fn: Callable[[torch.Tensor], torch.Tensor], state: torch.Tensor) -> torch.Tensor:
+        stride = pixels.shape[0] // state.shape[-2]
+        return tiled(fn, [state], *state.shape[-2:], policy.tile_pixels // stride, policy.margin)
+
+    grids, _ = model.encode_features(features, num_stages, lam, policy.bfloat16, chooser, convolve)
     return [grid[0] for grid in grids]
 
 
 @torch.no_grad()
 def decode_hierarchy(model, grids: Sequence[torch.Tensor], policy: Policy) -> np.ndarray:
-    """A hierarchical model's index grids (h, w), coarse to fine -> uint8 pixels (H, W, 3)."""
-    pixels = model.decode_indices([grid.long().unsqueeze(0) for grid in grids], policy.bfloat16)
-    return _pixels(_uint8(pixels.clamp(0, 1)))
+    """A hierarchical model's index grids (h, w), coarse to fine -> uint8 pixels (H, W, 3),
+    tile by tile over the coarsest grid (each tile's grids at every level decoded together)."""
+    stride = model.config.level_strides[0]
+    rows, cols = grids[0].shape
+    def decode(*tile: torch.Tensor) -> torch.Tensor:
+        return _uint8(model.decode_indices([grid[:, 0] for grid in tile], policy.bfloat16).clamp(0, 1))
+    return _pixels(tiled(decode, [grid.long()[None, None] for grid in grids], rows, cols,
+                         policy.tile_pixels // stride, policy.margin, torch.channels_last))

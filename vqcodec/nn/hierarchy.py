@@ -28,6 +28,7 @@ are float32 even under bf16 autocast.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -229,11 +230,16 @@ class HierarchicalVQ(nn.Module):
             self.up16 = nn.Sequential(_conv_up(c16, c8), GDN(c8, inverse=True))
         self.refine8 = nn.Sequential(*trunk(c8)) if first == 8 else ResidualBlock(c8)
         self.up8 = nn.Sequential(_conv_up(c8, c4), GDN(c4, inverse=True))
-        self.refine4 = ResidualBlock(c4)
-        self.detail4 = nn.Sequential(*stride4(cfg.stride4_blocks))
-        self.up4 = nn.Sequential(_conv_up(c4, c2), GDN(c2, inverse=True), _conv_up(c2, 3))
-        if cfg.prefix_film:  # before the synthesis at stride 4, and before its last convolution
-            self.film = nn.ModuleList([PrefixFiLM(self.num_stages, c4), PrefixFiLM(self.num_stages, c2)])
+        def synthesis() -> dict[str, nn.Module]:  # the layers after the last level
+            layers = {"refine4": ResidualBlock(c4), "detail4": nn.Sequential(*stride4(cfg.stride4_blocks)),
+                      "up4": nn.Sequential(_conv_up(c4, c2), GDN(c2, inverse=True), _conv_up(c2, 3))}
+            if cfg.prefix_film:  # before the synthesis at stride 4, and before its last convolution
+                layers["film"] = nn.ModuleList([PrefixFiLM(self.num_stages, c4), PrefixFiLM(self.num_stages, c2)])
+            return layers
+        for name, layer in synthesis().items():
+            self.add_module(name, layer)
+        if cfg.fine_synthesis:  # the prefixes that reach the last level decode with these
+            self.fine = nn.ModuleDict(synthesis())
 
     def channels(self, stride: int) -> int:
         """Feature channels at stride 4, 8 or 16 (config.widths are those at 2, 4, 8, 16)."""
@@ -255,6 +261,8 @@ class HierarchicalVQ(nn.Module):
         which start as identities (config.stride4_blocks, prefix_film), so a model without them
         can warm-start onto them."""
         part = key.split(".")
+        if part[0] == "fine":  # the fine synthesis: the same layers
+            part = part[1:]
         return part[0] in ("detail4", "film") or (part[:2] == ["analysis", "4"] and int(part[2]) >= 4)
 
     @torch.no_grad()
@@ -281,14 +289,16 @@ class HierarchicalVQ(nn.Module):
         return latent if codes is None else latent - codes
 
     def _add(self, level: int, stage: ECVQStage, start: torch.Tensor, state: torch.Tensor,
-             codes: torch.Tensor | None, quantized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+             codes: torch.Tensor | None, quantized: torch.Tensor,
+             state_needed: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(decoder state, the level's code sum) after a stage adds `quantized` (B, D, h, w); start
-        is the state the level began from."""
+        is the state the level began from. state_needed False, at a shared latent: the state
+        is left as it was (an encoder that needs only the code sum from here on)."""
         key = self.latent_keys[level]
         if key is None:
             return state + stage.project_out(quantized.to(state.dtype)), None
         codes = quantized if codes is None else codes + quantized
-        return start + self.latent_out[key](codes.to(start.dtype)), codes
+        return (start + self.latent_out[key](codes.to(start.dtype)) if state_needed else state), codes
 
     # -- the rate ladder ---------------------------------------------------------------------
     @property
@@ -303,12 +313,21 @@ class HierarchicalVQ(nn.Module):
         return cfg.lambda_low * (cfg.lambda_high / cfg.lambda_low) ** t
 
     # -- transforms --------------------------------------------------------------------------
+    def analysis_strides(self) -> list[int]:
+        """The strides of the encoder features, in the order analyze_step computes them."""
+        return sorted(int(stride) for stride in self.analysis)
+
+    def analyze_step(self, stride: int, x: torch.Tensor) -> torch.Tensor:
+        """The encoder features at `stride` from the images (stride 4) or from the features at
+        half that stride: a fully convolutional step, so it may run tile by tile."""
+        return self.analysis[str(stride)](x - 0.5 if stride == 4 else x)
+
     def analyze(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
-        f4 = self.analysis["4"](images - 0.5)
-        f8 = self.analysis["8"](f4)
-        if "16" not in self.analysis:
-            return {4: f4, 8: f8}
-        return {4: f4, 8: f8, 16: self.analysis["16"](f8)}
+        """The encoder features {stride: (B, C, H/stride, W/stride)} of every level."""
+        features, x = {}, images
+        for stride in self.analysis_strides():
+            x = features[stride] = self.analyze_step(stride, x)
+        return features
 
     def _descend(self, state: torch.Tensor, stride: int, target: int = 4) -> torch.Tensor:
         """The decoder state at `stride` carried down to the `target` stride (through the levels
@@ -326,16 +345,31 @@ class HierarchicalVQ(nn.Module):
 
     def synthesize(self, state: torch.Tensor, keep: torch.Tensor, float32_last: bool = False) -> torch.Tensor:
         """The image (B, 3, H, W) from the decoder state at stride 4 of the first keep (B,)
-        stages (config.prefix_film conditions on keep). float32_last: the last convolution
-        runs in float32 whatever the autocast around it (it makes the pixels)."""
-        hidden = self.detail4(self.refine4(state if "film" not in self._modules else self.film[0](state, keep)))
-        hidden = self.up4[:-1](hidden)
-        if "film" in self._modules:
-            hidden = self.film[1](hidden, keep)
+        stages (config.prefix_film conditions on keep, config.fine_synthesis picks the layers
+        by it). float32_last: the last convolution runs in float32 whatever the autocast
+        around it (it makes the pixels)."""
+        if "fine" not in self._modules:
+            return self._synthesize(self._modules, state, keep, float32_last)
+        fine = keep > sum(self.config.level_stages[:-1])  # reaches the last level
+        if bool(fine.all()) or not bool(fine.any()):
+            return self._synthesize(self.fine if bool(fine.all()) else self._modules, state, keep, float32_last)
+        rows = [fine.nonzero()[:, 0], (~fine).nonzero()[:, 0]]
+        parts = [self._synthesize(layers, state[r], keep[r], float32_last)
+                 for layers, r in zip((self.fine, self._modules), rows)]
+        return torch.cat(parts)[torch.cat(rows).argsort()]
+
+    @staticmethod
+    def _synthesize(layers, state: torch.Tensor, keep: torch.Tensor, float32_last: bool) -> torch.Tensor:
+        """synthesize with one copy of the layers (a mapping with refine4, detail4, up4, film)."""
+        film = layers["film"] if "film" in layers else None
+        hidden = layers["detail4"](layers["refine4"](state if film is None else film[0](state, keep)))
+        hidden = layers["up4"][:-1](hidden)
+        if film is not None:
+            hidden = film[1](hidden, keep)
         if float32_last:
             with torch.autocast(hidden.device.type, enabled=False):
-                return self.up4[-1](hidden.float()) + 0.5
-        return self.up4[-1](hidden) + 0.5
+                return layers["up4"][-1](hidden.float()) + 0.5
+        return layers["up4"][-1](hidden) + 0.5
 
     def assignment_weight(self, lambdas: torch.Tensor) -> torch.Tensor:
         """ECVQ weight on squared latent distance per example, from its lambda: a latent error
@@ -403,17 +437,35 @@ class HierarchicalVQ(nn.Module):
         choice); the bits are then not measured (zero)."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             features = self.analyze(images)
-            b = images.shape[0]
-            weight = None if lam is None else self.assignment_weight(torch.full((b,), float(lam), device=images.device))
+        return self.encode_features(features, num_stages, lam, bfloat16, chooser)
+
+    @torch.no_grad()
+    def encode_features(self, features: dict[int, torch.Tensor], num_stages: int, lam: float | None,
+                        bfloat16: bool = False, chooser=None,
+                        convolve=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """encode_indices from the encoder features (analyze's, or the same computed tile by tile).
+        convolve(fn, x): runs fn, fully convolutional, on the decoder state x (B, C, h, w), where
+        it carries the state to a finer level (a caller may run it tile by tile); None: fn(x)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            first = features[self.config.level_strides[0]]
+            b, device = first.shape[0], first.device
+            weight = None if lam is None else self.assignment_weight(torch.full((b,), float(lam), device=device))
             previous = self.config.level_strides[0]
             state = torch.zeros_like(features[previous])
-            grids, bits = [], torch.zeros(b, device=images.device)
+            grids, bits = [], torch.zeros(b, device=device)
+            run = convolve or (lambda fn, x: fn(x))
             for level, (stride, stages) in enumerate(zip(self.config.level_strides, self.levels)):
                 if len(grids) == num_stages:
                     break
-                state, previous = self._descend(state, previous, stride), stride
+                if stride != previous:
+                    state = run(functools.partial(self._descend, stride=previous, target=stride), state)
+                previous = stride
                 start, codes = state, None
                 latent = self._level_latent(level, features[stride], state)
+                # the decoder state is what the training entropy model, the projections and the
+                # next level read: a chooser coding the last level of a shared latent needs none
+                later = num_stages > sum(self.config.level_stages[:level + 1])
+                state_needed = chooser is None or latent is None or later
                 for stage in stages:
                     if len(grids) == num_stages:
                         break
@@ -424,7 +476,7 @@ class HierarchicalVQ(nn.Module):
                     else:
                         indices = chooser(len(grids), stage, residual)
                     grids.append(indices)
-                    state, codes = self._add(level, stage, start, state, codes, stage.lookup(indices))
+                    state, codes = self._add(level, stage, start, state, codes, stage.lookup(indices), state_needed)
             return grids, bits
 
     @torch.no_grad()

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .prior import LOGIT_STEPS, IntegerPrior, empty_embedding, pass_schedule, starting_embedding
+from .prior import LOGIT_STEPS, IntegerPrior, bands, empty_embedding, pass_schedule, starting_embedding
 from .quantize import ResidualVQ
 
 CHUNK = 1 << 16  # positions per distance computation: bounds memory on huge grids
@@ -34,22 +34,21 @@ def _distances(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 
 def _choose_pass(prior: IntegerPrior, previous: torch.Tensor, indices: torch.Tensor, stage: int, known: torch.Tensor,
-                 coded: torch.Tensor, far: bool, lam: float, distances_at: Callable[[torch.Tensor], torch.Tensor]):
+                 coded: torch.Tensor, far: bool, lam: float, distances_at: Callable[[torch.Tensor], torch.Tensor],
+                 sink: Callable[[int, np.ndarray, np.ndarray], None]) -> None:
     """One pass of the prior's schedule: at its `coded` positions, the codes minimizing
     distance + lam x bits, given the indices already chosen (in `indices`, (q, H, W), where the
-    choice is written); returns (choice, frequencies). distances_at(positions) -> (n, K)."""
-    x = prior.pass_inputs(previous, indices[stage], stage, known)
-    (logit_distance,) = prior.logit_distances(x.unsqueeze(0), [stage], [coded], [(indices, known, far)])
-    positions = coded.flatten().nonzero()[:, 0]
-    choice = torch.empty(len(positions), dtype=torch.long)
-    for i in range(0, len(positions), CHUNK):
-        part = slice(i, i + CHUNK)
-        distance = distances_at(positions[part])
+    choice is written). distances_at(positions) -> (n, K). The pass goes to sink(stage,
+    symbols, frequencies) band by band (nn.prior.bands), as the decoder will read it."""
+    hidden = prior.hidden(prior.pass_inputs(previous, indices[stage], stage, known).unsqueeze(0))
+    for band in bands(coded):
+        (logit_distance,) = prior.head_distances(hidden, [stage], [band], [(indices, known, far)])
+        distance = distances_at(band.flatten().nonzero()[:, 0])
         if lam:  # bits(k) = the likeliest code's bits + logit distance / 16
-            distance.add_(logit_distance[part], alpha=lam / LOGIT_STEPS)
-        choice[part] = distance.argmin(dim=1)
-    indices[stage][coded] = choice
-    return choice, prior.frequencies_of(logit_distance)
+            distance.add_(logit_distance, alpha=lam / LOGIT_STEPS)
+        choice = distance.argmin(dim=1)
+        indices[stage][band] = choice
+        sink(stage, choice.numpy(), prior.frequencies_of(logit_distance).numpy())
 
 
 @torch.no_grad()
@@ -86,12 +85,9 @@ def rate_distortion_indices(quantizer: ResidualVQ, prior: IntegerPrior, z: torch
                 nearest = torch.cat([_distances(sample[i:i + CHUNK], codebook).min(dim=1).values
                                      for i in range(0, len(sample), CHUNK)])
             lam = tradeoff * float(nearest.mean())
-        choice, freqs = _choose_pass(prior, previous, indices, stage, known, coded, far, lam,
-                                     lambda at: every[at] if every is not None else _distances(residual[at], codebook))
-        if sink is None:
-            passes.append((stage, choice.numpy(), freqs.numpy()))
-        else:
-            sink(stage, choice.numpy(), freqs.numpy())
+        _choose_pass(prior, previous, indices, stage, known, coded, far, lam,
+                     lambda at: every[at] if every is not None else _distances(residual[at], codebook),
+                     sink or (lambda *coded_pass: passes.append(coded_pass)))
     return indices, passes
 
 
@@ -132,8 +128,7 @@ class HierarchyRateDistortion:
         vectors = residual[0].permute(1, 2, 0).reshape(rows * cols, -1)
         for pass_stage, known, coded, far in pass_schedule(prior.config, s + 1, rows, cols):
             if pass_stage == s:  # distances of the pass's positions only (each position once per stage)
-                choice, freqs = _choose_pass(prior, self.previous, self.indices, s, known, coded, far, self.lam,
-                                             lambda at: _distances(vectors.index_select(0, at), stage.codebook))
-                self.sink(s, choice.numpy(), freqs.numpy())
+                _choose_pass(prior, self.previous, self.indices, s, known, coded, far, self.lam,
+                             lambda at: _distances(vectors.index_select(0, at), stage.codebook), self.sink)
         self.grids.append(self.indices[s])
         return self.indices[s].unsqueeze(0)

@@ -56,8 +56,9 @@ class HierarchyTask:
         """Start from the tensors of another hierarchical model's weights file: every tensor
         of the same name and shape. The spatial-context convolutions it lacks start at zero,
         and so do the outputs of a level whose quantization it lacks or shapes otherwise (its
-        codebooks restart by k-means), and the stride-4 residual blocks it lacks start as
-        identities, so the model starts decoding as that one did; the other transforms must
+        codebooks restart by k-means), the stride-4 residual blocks it lacks start as
+        identities, and a fine synthesis it lacks as a copy of its synthesis, so the model
+        starts decoding as that one did; the other transforms must
         match. A VQ-VAE's weights file (today's models) becomes the stride-8
         level instead (HierarchicalVQ.load_vqvae). Files of either kind may be training outputs
         or installable weights files (which keep no codebook EMA statistics: those restart
@@ -75,6 +76,9 @@ class HierarchyTask:
                 for key, value in buffers.items():
                     source.setdefault(stem + key, value)
         own = self.model.state_dict()
+        for key in own:  # a fine synthesis it lacks (config.fine_synthesis) starts as a copy of the shared one
+            if key.startswith("fine.") and key not in source and key[len("fine."):] in source:
+                source[key] = source[key[len("fine."):]]
         matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
         missing = [k for k in own if k not in matched and ".context." not in k]
         fresh_levels = {self.model.quantizer_level(k) for k in missing} - {None}

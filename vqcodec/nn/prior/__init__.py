@@ -46,8 +46,8 @@ Modules, one role each: schedule (the coding order), integer_model (IntegerPrior
 grid), exact (exact float32 arithmetic on integers), float_model (ContextPrior, trained),
 coding (iter_passes / encode_passes / decode_passes), sampling (Sampler, GuidedSampler).
 """
-from .coding import (PASS_CHUNK_POSITIONS, decode_passes, empty_embedding, encode_passes, iter_passes,
-                     starting_embedding)
+from .coding import (BAND_POSITIONS, PASS_CHUNK_POSITIONS, bands, decode_passes, empty_embedding, encode_passes,
+                     iter_passes, starting_embedding)
 from .float_model import CONTINUE_RULE, ContextPrior, continues
 from .integer_model import (ACTIVATION_BITS, ACTIVATION_MAX, BIAS_MAX, EMBED_MAX, FAR_DILATION, FREQ_BITS, GATE_MAX,
                             GATE_STEPS, LOGIT_STEPS, MATCH_RADIUS, MATCH_SCALE, MAX_EXPONENT, TABLE_SIZE, WEIGHT_MAX,
@@ -55,9 +55,9 @@ from .integer_model import (ACTIVATION_BITS, ACTIVATION_MAX, BIAS_MAX, EMBED_MAX
 from .sampling import GuidedSampler, Sampler
 from .schedule import SCHEDULES, far_pass, group_map, pass_schedule
 
-__all__ = ["ACTIVATION_BITS", "ACTIVATION_MAX", "BIAS_MAX", "CONTINUE_RULE", "EMBED_MAX", "FAR_DILATION",
+__all__ = ["ACTIVATION_BITS", "ACTIVATION_MAX", "BAND_POSITIONS", "BIAS_MAX", "CONTINUE_RULE", "EMBED_MAX", "FAR_DILATION",
            "FREQ_BITS", "GATE_MAX", "GATE_STEPS", "LOGIT_STEPS", "MATCH_RADIUS", "MATCH_SCALE", "MAX_EXPONENT",
            "PASS_CHUNK_POSITIONS", "SCHEDULES", "TABLE_SIZE", "WEIGHT_MAX", "ContextPrior", "GuidedSampler",
-           "IntegerPrior", "Sampler", "check_config", "continues", "decode_passes", "empty_embedding",
+           "IntegerPrior", "Sampler", "bands", "check_config", "continues", "decode_passes", "empty_embedding",
            "encode_passes", "far_pass", "frequency_table", "group_map", "iter_passes", "pass_schedule",
            "starting_embedding"]

@@ -17,6 +17,28 @@ def empty_embedding(count: int | None, channels: int, rows: int, cols: int) -> t
 
 
 PASS_CHUNK_POSITIONS = 1 << 16  # encoder: passes evaluated together, bounded by rows*cols*passes
+BAND_POSITIONS = 1 << 15  # positions of a pass whose frequency tables exist at once (x K entries each)
+
+
+def bands(mask: torch.Tensor) -> list[torch.Tensor]:
+    """A pass's coded positions (H, W) in bands of whole rows, each of at most BAND_POSITIONS
+    positions where a row allows (masks of the same shape, in order): the positions in row-major
+    order, as the whole pass, with frequency tables of at most about BAND_POSITIONS x K entries
+    at once. One band, the mask itself, when it fits."""
+    limit = BAND_POSITIONS
+    per_row = mask.sum(1)
+    if int(per_row.sum()) <= limit:
+        return [mask]
+    ends = per_row.cumsum(0)
+    parts, start = [], 0
+    while start < len(per_row):
+        before = int(ends[start - 1]) if start else 0
+        end = max(start + 1, int(torch.searchsorted(ends, before + limit, right=True)))
+        band = torch.zeros_like(mask)
+        band[start:end] = mask[start:end]
+        parts.append(band)
+        start = end
+    return parts
 
 
 def encode_passes(prior: IntegerPrior, indices: torch.Tensor, coarse: list[torch.Tensor] | None = None) -> list:
@@ -38,7 +60,8 @@ def starting_embedding(prior: IntegerPrior, count: int | None, rows: int, cols: 
 def iter_passes(prior: IntegerPrior, indices: torch.Tensor, coarse: list[torch.Tensor] | None = None,
                 label: int | None = None):
     """encode_passes one pass at a time, so that a caller streaming them to the range coder holds
-    only a few passes' inputs and frequency tables at once, whatever the image size.
+    only a few passes' inputs and frequency tables at once, whatever the image size: a pass of
+    more than BAND_POSITIONS positions comes in several parts (bands), in coding order.
 
     Passes are evaluated a few at a time in batched network calls; the integer arithmetic makes
     that identical to the decoder's one pass at a time. label: the grid's class under a
@@ -53,8 +76,12 @@ def iter_passes(prior: IntegerPrior, indices: torch.Tensor, coarse: list[torch.T
 
     def evaluate() -> list:
         inputs, stages, masks, contexts = zip(*pending)
-        freqs = prior.frequencies(torch.stack(inputs), list(stages), list(masks), list(contexts))
-        done = [(stage, indices[stage][mask].numpy(), f.numpy()) for f, stage, mask in zip(freqs, stages, masks)]
+        hidden = prior.hidden(torch.stack(inputs))
+        done = []
+        for p, (stage, mask, context) in enumerate(zip(stages, masks, contexts)):
+            for band in bands(mask):
+                (distances,) = prior.head_distances(hidden[p:p + 1], [stage], [band], [context])
+                done.append((stage, indices[stage][band].numpy(), prior.frequencies_of(distances).numpy()))
         pending.clear()
         return done
 
@@ -93,13 +120,16 @@ def decode_passes(prior: IntegerPrior, num_stages: int, rows: int, cols: int, ne
         if stage != last_stage:
             previous = previous + prior.stage_embedding(last_stage, indices[:, last_stage])
             last_stage = stage
-        x = prior.pass_inputs(previous, indices[:, stage], stage, known)
+        hidden = prior.hidden(prior.pass_inputs(previous, indices[:, stage], stage, known))
         contexts = [(indices[i], known, far) for i in range(count)]
-        parts = prior.frequencies(x, [stage] * count, [coded] * count, contexts)
-        freqs = parts[0] if count == 1 else torch.cat(parts)
-        symbols = torch.as_tensor(np.asarray(next_symbols(freqs.numpy())), dtype=torch.long)
-        n = int(coded.sum())
-        if symbols.shape != (count * n,) or int(symbols.min()) < 0 or int(symbols.max()) >= prior.config.codebook_size:
-            raise ValueError("decoded symbols do not fit the pass")
-        indices[:, stage][:, coded] = symbols.view(count, n)
+        for band in bands(coded):  # as iter_passes coded them
+            parts = [prior.frequencies_of(d) for d in prior.head_distances(hidden, [stage] * count, [band] * count,
+                                                                            contexts)]
+            freqs = parts[0] if count == 1 else torch.cat(parts)
+            symbols = torch.as_tensor(np.asarray(next_symbols(freqs.numpy())), dtype=torch.long)
+            n = int(band.sum())
+            if (symbols.shape != (count * n,) or int(symbols.min()) < 0
+                    or int(symbols.max()) >= prior.config.codebook_size):
+                raise ValueError("decoded symbols do not fit the pass")
+            indices[:, stage][:, band] = symbols.view(count, n)
     return indices

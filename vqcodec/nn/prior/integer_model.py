@@ -24,6 +24,8 @@ FAR_DILATION = 2  # ... or, in far passes (coarse_groups), at offsets twice as l
 MATCH_SCALE = 8.0  # training parameterization of the match weights (bits per unit)
 GATE_STEPS = 16  # the match gate g is an integer in [0, GATE_MAX]: the match term is scaled by g / 16
 GATE_MAX = 63
+TRUNK_POSITIONS = 1 << 16  # int8 path: grid positions whose 3x3 windows (9 C bytes each) exist at once
+PAIR_CACHE_BYTES = 1 << 28  # the neighbour pairs kept for masks that recur (huge grids' would not fit)
 BIAS_MAX = 1 << 22  # bound on integer conv and head biases: |sum + bias| < 2**24 stays exact
 
 
@@ -92,6 +94,7 @@ class IntegerPrior:
             self._heads = [Int8Affine(self.t["head_weight"][i], self.t["head_bias"][i], logit_shift[i]) for i in range(s)]
             self._gates = [Int8Affine(self.t["gate_weight"][i], self.t["gate_bias"][i], gate_shift[i]) for i in range(s)]
         self._pairs: dict = {}  # the same few (coded, known) masks recur in every stage and image
+        self._pairs_bytes: dict = {}  # ... and their size: the cache holds at most PAIR_CACHE_BYTES
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {name: t.to(torch.int32) for name, t in self.t.items()}
@@ -116,8 +119,13 @@ class IntegerPrior:
         centered int8, padded (P, H + 2, W + 2, C) (with no convolutions: the activations)."""
         p, c, h, w = x.shape
         act = x.permute(0, 2, 3, 1).clamp(0, ACTIVATION_MAX)
+        rows = max(1, TRUNK_POSITIONS // w)  # the windows of this many rows at once
         for conv in self._convs[:-1]:
-            act = conv(windows3x3(padded_int8(act))).clamp_(0, ACTIVATION_MAX).view(p, h, w, c)
+            padded, act = padded_int8(act), torch.empty(p, h, w, c, dtype=torch.int32)
+            for top in range(0, h, rows):
+                end = min(h, top + rows)
+                act[:, top:end] = conv(windows3x3(padded[:, top:end + 2])).clamp_(0, ACTIVATION_MAX).view(
+                    p, end - top, w, c)
         return padded_int8(act)
 
     def _head_rows(self, hidden: torch.Tensor, stage: int, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,8 +196,19 @@ class IntegerPrior:
         """As frequencies, but each code's distance d = min(max logit - logit, 240) in 1/16 bit
         (int32): its code length is d / 16 bits more than the likeliest code's, up to the
         rounding of the frequency table."""
+        return self.head_distances(self.hidden(inputs), stages, masks, contexts)
+
+    def hidden(self, inputs: torch.Tensor) -> torch.Tensor:
+        """What the network computes over the whole grid for P passes' inputs (P, C, H, W),
+        before the positions: head_distances takes it from there."""
         with exact_float32():
-            hidden = self._trunk_but_last(inputs) if self.int8 else self._trunk(inputs)
+            return self._trunk_but_last(inputs) if self.int8 else self._trunk(inputs)
+
+    def head_distances(self, hidden: torch.Tensor, stages: list[int], masks: list[torch.Tensor],
+                       contexts: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> list[torch.Tensor]:
+        """logit_distances from hidden(inputs). Each position's row depends on that position
+        alone, so a mask may hold part of a pass's positions (coding.bands): the same rows."""
+        with exact_float32():
             out: list[torch.Tensor] = []
             p = 0
             while p < len(stages):
@@ -261,9 +280,12 @@ class IntegerPrior:
             which, position = (inside & known.flatten()[flat]).nonzero(as_tuple=True)
             here = positions[position, 0] * cols + positions[position, 1]
             pairs = (len(positions), which, position, flat[which, position], here)
-            if len(self._pairs) >= 64:
+            size = sum(t.numel() * t.element_size() for t in pairs[1:])
+            if len(self._pairs) >= 64 or sum(self._pairs_bytes.values()) + size > PAIR_CACHE_BYTES:
                 self._pairs.clear()
-            self._pairs[key] = pairs
+                self._pairs_bytes.clear()
+            if size <= PAIR_CACHE_BYTES:
+                self._pairs[key], self._pairs_bytes[key] = pairs, size
         return pairs
 
 
