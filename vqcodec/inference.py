@@ -188,6 +188,7 @@ def encode_hierarchy(model, pixels: np.ndarray, num_stages: int, lam: float | No
                 return model.analyze_step(stride, _float(x) if stride == 4 else x)
         previous = features[stride] = tiled(step, [previous], *_grid(pixels, stride), policy.tile_pixels // stride,
                                             policy.margin)
+
     def convolve(fn: Callable[[torch.Tensor], torch.Tensor], state: torch.Tensor) -> torch.Tensor:
         stride = pixels.shape[0] // state.shape[-2]
         return tiled(fn, [state], *state.shape[-2:], policy.tile_pixels // stride, policy.margin)
@@ -202,6 +203,7 @@ def decode_hierarchy(model, grids: Sequence[torch.Tensor], policy: Policy) -> np
     tile by tile over the coarsest grid (each tile's grids at every level decoded together)."""
     stride = model.config.level_strides[0]
     rows, cols = grids[0].shape
+
     def decode(*tile: torch.Tensor) -> torch.Tensor:
         return _uint8(model.decode_indices([grid[:, 0] for grid in tile], policy.bfloat16).clamp(0, 1))
     return _pixels(tiled(decode, [grid.long()[None, None] for grid in grids], rows, cols,

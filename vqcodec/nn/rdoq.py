@@ -56,7 +56,8 @@ def rate_distortion_indices(quantizer: ResidualVQ, prior: IntegerPrior, z: torch
                             tradeoff: float,
                             sink: Callable[[int, np.ndarray, np.ndarray], None] | None = None):
     """Indices (q, H, W) for latents z (1, D, H, W), and the prior's passes
-    [(stage, symbols, frequencies)] in coding order.
+    [(stage, symbols, frequencies)] in coding order (a pass of more than nn.prior's
+    BAND_POSITIONS positions in several parts, as iter_passes gives them).
 
     tradeoff: lambda in units of the stage's mean nearest-code distance per bit; 0 gives
     nearest-code quantization (the indices quantizer.quantize would choose).
