@@ -68,7 +68,8 @@ def choose_ladder(points: dict, ratio: float) -> list:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("model", help="an installed hierarchical model without a quality ladder (with --points: a label only)")
+    parser.add_argument("model", help="an installed hierarchical model without a quality ladder "
+                                      "(with --points: a label only)")
     parser.add_argument("--data", nargs="+", help="photo folders whose held-out crops are measured")
     parser.add_argument("--points", nargs="+", metavar="JSON",
                         help="choose from the points of earlier runs' --json files instead of measuring")

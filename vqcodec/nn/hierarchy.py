@@ -351,8 +351,10 @@ class HierarchicalVQ(nn.Module):
         if "fine" not in self._modules:
             return self._synthesize(self._modules, state, keep, float32_last)
         fine = keep > sum(self.config.level_stages[:-1])  # reaches the last level
-        if bool(fine.all()) or not bool(fine.any()):
-            return self._synthesize(self.fine if bool(fine.all()) else self._modules, state, keep, float32_last)
+        if bool(fine.all()):
+            return self._synthesize(self.fine, state, keep, float32_last)
+        if not bool(fine.any()):
+            return self._synthesize(self._modules, state, keep, float32_last)
         rows = [fine.nonzero()[:, 0], (~fine).nonzero()[:, 0]]
         parts = [self._synthesize(layers, state[r], keep[r], float32_last)
                  for layers, r in zip((self.fine, self._modules), rows)]
