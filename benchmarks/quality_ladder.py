@@ -10,7 +10,9 @@ multiple, on the held-out crops of benchmarks/heldout_rd.py, and picks the ladde
   1. the points no other point beats in both bpp and PSNR (the Pareto front);
   2. from the lowest of them up: the next level is the front's point of highest bpp within
      --ratio times the bpp of the level below (the next point of the front if none is), among
-     those that keep at least the stages of the level below, up to the front's top.
+     those that keep at least the stages of the level below and whose chord from the level
+     below (linear in log-bpp, as BD-rate and rate control interpolate) passes no more than
+     --chord-gap dB under a front point between them, up to the front's top.
 
     VQCODEC_WEIGHTS=DIR python benchmarks/quality_ladder.py MODEL --data ../shared/data/photos \
         ../shared/data/photos2 [--multiples 0.125,0.25,0.5,1,2] [--ratio 1.5] [--json out.json]
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import torch
 
@@ -50,7 +53,16 @@ def measure(model: str, images, multiples) -> dict[tuple[int, float], tuple[floa
     return points
 
 
-def choose_ladder(points: dict, ratio: float) -> list:
+def chord_gap(points: dict, front: list, low, high) -> float:
+    """How far (dB) the chord from point `low` to point `high`, linear in log-bpp, passes under
+    the front's points between them (0 if it passes under none)."""
+    (b0, q0), (b1, q1) = points[low], points[high]
+    between = front[front.index(low) + 1:front.index(high)]
+    return max([0.0] + [points[k][1] - (q0 + (q1 - q0) * math.log(points[k][0] / b0) / math.log(b1 / b0))
+                        for k in between])
+
+
+def choose_ladder(points: dict, ratio: float, max_gap: float = float("inf")) -> list:
     """The ladder's (prefix, multiple) keys, lowest rate first (module docstring)."""
     front, best = [], -float("inf")
     for key, (bpp, quality) in sorted(points.items(), key=lambda item: (item[1][0], -item[1][1])):
@@ -62,7 +74,8 @@ def choose_ladder(points: dict, ratio: float) -> list:
         rest = [k for k in front[front.index(ladder[-1]) + 1:] if k[0] >= ladder[-1][0]]
         if not rest:
             return ladder
-        within = [k for k in rest if points[k][0] <= ratio * points[ladder[-1]][0]]
+        within = [k for k in rest if points[k][0] <= ratio * points[ladder[-1]][0]
+                  and chord_gap(points, front, ladder[-1], k) <= max_gap]
         ladder.append(within[-1] if within else rest[0])
 
 
@@ -75,6 +88,8 @@ def main():
                         help="choose from the points of earlier runs' --json files instead of measuring")
     parser.add_argument("--multiples", default="0.125,0.25,0.5,1,2")
     parser.add_argument("--ratio", type=float, default=1.5, help="largest wanted bpp step between levels")
+    parser.add_argument("--chord-gap", type=float, default=float("inf"),
+                        help="largest dB by which a level-to-level chord may pass under a measured point")
     parser.add_argument("--json", help="write the points and the ladder here")
     args = parser.parse_args()
     if args.points:
@@ -88,7 +103,7 @@ def main():
         points = measure(args.model, images, [float(m) for m in args.multiples.split(",")])
     else:
         parser.error("give --data (measure) or --points (choose from earlier measurements)")
-    ladder = choose_ladder(points, args.ratio)
+    ladder = choose_ladder(points, args.ratio, args.chord_gap)
     previous = None
     for q, key in enumerate(ladder, 1):
         bpp, quality = points[key]

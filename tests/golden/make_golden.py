@@ -33,6 +33,7 @@ from vqcodec.inference import native_bfloat16
 HERE = Path(__file__).resolve().parent
 CASES = {  # model -> (size, [(quality, coder)])
     "photo": ((64, 48), [(1, "prior"), (4, "prior"), (5, "prior"), (8, "prior"), (4, "zstd"), (5, "zstd")]),
+    "photo2": ((64, 48), [(1, "prior"), (8, "prior"), (9, "prior"), (15, "prior"), (9, "zstd")]),
     "digits": ((28, 28), [(1, "prior"), (2, "prior"), (2, "zstd"), (4, "prior"), (8, "prior")]),
 }
 # Largest difference, in levels of any channel of any pixel, between a decode of a version-2

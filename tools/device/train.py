@@ -2,12 +2,13 @@
 priors, each phase until a wall-clock deadline; the step counts come from a timed trial of a
 few passes on a copy of the model, so the phases end when the lease allows.
 
-    PYTHONPATH=$PWD python3 tools/device/train.py TAG MODEL_JSON AE_JSON PRIOR_JSON T0 AE_UNTIL END_AT OUTDIR [WARM]
+    PYTHONPATH=$PWD python3 tools/device/train.py TAG MODEL_JSON AE_JSON PRIOR_JSON T0 AE_UNTIL END_AT OUTDIR [WARM [PRIOR_WARM]]
 
 MODEL_JSON: HierarchyConfig fields; AE_JSON / PRIOR_JSON: {"loop": {...}, "data": {...}} (and
 "prior" in PRIOR_JSON; '{}' skips the priors); T0: the epoch second the device command began;
 the autoencoder trains until T0 + AE_UNTIL, the priors until T0 + END_AT; WARM: weights to
-start from (HierarchyTask.warm_start). Weights go to OUTDIR/TAG.ae.safetensors (as two
+start from (HierarchyTask.warm_start); PRIOR_WARM: level priors to continue
+(HierarchyPriorTask's warm_start). Weights go to OUTDIR/TAG.ae.safetensors (as two
 .partN files above 15 MB, the device's limit per returned file) at every checkpoint, and to
 OUTDIR/TAG.priors.safetensors; both phases log to OUTDIR/TAG.log.jsonl. EVALS (environment,
 default 3): held-out evaluations of the autoencoder; VQ_DATA: the photo folder packed by
@@ -15,6 +16,10 @@ tools/device/pack_photos.py (default .gpu/data); VQ_DEVICE=cpu tries the script 
 
 Session 10 (docs/EXPERIMENTS.md): run ONE such process at a time. Alone it ran 47 ms/step at
 batch 32 x 256x256 on an H200; two at once ran 211-527 ms/step each with the GPU mostly idle.
+Session 16: i1's model (two levels, FiLM) ran 51-70 ms/step at that batch, the GPU 50-60 %
+busy; the photos and the tree that travels fit the 64 MiB cap only with the committed weights
+files the run does not read kept out of it for the call (`git rm --cached` and listed in
+.git/info/exclude; then `git reset` them back and drop those lines).
 """
 import copy
 import json
@@ -102,6 +107,7 @@ def main() -> None:
     t0, ae_until, end_at = float(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
     out = Path(sys.argv[8])
     warm = sys.argv[9] if len(sys.argv) > 9 else None
+    prior_warm = sys.argv[10] if len(sys.argv) > 10 else None
     work = Path("/tmp/gpu_runs") / tag
     work.mkdir(parents=True, exist_ok=True)
     torch.backends.cudnn.benchmark = True
@@ -137,7 +143,7 @@ def main() -> None:
         prior_cfg = from_dict(PriorConfig, prior["prior"])
         prior_loop = from_dict(LoopConfig, prior["loop"])
         setup(prior_loop)
-        priors = HierarchyPriorTask(full, FOLDERS, prior_cfg, device=DEVICE, **prior["data"])
+        priors = HierarchyPriorTask(full, FOLDERS, prior_cfg, device=DEVICE, warm_start=prior_warm, **prior["data"])
         steps = timed_steps(priors, tag, t0 + end_at - time.time())
         prior_loop = replace(prior_loop, steps=steps, eval_every=steps)
         run(priors, prior_loop, RunFiles(work / "priors.ckpt", log, out / f"{tag}.priors.safetensors"),
