@@ -15,7 +15,7 @@ multiple, on the held-out crops of benchmarks/heldout_rd.py, and picks the ladde
      --chord-gap dB under a front point between them, up to the front's top.
 
     VQCODEC_WEIGHTS=DIR python benchmarks/quality_ladder.py MODEL --data ../shared/data/photos \
-        ../shared/data/photos2 [--multiples 0.125,0.25,0.5,1,2] [--ratio 1.5] [--json out.json]
+        ../shared/data/photos2 [--multiples 0.125,0.25,0.5,1,2] [--ratio 1.5] [--chord-gap 0.1] [--json out.json]
 
 The measurement parallelizes over processes: run it once per set of --multiples with --json,
 then `--points A.json B.json ...` chooses the ladder from all of their points together.
