@@ -67,7 +67,7 @@ def leb(value: int) -> bytes:
 def raw_file(
     *,
     magic: bytes = MAGIC,
-    version: int = FORMAT_VERSION,
+    version: int = 2,
     mode: int = 2,
     coder: int = 0,
     metadata_bit: bool | None = None,
@@ -85,11 +85,13 @@ def raw_file(
     index_len: bytes | None = None,
     alpha_len: bytes | None = None,
     metadata_len: bytes | None = None,
+    correction: bytes = b"",
+    correction_len: bytes | None = None,
     check: bool = True,
 ) -> bytes:
-    """Build a version-2 file by hand, straight from the documented layout, with any field
-    values (valid or not; varints given as bytes are written as they are) and a correct check
-    unless check=False."""
+    """Build a version-2 file (version 3 with a colour correction) by hand, straight from the
+    documented layout, with any field values (valid or not; varints given as bytes are written
+    as they are) and a correct check unless check=False."""
     def varint(v):
         return v if isinstance(v, bytes) else leb(v)
 
@@ -106,9 +108,11 @@ def raw_file(
         + (leb(len(index)) if index_len is None else index_len)
         + ((leb(len(alpha)) if alpha_len is None else alpha_len) if mode in (1, 3) else b"")
         + ((leb(len(metadata)) if metadata_len is None else metadata_len) if has_metadata else b"")
+        + ((leb(len(correction)) if correction_len is None else correction_len) if version == 3 and reserved & 0x80 else b"")
         + index
         + alpha
         + metadata
+        + correction
     )
     return body + struct.pack("<H", binascii.crc_hqx(body, 0) if check else 0)
 
@@ -201,7 +205,7 @@ def test_header_normalizes_layers_and_to_dict() -> None:
     assert d["layers"] == [{"stride": 8, "stages": 2}, {"stride": 4, "stages": 1}]
     assert set(d) == {f.name for f in dataclasses.fields(Header)}
     assert Header(**d) == h
-    assert h.version == 2 and not h.has_alpha
+    assert not h.has_alpha
 
 
 def test_accepts_bytes_like() -> None:
@@ -209,7 +213,7 @@ def test_accepts_bytes_like() -> None:
 
 
 def test_constants() -> None:
-    assert MAGIC == b"\x89VQZ" and FORMAT_VERSION == 2 and READ_VERSIONS == (1, 2)
+    assert MAGIC == b"\x89VQZ" and FORMAT_VERSION == 3 and READ_VERSIONS == (1, 2, 3)
     assert MAGIC_V1 == b"\x89VQZ\r\n\x1a\n" and MAGIC_V1.startswith(MAGIC)
     assert DEFAULT_MAX_PIXELS == 1 << 28 == 16384 * 16384
     assert MODES == ("L", "LA", "RGB", "RGBA") and CODERS == {"zstd": 0, "prior": 1}
@@ -238,10 +242,10 @@ def test_text_mode_damage_is_bad_magic() -> None:
             unpack(damaged)
 
 
-@pytest.mark.parametrize("version", [3, 13 + 1, 255])
+@pytest.mark.parametrize("version", [4, 13 + 1, 255])
 def test_unknown_version(version: int) -> None:
     data = raw_file(version=version)
-    message = f"unsupported .vqz format version {version}; this build reads versions 1 and 2"
+    message = f"unsupported .vqz format version {version}; this build reads versions 1, 2 and 3"
     with pytest.raises(VqzError, match=message):
         unpack(data)
     with pytest.raises(VqzError, match=message):
@@ -569,7 +573,7 @@ def test_v1_hand_built_valid_file() -> None:
 @pytest.mark.parametrize("version", [0, 2, 255])
 def test_v1_unknown_version(version: int) -> None:
     data = raw_file_v1(version=version)
-    with pytest.raises(VqzError, match=f"unsupported .vqz format version {version} .*reads versions 1 and 2"):
+    with pytest.raises(VqzError, match=f"unsupported .vqz format version {version} .*reads versions 1, 2 and 3"):
         unpack(data)
     with pytest.raises(VqzError, match=f"version {version}"):
         unpack(data[:9])
@@ -722,3 +726,37 @@ def test_module_does_not_import_torch_or_numpy() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ------------------------------------------------------------ version 3: a colour correction
+
+
+def test_a_colour_correction_makes_a_version_3_file_of_the_documented_layout() -> None:
+    h = make_header(model_prefix=bytes(range(8)).hex(), mode="RGBA", coder="prior", quality=5, layers=[(8, 2)],
+                    index_crc32=7)
+    data = pack(h, b"idx", b"AL", correction=b"CC")
+    assert data == raw_file(version=3, mode=3, coder=1, quality=5, layers=[0x32], alpha=b"AL", reserved=0x80,
+                            correction=b"CC")
+    parsed = unpack(data)
+    assert parsed.version == 3 and parsed.correction == b"CC" and parsed.header == h
+    assert parsed.index_payload == b"idx" and parsed.alpha_payload == b"AL"
+    plain = unpack(pack(h, b"idx", b"AL"))  # no correction: version 2, readable by version-2 readers
+    assert plain.version == 2 and plain.correction == b"" and pack(h, b"idx", b"AL")[4] == 2
+
+
+def test_a_correction_follows_the_metadata_section() -> None:
+    h = make_header()
+    parsed = unpack(pack(h, b"idx", metadata={"icc": b"profile"}, correction=b"\x01\x02\x03"))
+    assert parsed.metadata == {"icc": b"profile"} and parsed.correction == b"\x01\x02\x03"
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(version=2, reserved=0x80), "reserved format bit 7 is set"),
+    (dict(version=3), "version-3 file has a colour correction, but format bit 7 is not set"),
+    (dict(version=3, reserved=0x80, correction=b""), "colour correction bit is set, but its section length is 0"),
+    (dict(version=3, reserved=0x80, correction=b"CC", correction_len=leb(3)), "truncated"),
+    (dict(version=3, reserved=0x80, correction=b"CC", correction_len=leb(1)), "trailing garbage"),
+])
+def test_bad_colour_correction_fields_are_refused(fields, message) -> None:
+    with pytest.raises(VqzError, match=message):
+        unpack(raw_file(**fields))

@@ -1,6 +1,6 @@
 """Golden files: .vqz files made by earlier versions must decode to the same indices and pixels
-(version 1: exactly the pixels they always gave; version 2: within PIXEL_TOLERANCE levels of a
-reference decode) and metadata, or, when their model has been replaced, fail with an error naming
+(version 1: exactly the pixels they always gave; versions 2 and 3: within PIXEL_TOLERANCE levels
+of a reference decode) and metadata, or, when their model has been replaced, fail with an error naming
 the missing model."""
 import hashlib
 import json
@@ -53,11 +53,15 @@ def test_golden_file_decodes_to_the_same_pixels(case, monkeypatch):
 
 
 def test_every_bundled_model_has_golden_files_of_the_version_written():
-    """Version 2 is the one written; models made before it (photo) also keep their version-1
-    files, which the test above decodes; a model made since (digits, 8 stages) cannot have any."""
+    """Version 2 is the one written (version 3 when a file has a colour correction, which the
+    default model's files at low levels do); models made before it (photo) also keep their
+    version-1 files, which the test above decodes; a model made since (digits, 8 stages) cannot
+    have any."""
     covered = {c["model_sha256"] for c in CASES if c.get("format_version", 1) == 2}
     assert {m["sha256"] for m in vqcodec.list_models()} <= covered
     assert any(c.get("format_version", 1) == 1 for c in CASES)
+    default = next(m for m in vqcodec.list_models() if m["default"])
+    assert any(c["model_sha256"] == default["sha256"] and c.get("format_version") == 3 for c in CASES)
 
 
 def test_golden_files_cover_range_payloads_with_a_cut_short_last_word():

@@ -213,6 +213,24 @@ def test_int8_and_float32_evaluation_give_the_same_frequencies(cfg, monkeypatch)
                 assert s1 == s2 and np.array_equal(f1, f2)
 
 
+@pytest.mark.skipif(not int8_matmul_available(), reason="torch has no int8 matrix product here")
+@pytest.mark.parametrize("cfg", [CONDITIONAL, replace(CONDITIONAL, channels=32, layers=3), replace(SMALL, layers=1)],
+                         ids=["conditional", "three-layers", "one-layer"])
+def test_the_decoder_evaluating_only_what_a_pass_reads_sees_the_encoders_frequencies(cfg):
+    """The decoder runs the trunk only near the positions a pass codes (most of a sparse pass's
+    grid is skipped); every pass's frequencies must still be those the encoder coded with."""
+    prior = IntegerPrior(cfg, trained_like(cfg).to_integer(), int8=True)
+    grid = torch.randint(0, cfg.codebook_size, (cfg.num_stages, 19, 26), generator=torch.Generator().manual_seed(2))
+    coded = list(encode_passes(prior, grid))
+
+    def replay(frequencies):
+        _, symbols, expected = coded.pop(0)
+        assert np.array_equal(frequencies, expected)
+        return symbols
+
+    assert torch.equal(decode_passes(prior, *grid.shape, replay)[0], grid) and not coded
+
+
 def test_exact_conv_and_its_fallback_match_float64():
     act = torch.randint(0, 256, (2, 8, 9, 7)).float()
     weight = torch.randint(-127, 128, (8, 72)).float()

@@ -5,13 +5,17 @@
             ─> base layer: inference.encode_latents (tiled VQVAE.encode) ─> residual VQ (rate-aware
             │  under the prior: nn.rdoq); enhancement layer (quality above its base level b): the
             │  base image, then inference.encode_detail(image, base) ─> finer grids
-            ─> entropy coder ─> payload ─container.pack─> .vqz bytes (version 2)
-                          alpha ─zstd (lossless)─┘ metadata ─┘
+            ─> entropy coder ─> payload ─container.pack─> .vqz bytes (version 2; version 3 with
+                          alpha ─zstd (lossless)─┘ metadata ─┘   a colour correction, below)
     decode: .vqz ─container.unpack─> header, payloads, metadata ─find model by sha256 (prefix)─>
             layers (v2: the header's list; v1: inferred from the grid shapes), checked against
             the model's own layers (_check_structure) ─entropy decoder─> grids (checked against
             the index CRC) ─inference.decode_pixels─> base image (─inference.decode_detail with
-            the enhancement layer's grids, if any─>) ─> crop ─> PIL image (+ info: metadata)
+            the enhancement layer's grids, if any─>) ─> crop (─> colour correction, if the file
+            has one) ─> PIL image (+ info: metadata)
+    colour correction (vqcodec.color_correction): where the encoder asks for it, it decodes its
+            own file, fits a correction of the decoded colours to the original and keeps it if
+            it pays for its bytes
     a hierarchical model (nn.hierarchy): its levels are the layers; encode: inference.
             encode_hierarchy (ECVQ, every stage) ─> each level range-coded with its prior given
             the coarser levels' grids; decode: the same priors ─> inference.decode_hierarchy
@@ -37,6 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import color_correction as color_correction_module
 from . import container, entropy, fileio, images, inference, zoo
 from .container import Header, HeaderV1, Layer, VqzError
 from .nn.prior import GuidedSampler, Sampler, decode_passes, iter_passes
@@ -48,6 +53,10 @@ CODERS = tuple(sorted(container.CODERS))  # the coders the container has ids for
 # in units of each stage's mean nearest-code distance per bit; chosen on held-out training
 # photos with benchmarks/rdo_tradeoff.py (docs/EXPERIMENTS.md). 0 = nearest code.
 RATE_TRADEOFF = 0.1
+# By default the encoder fits a colour correction at the quality levels whose finest layer has
+# at least this stride: the decode the fit needs fits in their time budget (docs/EXPERIMENTS.md,
+# session 17); at finer levels it gains less and would cost a third more encoding time.
+CORRECTION_MIN_STRIDE = 8
 
 
 @dataclass(frozen=True)
@@ -309,7 +318,7 @@ def _pixels(model: _Model, per_layer: list[np.ndarray], height: int, width: int)
 
 def encode_image(image, quality: int | None = None, model: str | None = None,
                  coder: str | None = None, rate_tradeoff: float | None = None,
-                 metadata=None, refine_steps: int = 0) -> EncodeResult:
+                 metadata=None, refine_steps: int = 0, color_correction: bool | None = None) -> EncodeResult:
     """Encode an image (path, bytes, PIL image or uint8 array) to .vqz bytes plus its header.
 
     rate_tradeoff: with the prior coder, how much the choice of indices weighs bits against
@@ -318,7 +327,10 @@ def encode_image(image, quality: int | None = None, model: str | None = None,
     size, for encoding time; 0 = the encoder network's latents). metadata: which of the input's ICC
     profile, EXIF and XMP to store, "all", "none" or a comma list such as "icc,exif" (or a list
     of those names); None = fileio.DEFAULT_METADATA (all). EXIF and XMP are stored saying
-    orientation 1, the orientation having been applied to the pixels."""
+    orientation 1, the orientation having been applied to the pixels. color_correction: fit
+    one (vqcodec.color_correction) and keep it where it makes a better file (True), never
+    (False), or None: at the levels whose finest layer has stride CORRECTION_MIN_STRIDE or
+    more, for colour images (modes RGB, RGBA)."""
     if rate_tradeoff is not None and not rate_tradeoff >= 0:
         raise ValueError(f"rate_tradeoff must be >= 0, got {rate_tradeoff}")
     if isinstance(refine_steps, bool) or not isinstance(refine_steps, (int, np.integer)) or refine_steps < 0:
@@ -347,13 +359,21 @@ def encode_image(image, quality: int | None = None, model: str | None = None,
         mode=picture.mode, quality=quality, coder=coder, layers=layers, index_crc32=entropy.index_checksum(grids),
     )
     alpha_payload = images.compress_alpha(alpha) if alpha is not None else b""
-    return EncodeResult(container.pack(header, payload, alpha_payload, kept), header, chosen.entry.name,
-                        tuple(kept))
+    data = container.pack(header, payload, alpha_payload, kept)
+    if color_correction is None:
+        color_correction = picture.mode in ("RGB", "RGBA") and min(layer.stride for layer in layers) >= \
+            CORRECTION_MIN_STRIDE
+    if color_correction:
+        decoded = _pixels(chosen, _split([np.asarray(grid) for grid in grids], layers), picture.height, picture.width)
+        correction = color_correction_module.choose(decoded, rgb, len(data))
+        if correction is not None:
+            data = container.pack(header, payload, alpha_payload, kept, correction.to_bytes())
+    return EncodeResult(data, header, chosen.entry.name, tuple(kept))
 
 
 def encode_to_target(image, *, target_bpp: float | None = None, target_psnr: float | None = None,
                      model: str | None = None, coder: str | None = None, metadata=None,
-                     refine_steps: int = 0) -> EncodeResult:
+                     refine_steps: int = 0, color_correction: bool | None = None) -> EncodeResult:
     """Encode at the quality level that meets a size or quality target (vqcodec.ratecontrol:
     what is guaranteed, what is searched). Exactly one target. When no level meets it, the
     nearest level's file is returned and a RateControlWarning says so."""
@@ -370,7 +390,8 @@ def encode_to_target(image, *, target_bpp: float | None = None, target_psnr: flo
 
     def encoded(level: int) -> EncodeResult:
         if level not in results:
-            results[level] = encode_image(image, level, model, coder, metadata=metadata, refine_steps=refine_steps)
+            results[level] = encode_image(image, level, model, coder, metadata=metadata, refine_steps=refine_steps,
+                                          color_correction=color_correction)
         return results[level]
 
     if target_bpp is not None:
@@ -395,7 +416,7 @@ class RateControlWarning(UserWarning):
 
 
 def encode(image, quality: int | None = None, model: str | None = None, coder: str | None = None,
-           metadata=None, refine_steps: int = 0) -> bytes:
+           metadata=None, refine_steps: int = 0, color_correction: bool | None = None) -> bytes:
     """Encode an image to .vqz bytes.
 
     image: a path, bytes of an image file, a PIL image, or a uint8 numpy array (HxW, HxWxC).
@@ -404,8 +425,11 @@ def encode(image, quality: int | None = None, model: str | None = None, coder: s
     coder: "prior" (the model's learned prior; default when it has one) or "zstd".
     metadata: the input's ICC profile, EXIF and XMP to keep: "all", "none", or a comma list
     such as "icc" or "icc,exif"; None = all (fileio.DEFAULT_METADATA).
-    refine_steps: gradient steps that fit the latents to this image (encode_image); 0 = none."""
-    return encode_image(image, quality, model, coder, metadata=metadata, refine_steps=refine_steps).data
+    refine_steps: gradient steps that fit the latents to this image (encode_image); 0 = none.
+    color_correction: fit and store one (True), never (False), None = where the level's time
+    budget allows (encode_image)."""
+    return encode_image(image, quality, model, coder, metadata=metadata, refine_steps=refine_steps,
+                        color_correction=color_correction).data
 
 
 # ------------------------------------------------------------------ decode
@@ -506,6 +530,12 @@ def decode(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
     parsed = container.unpack(bytes(data), max_pixels=max_pixels)
     header = parsed.header
     model, layers, per_layer = _indices_of(parsed)
+    correction = None
+    if parsed.correction:
+        try:
+            correction = color_correction_module.ColorCorrection.from_bytes(parsed.correction)
+        except ValueError as error:
+            raise VqzError(f"corrupt {error}") from None
     alpha = None
     if header.has_alpha:
         try:
@@ -513,6 +543,8 @@ def decode(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
         except ValueError as error:
             raise VqzError(f"corrupt alpha payload: {error}") from None
     rgb = _pixels(model, per_layer, header.height, header.width)
+    if correction is not None:
+        rgb = correction.apply(rgb)
     picture = images.merge_planes(rgb, alpha, header.mode)
     picture.info.update(fileio.ImageMetadata(**parsed.metadata).to_info())
     return picture
@@ -562,7 +594,8 @@ def read_indices(data: bytes, *, max_pixels: int | None = None) -> Indices:
 
 def decode_indices(indices: Indices) -> Image.Image:
     """The image that index grids decode to: for the Indices of read_indices(data), the image
-    decode(data) gives (without its alpha plane and metadata, which are not indices). Raises
+    decode(data) gives (without its alpha plane, metadata and colour correction, which are not
+    indices). Raises
     ValueError for grids the model cannot decode."""
     if not indices.layers:
         raise ValueError("no layers to decode")
@@ -607,7 +640,7 @@ def describe(data: bytes, *, max_pixels: int | None = None) -> dict:
         entry, exact = _find_model(header)
     except VqzError:
         entry, exact = None, False
-    fields = {"format_version": header.version, **header.to_dict()}
+    fields = {"format_version": parsed.version, **header.to_dict()}
     layers = header.layers if isinstance(header, Header) else None
     shapes = None
     if entry is not None:
@@ -629,6 +662,7 @@ def describe(data: bytes, *, max_pixels: int | None = None) -> dict:
         "index_payload_bytes": len(parsed.index_payload),
         "alpha_payload_bytes": len(parsed.alpha_payload),
         "metadata_bytes": parsed.metadata_bytes,
+        "color_correction_bytes": len(parsed.correction),
         "bpp": len(data) * 8 / (header.width * header.height),
     })
     return fields

@@ -1,4 +1,4 @@
-"""The ``.vqz`` container format: version 2 (written and read) and version 1 (read only).
+"""The ``.vqz`` container format: versions 3 and 2 (written and read) and 1 (read only).
 
 A ``.vqz`` file wraps the entropy-coded codebook indices of one image (plus an optional
 lossless alpha plane and, from version 2, the image's ICC profile, EXIF and XMP) with
@@ -7,12 +7,14 @@ geometry, the structure of the coded indices (layers and stages), and a check ov
 file. This module only frames bytes; it knows nothing about tensors, so it imports neither
 torch nor numpy (zstandard only when a file has a metadata section). The byte-by-byte
 specification is ``docs/FORMAT.md``. Version 2, integers little-endian, ``v`` = unsigned
-LEB128 (minimal, at most 5 bytes)::
+LEB128 (minimal, at most 5 bytes); version 3 is the same with a colour-correction section
+(format bit 7, reserved in version 2), and is written only for files that have one::
 
     offset  size
          0     4  magic 89 56 51 5A ("\\x89VQZ"), the same in every version
-         4     1  version u8 (= 2; a version-1 file has 0D here, its magic being 8 bytes)
-         5     1  format u8: bits 0-2 mode id, bits 3-5 coder id, bit 6 metadata present
+         4     1  version u8 (= 2 or 3; a version-1 file has 0D here, its magic being 8 bytes)
+         5     1  format u8: bits 0-2 mode id, bits 3-5 coder id, bit 6 metadata present,
+                  bit 7 colour correction present (version 3 only, and always there)
          6     1  quality u8 (informational)
          7     8  model: the first 8 bytes of the SHA-256 of the model's weights file
         15     v  width          v  height
@@ -21,7 +23,8 @@ LEB128 (minimal, at most 5 bytes)::
                v  index payload length
                v  alpha payload length      (modes LA and RGBA only)
                v  metadata section length   (format bit 6 only)
-                  index payload, alpha payload, metadata section
+               v  colour correction length  (format bit 7 only)
+                  index payload, alpha payload, metadata section, colour correction
      end-2     2  check u16: CRC-16/XMODEM of every byte before it
 
 :func:`unpack` refuses anything malformed with :class:`VqzError`, checking lengths against
@@ -72,10 +75,11 @@ MAGIC_V1 = b"\x89VQZ\r\n\x1a\n"
 """Version 1's 8-byte signature (PNG-style: CR LF / LF catch newline translation, ^Z stops
 ``type`` on DOS); its version byte follows at offset 8."""
 
-FORMAT_VERSION = 2
-"""The container version this build writes."""
+FORMAT_VERSION = 3
+"""The newest container version this build writes: version 3 for a file with a colour
+correction, version 2 (which readers of version 2 still read) for every other file."""
 
-READ_VERSIONS = (1, 2)
+READ_VERSIONS = (1, 2, 3)
 """The container versions this build reads."""
 
 DEFAULT_MAX_PIXELS = 1 << 28
@@ -125,7 +129,7 @@ _FORMAT_MODE = 0x07
 _FORMAT_CODER_SHIFT = 3
 _FORMAT_CODER = 0x38
 _FORMAT_METADATA = 0x40
-_FORMAT_RESERVED = 0x80
+_FORMAT_CORRECTION = 0x80  # version 3; reserved in version 2
 MAX_STAGES = 15  # a layer byte's low nibble
 MAX_STRIDE_LOG2 = 15  # its high nibble
 _VARINT_MAX_BYTES = 5
@@ -230,8 +234,6 @@ class Header:
     layers: tuple[Layer, ...]
     index_crc32: int
 
-    version = FORMAT_VERSION
-
     def __post_init__(self) -> None:
         try:
             layers = tuple(x if isinstance(x, Layer) else Layer(**x) if isinstance(x, Mapping) else Layer(*x)
@@ -327,9 +329,10 @@ class HeaderV1:
 
 @dataclass(frozen=True)
 class Container:
-    """A parsed ``.vqz`` file: its header, its two (still coded) payloads, its metadata
-    (kind -> bytes, in kind order; always empty in version 1), and the sizes of its header,
-    of its (compressed) metadata section and of the whole file."""
+    """A parsed ``.vqz`` file: its version, header, two (still coded) payloads, metadata
+    (kind -> bytes, in kind order; always empty in version 1), colour-correction section
+    (its bytes, see vqcodec.color_correction; empty before version 3), and the sizes of its
+    header, of its (compressed) metadata section and of the whole file."""
 
     header: Header | HeaderV1
     index_payload: bytes
@@ -338,6 +341,8 @@ class Container:
     header_bytes: int = 0
     metadata_bytes: int = 0
     total_bytes: int = 0
+    correction: bytes = b""
+    version: int = 2
 
 
 def _varint(value: int) -> bytes:
@@ -472,9 +477,10 @@ def _parse_metadata(section: bytes) -> dict[str, bytes]:
 
 
 def pack(header: Header, index_payload: bytes, alpha_payload: bytes = b"",
-         metadata: Mapping[str, bytes] | None = None) -> bytes:
-    """Serialize a header, its payloads and metadata (kind -> bytes, see
-    :data:`METADATA_KINDS`) into a version-2 ``.vqz`` file.
+         metadata: Mapping[str, bytes] | None = None, correction: bytes = b"") -> bytes:
+    """Serialize a header, its payloads, metadata (kind -> bytes, see
+    :data:`METADATA_KINDS`) and colour-correction section (bytes, empty for none) into a
+    ``.vqz`` file: version 3 with a correction, else version 2.
 
     Raises :class:`VqzError` (a ``ValueError``) if the header is invalid, a payload is too
     large, ``alpha_payload`` is empty for a mode with alpha / non-empty for a mode without,
@@ -488,14 +494,15 @@ def pack(header: Header, index_payload: bytes, alpha_payload: bytes = b"",
         raise VqzError(f"mode {header.mode} has alpha but alpha_payload is empty")
     if not header.has_alpha and alpha_payload:
         raise VqzError(f"mode {header.mode} has no alpha but alpha_payload is non-empty")
-    section = _metadata_section(metadata or {})
-    for what, payload in (("index", index_payload), ("alpha", alpha_payload), ("metadata", section)):
+    section, correction = _metadata_section(metadata or {}), bytes(correction)
+    for what, payload in (("index", index_payload), ("alpha", alpha_payload), ("metadata", section),
+                          ("colour correction", correction)):
         if len(payload) > _U32_MAX:
             raise VqzError(f"{what} payload of {len(payload)} bytes exceeds the limit of {_U32_MAX}")
     fmt = (_MODE_IDS[header.mode] | CODERS[header.coder] << _FORMAT_CODER_SHIFT
-           | (_FORMAT_METADATA if section else 0))
+           | (_FORMAT_METADATA if section else 0) | (_FORMAT_CORRECTION if correction else 0))
     parts = [
-        _FIXED.pack(MAGIC, FORMAT_VERSION, fmt, header.quality, bytes.fromhex(header.model_prefix)),
+        _FIXED.pack(MAGIC, 3 if correction else 2, fmt, header.quality, bytes.fromhex(header.model_prefix)),
         _varint(header.width),
         _varint(header.height),
         bytes([len(header.layers)]),
@@ -504,9 +511,11 @@ def pack(header: Header, index_payload: bytes, alpha_payload: bytes = b"",
         _varint(len(index_payload)),
         _varint(len(alpha_payload)) if header.has_alpha else b"",
         _varint(len(section)) if section else b"",
+        _varint(len(correction)) if correction else b"",
         index_payload,
         alpha_payload,
         section,
+        correction,
     ]
     body = b"".join(parts)
     return body + struct.pack("<H", binascii.crc_hqx(body, 0))
@@ -534,9 +543,9 @@ def unpack(data: bytes, *, max_pixels: int | None = None) -> Container:
             return _unpack_v1(buf, limit)
         if tag in _NOT_VERSIONS:
             raise VqzError("not a .vqz file (bad magic bytes)")
-        if tag != FORMAT_VERSION:
+        if tag not in READ_VERSIONS:
             raise VqzError(f"unsupported .vqz format version {tag}; this build reads versions "
-                           f"{' and '.join(map(str, READ_VERSIONS))}")
+                           f"{_version_list()}")
     if n < MIN_FILE_SIZE:
         raise VqzError(f"file is truncated: {n} bytes is too short to hold a .vqz header "
                        f"(at least {MIN_FILE_SIZE} bytes)")
@@ -544,7 +553,7 @@ def unpack(data: bytes, *, max_pixels: int | None = None) -> Container:
     # 2. The header, field by field (every read checked against the data).
     reader = _Reader(buf)
     try:
-        _, _, fmt, quality, prefix = _FIXED.unpack(reader.bytes(_FIXED.size))
+        _, version, fmt, quality, prefix = _FIXED.unpack(reader.bytes(_FIXED.size))
         width = reader.varint("width")
         height = reader.varint("height")
         layer_bytes = reader.bytes(reader.u8())
@@ -554,12 +563,13 @@ def unpack(data: bytes, *, max_pixels: int | None = None) -> Container:
         alpha_len = reader.varint("alpha payload length") if mode_id < len(MODES) and \
             MODES[mode_id] in _ALPHA_MODES else 0
         metadata_len = reader.varint("metadata length") if fmt & _FORMAT_METADATA else 0
+        correction_len = reader.varint("colour correction length") if version == 3 and fmt & _FORMAT_CORRECTION else 0
     except _OutOfData:
         raise VqzError(f"file is truncated: its {n} bytes end inside the .vqz header") from None
     header_bytes = reader.pos
 
     # 3. Declared length vs actual length, before any slicing.
-    expected = header_bytes + index_len + alpha_len + metadata_len + _CHECK_SIZE
+    expected = header_bytes + index_len + alpha_len + metadata_len + correction_len + _CHECK_SIZE
     if n < expected:
         raise VqzError(f"file is truncated: header declares {expected} bytes but only {n} are present")
     if n > expected:
@@ -572,8 +582,10 @@ def unpack(data: bytes, *, max_pixels: int | None = None) -> Container:
         raise VqzError(f"file is corrupt: CRC-16 mismatch, stored {stored:04x}, computed {computed:04x}")
 
     # 5. Field checks.
-    if fmt & _FORMAT_RESERVED:
+    if version == 2 and fmt & _FORMAT_CORRECTION:
         raise VqzError(f"reserved format bit 7 is set (format = 0x{fmt:02x})")
+    if version == 3 and not fmt & _FORMAT_CORRECTION:
+        raise VqzError("a version-3 file has a colour correction, but format bit 7 is not set")
     if mode_id >= len(MODES):
         raise VqzError(f"unknown mode id {mode_id} (known: {dict(enumerate(MODES))})")
     coder_id = (fmt & _FORMAT_CODER) >> _FORMAT_CODER_SHIFT
@@ -591,6 +603,8 @@ def unpack(data: bytes, *, max_pixels: int | None = None) -> Container:
         raise VqzError(f"mode {mode} requires an alpha payload, but its length is 0")
     if fmt & _FORMAT_METADATA and metadata_len == 0:
         raise VqzError("the metadata bit is set, but the metadata section length is 0")
+    if fmt & _FORMAT_CORRECTION and correction_len == 0:
+        raise VqzError("the colour correction bit is set, but its section length is 0")
     header = Header(model_prefix=prefix.hex(), width=width, height=height, mode=mode, quality=quality,
                     coder=_CODER_NAMES[coder_id], layers=[(1 << (b >> 4), b & 0x0F) for b in layer_bytes],
                     index_crc32=index_crc32)
@@ -598,7 +612,8 @@ def unpack(data: bytes, *, max_pixels: int | None = None) -> Container:
     index_start = header_bytes
     alpha_start = index_start + index_len
     metadata_start = alpha_start + alpha_len
-    metadata = _parse_metadata(bytes(buf[metadata_start : metadata_start + metadata_len])) if metadata_len else {}
+    correction_start = metadata_start + metadata_len
+    metadata = _parse_metadata(bytes(buf[metadata_start:correction_start])) if metadata_len else {}
     return Container(
         header=header,
         index_payload=bytes(buf[index_start:alpha_start]),
@@ -607,7 +622,15 @@ def unpack(data: bytes, *, max_pixels: int | None = None) -> Container:
         header_bytes=header_bytes,
         metadata_bytes=metadata_len,
         total_bytes=n,
+        correction=bytes(buf[correction_start : correction_start + correction_len]),
+        version=version,
     )
+
+
+def _version_list() -> str:
+    """'1, 2 and 3'"""
+    names = [str(v) for v in READ_VERSIONS]
+    return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 # ----------------------------------------------------------------------- version 1
@@ -621,7 +644,7 @@ def _unpack_v1(buf: memoryview, limit: int) -> Container:
     if n > len(MAGIC_V1) and buf[len(MAGIC_V1)] != 1:
         raise VqzError(
             f"unsupported .vqz format version {buf[len(MAGIC_V1)]} (in a version-1 layout); "
-            f"this build reads versions {' and '.join(map(str, READ_VERSIONS))}"
+            f"this build reads versions {_version_list()}"
         )
     if n < MIN_FILE_SIZE_V1:
         raise VqzError(
@@ -701,4 +724,5 @@ def _unpack_v1(buf: memoryview, limit: int) -> Container:
         alpha_payload=bytes(buf[alpha_start : alpha_start + alpha_len]),
         header_bytes=index_start,
         total_bytes=n,
+        version=1,
     )

@@ -4,14 +4,15 @@ already listed stays, with its digests: files of models that are no longer insta
 the "model not installed" error, version-1 files check that version 1 still decodes, to the
 same pixels. Only what is missing is added, as version-2 files named v2_MODEL_qQ_CODER.vqz (with
 the first 8 hex digits of the sha256 after MODEL when that name belongs to a replaced model)
-(v2_photo_q2_rgba_metadata.vqz: alpha plane, ICC profile, EXIF and XMP).
+(v2_photo_q2_rgba_metadata.vqz: alpha plane, ICC profile, EXIF and XMP), made without a colour
+correction, and version-3 files of the CORRECTED cases, v3_MODEL_qQ_CODER_color.vqz, with one.
 
 Each file has the digest of its index grids (exact everywhere: the indices are integers,
 decoded in integer arithmetic), version 2 the digests of its metadata, and, for the pixels:
   - version 1 (made before this script wrote version 2): the sha256 of its pixels decoded in
     float32 (VQCODEC_FLOAT32=1) and, made on a machine with native bfloat16, of the bf16 decode;
-  - version 2: a reference PNG of the float32 decode; every decode, float32 or bf16 on any
-    machine, must be within PIXEL_TOLERANCE levels of it.
+  - versions 2 and 3: a reference PNG of the float32 decode; every decode, float32 or bf16 on
+    any machine, must be within PIXEL_TOLERANCE levels of it.
 
     python tests/golden/make_golden.py
 """
@@ -36,6 +37,7 @@ CASES = {  # model -> (size, [(quality, coder)])
     "photo2": ((64, 48), [(1, "prior"), (8, "prior"), (9, "prior"), (15, "prior"), (9, "zstd")]),
     "digits": ((28, 28), [(1, "prior"), (2, "prior"), (2, "zstd"), (4, "prior"), (8, "prior")]),
 }
+CORRECTED = {"photo2": ((256, 256), [(1, "prior"), (4, "prior")])}  # as CASES, with a colour correction
 # Largest difference, in levels of any channel of any pixel, between a decode of a version-2
 # golden file and its reference PNG (the float32 decode where it was made). The bf16 and
 # float32 decodes of the golden files differ by at most 2.
@@ -104,7 +106,6 @@ def main() -> None:
     sample = images.load_image(images.sample_image_path())
     manifest = json.loads((HERE / "manifest.json").read_text()) if (HERE / "manifest.json").exists() else []
     listed = {case["file"]: case["model_sha256"] for case in manifest}  # every listed file stays
-    version = container.FORMAT_VERSION
     for info in vqcodec.list_models():
         if info["name"] not in CASES:
             continue
@@ -112,16 +113,24 @@ def main() -> None:
         source = sample.resize(size, Image.LANCZOS)
         if info["name"] == "digits":
             source = source.convert("L")
-        todo = [(f"v{version}_{info['name']}_q{q}_{coder}.vqz", q, coder, source) for q, coder in levels
+        todo = [(f"v2_{info['name']}_q{q}_{coder}.vqz", q, coder, source, False) for q, coder in levels
                 if q <= max(info["quality_levels"])]
+        if info["name"] in CORRECTED:
+            size, levels = CORRECTED[info["name"]]
+            todo += [(f"v3_{info['name']}_q{q}_{coder}_color.vqz", q, coder, sample.resize(size, Image.LANCZOS), True)
+                     for q, coder in levels]
         if info["name"] == "photo":
-            todo.append((f"v{version}_photo_q2_rgba_metadata.vqz", 2, "prior", metadata_source(sample)))
-        for name, quality, coder, image in todo:
+            todo.append(("v2_photo_q2_rgba_metadata.vqz", 2, "prior", metadata_source(sample), False))
+        for name, quality, coder, image, corrected in todo:
             if name in listed and listed[name] != info["sha256"]:  # made by a model since replaced
                 name = name.replace(f"_{info['name']}_", f"_{info['name']}_{info['sha256'][:8]}_")
             if name in listed:
                 continue
-            data = vqcodec.encode(image, quality=quality, model=info["name"], coder=coder)
+            data = vqcodec.encode(image, quality=quality, model=info["name"], coder=coder,
+                                  color_correction=corrected)
+            version = container.unpack(data).version
+            if version != int(name[1]):
+                raise SystemExit(f"{name}: the encoder wrote version {version}")
             (HERE / name).write_bytes(data)
             reference = name.replace(".vqz", ".float32.png")
             decode_float32(data).save(HERE / reference)

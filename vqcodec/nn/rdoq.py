@@ -40,7 +40,7 @@ def _choose_pass(prior: IntegerPrior, previous: torch.Tensor, indices: torch.Ten
     distance + lam x bits, given the indices already chosen (in `indices`, (q, H, W), where the
     choice is written). distances_at(positions) -> (n, K). The pass goes to sink(stage,
     symbols, frequencies) band by band (nn.prior.bands), as the decoder will read it."""
-    hidden = prior.hidden(prior.pass_inputs(previous, indices[stage], stage, known).unsqueeze(0))
+    hidden = prior.hidden(prior.pass_inputs(previous, indices[stage], stage, known).unsqueeze(0), coded)
     for band in bands(coded):
         (logit_distance,) = prior.head_distances(hidden, [stage], [band], [(indices, known, far)])
         distance = distances_at(band.flatten().nonzero()[:, 0])

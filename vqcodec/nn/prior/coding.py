@@ -120,7 +120,7 @@ def decode_passes(prior: IntegerPrior, num_stages: int, rows: int, cols: int, ne
         if stage != last_stage:
             previous = previous + prior.stage_embedding(last_stage, indices[:, last_stage])
             last_stage = stage
-        hidden = prior.hidden(prior.pass_inputs(previous, indices[:, stage], stage, known))
+        hidden = prior.hidden(prior.pass_inputs(previous, indices[:, stage], stage, known), coded)
         contexts = [(indices[i], known, far) for i in range(count)]
         for band in bands(coded):  # as iter_passes coded them
             parts = [prior.frequencies_of(d) for d in prior.head_distances(hidden, [stage] * count, [band] * count,

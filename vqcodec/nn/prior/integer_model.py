@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ...config import PriorConfig
 from .exact import (Int8Affine, centered_int8, exact_conv3x3, exact_float32, int8_matmul_available, padded_int8,
@@ -26,6 +27,7 @@ GATE_STEPS = 16  # the match gate g is an integer in [0, GATE_MAX]: the match te
 GATE_MAX = 63
 TRUNK_POSITIONS = 1 << 16  # int8 path: grid positions whose 3x3 windows (9 C bytes each) exist at once
 PAIR_CACHE_BYTES = 1 << 28  # the neighbour pairs kept for masks that recur (huge grids' would not fit)
+SPARSE_TRUNK_FRACTION = 0.5  # a convolution runs at just the positions read where they are at most this part
 BIAS_MAX = 1 << 22  # bound on integer conv and head biases: |sum + bias| < 2**24 stays exact
 
 
@@ -114,14 +116,28 @@ class IntegerPrior:
             act = exact_conv3x3(act, weight, bias).mul_(shift).floor_().clamp_(0, ACTIVATION_MAX)
         return act
 
-    def _trunk_but_last(self, x: torch.Tensor) -> torch.Tensor:
+    def _trunk_but_last(self, x: torch.Tensor, coded: torch.Tensor | None = None) -> torch.Tensor:
         """int8 path: x (P, C, H, W) integer pre-activations -> the last convolution's input,
-        centered int8, padded (P, H + 2, W + 2, C) (with no convolutions: the activations)."""
+        centered int8, padded (P, H + 2, W + 2, C) (with no convolutions: the activations).
+        coded: (H, W) bool, the positions the head will read (None: all). Each convolution
+        then runs only where a later one reads it, within as many positions of a coded one
+        as there are convolutions after it; elsewhere its output is left at 0 (never read)."""
         p, c, h, w = x.shape
         act = x.permute(0, 2, 3, 1).clamp(0, ACTIVATION_MAX)
         rows = max(1, TRUNK_POSITIONS // w)  # the windows of this many rows at once
-        for conv in self._convs[:-1]:
-            padded, act = padded_int8(act), torch.empty(p, h, w, c, dtype=torch.int32)
+        hidden_convs = self._convs[:-1]
+        for depth, conv in enumerate(hidden_convs):
+            padded = padded_int8(act)
+            read = None if coded is None else dilated(coded, len(hidden_convs) - depth)
+            if read is not None and int(read.sum()) <= SPARSE_TRUNK_FRACTION * h * w:
+                positions = read.nonzero()
+                act = torch.zeros(p, h, w, c, dtype=torch.int32)
+                for start in range(0, len(positions), TRUNK_POSITIONS):
+                    part = positions[start:start + TRUNK_POSITIONS]
+                    act[:, part[:, 0], part[:, 1]] = conv(windows3x3(padded, part)).clamp_(0, ACTIVATION_MAX).view(
+                        p, len(part), c)
+                continue
+            act = torch.empty(p, h, w, c, dtype=torch.int32)
             for top in range(0, h, rows):
                 end = min(h, top + rows)
                 act[:, top:end] = conv(windows3x3(padded[:, top:end + 2])).clamp_(0, ACTIVATION_MAX).view(
@@ -198,11 +214,13 @@ class IntegerPrior:
         rounding of the frequency table."""
         return self.head_distances(self.hidden(inputs), stages, masks, contexts)
 
-    def hidden(self, inputs: torch.Tensor) -> torch.Tensor:
-        """What the network computes over the whole grid for P passes' inputs (P, C, H, W),
-        before the positions: head_distances takes it from there."""
+    def hidden(self, inputs: torch.Tensor, coded: torch.Tensor | None = None) -> torch.Tensor:
+        """What the network computes over the grid for P passes' inputs (P, C, H, W), before
+        the positions: head_distances takes it from there. coded: (H, W) bool, the only
+        positions head_distances will be asked for (None: any); the int8 path then skips
+        what they do not depend on."""
         with exact_float32():
-            return self._trunk_but_last(inputs) if self.int8 else self._trunk(inputs)
+            return self._trunk_but_last(inputs, coded) if self.int8 else self._trunk(inputs)
 
     def head_distances(self, hidden: torch.Tensor, stages: list[int], masks: list[torch.Tensor],
                        contexts: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> list[torch.Tensor]:
@@ -287,6 +305,12 @@ class IntegerPrior:
             if size <= PAIR_CACHE_BYTES:
                 self._pairs[key], self._pairs_bytes[key] = pairs, size
         return pairs
+
+
+def dilated(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """(H, W) bool: the positions within `radius` rows and columns of a True one of mask."""
+    grown = F.max_pool2d(mask.view(1, 1, *mask.shape).float(), 2 * radius + 1, stride=1, padding=radius)
+    return grown.view(mask.shape) > 0
 
 
 def lookup(table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
