@@ -27,40 +27,49 @@ def psnr(a, b) -> float:
 
 
 def test_bytes_round_trip_and_anything_else_is_refused():
-    correction = ColorCorrection((0, -1, 63, 64, -65, 8191, -8191, (1 << 16) - 1, -(1 << 13) + 1, 5, 0, -300))
-    data = correction.to_bytes()
-    assert ColorCorrection.from_bytes(data) == correction
-    for bad in (data[:-1], data + b"\x00", b"", data[:-1] + bytes([data[-1] | 0x80]),  # cut short, extra, open
-                b"\x80\x00" + data[1:]):  # a varint with a needless byte
+    for correction in (ColorCorrection(1, (0, -1, 63, 64, -65, 8191, -8192, (1 << 20) - 1, -(1 << 20) + 1, 5, 0, -300)),
+                       ColorCorrection(2, tuple(range(-15, 15)))):
+        data = correction.to_bytes()
+        assert ColorCorrection.from_bytes(data) == correction and data[0] == correction.degree
+        for bad in (data[:-1], data + b"\x00", b"", bytes([3]) + data[1:],  # cut short, extra, none, unknown degree
+                    data[:-1] + bytes([data[-1] | 0x80]),  # a varint left open
+                    data[:1] + b"\x80\x00" + data[2:]):  # a varint with a needless byte
+            with pytest.raises(ValueError):
+                ColorCorrection.from_bytes(bad)
+    for degree, weights in ((1, (0,) * 11), (2, (0,) * 12), (3, (0,) * 60), (1, (1 << 20,) + (0,) * 11)):
         with pytest.raises(ValueError):
-            ColorCorrection.from_bytes(bad)
-    for bad_weights in ((0,) * 11, (8192,) + (0,) * 11, (0,) * 11 + (1 << 16,)):  # count, weight, bias out of range
-        with pytest.raises(ValueError):
-            ColorCorrection(bad_weights)
+            ColorCorrection(degree, weights)
 
 
 def test_the_arithmetic_is_the_documented_integer_formula():
-    pixels = np.array([[[0, 128, 255], [10, 20, 30]]], dtype=np.uint8)
-    weights = (256, 0, 0, 0,  # R: + R (doubles it)
-               0, -128, 0, 128,  # G: - G / 2 + 1/2
-               64, 64, 64, -512)  # B: + (R + G + B) / 4 - 2
-    out = ColorCorrection(weights).apply(pixels)
-    x = pixels.astype(np.int64)
-    w = np.array(weights).reshape(3, 4)
-    expected = x + np.floor(((x @ w[:, :3].T + w[:, 3]) / 2 ** SHIFT) + 0.5).astype(np.int64)
-    assert np.array_equal(out, np.clip(expected, 0, 255))
-    assert out[0, 0].tolist() == [0, 65, 255] and out[0, 1].tolist() == [20, 11, 43]
-    assert np.array_equal(ColorCorrection((0,) * 12).apply(pixels), pixels)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    pixels[0, 0], pixels[0, 1] = (0, 0, 0), (255, 255, 255)  # the extremes
+    for degree in (1, 2):
+        weights = tuple(int(w) for w in rng.integers(-3000, 3000, 3 * (4 if degree == 1 else 10)))
+        out = ColorCorrection(degree, weights).apply(pixels)
+        u = pixels.reshape(-1, 3).astype(object) - 128  # Python integers: exact
+        w = np.array(weights, dtype=object).reshape(3, -1)
+        monomials = [128 * 128 + 0 * u[:, 0]] + [128 * u[:, c] for c in range(3)]
+        if degree == 2:
+            monomials += [u[:, a] * u[:, b] for a, b in ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))]
+        total = np.stack(monomials, 1) @ w.T  # 128 x 2**SHIFT x the change
+        change = (total + 2 ** (SHIFT + 6)) // 2 ** (SHIFT + 7)  # floor(total / 2**(SHIFT + 7) + 1/2)
+        expected = np.clip(pixels.reshape(-1, 3) + change, 0, 255).astype(np.uint8).reshape(pixels.shape)
+        assert np.array_equal(out, expected)
+    assert np.array_equal(ColorCorrection(2, (0,) * 30).apply(pixels), pixels)
 
 
 def test_the_fit_undoes_a_colour_cast_and_choose_keeps_it_only_when_it_pays(photo):
     original = photo_crop(photo, 64, 48)
     dull = np.clip(original * 0.7 + 40 + np.array([10, 0, -10]), 0, 255).astype(np.uint8)
-    corrected = fit(dull, original).apply(dull)
-    assert psnr(corrected, original) > psnr(dull, original) + 10
+    assert psnr(fit(dull, original, 1).apply(dull), original) > psnr(dull, original) + 10
+    toned = np.clip(255 * (original / 255.0) ** 1.6, 0, 255).astype(np.uint8)  # a tone curve: degree 2 helps
+    assert psnr(fit(toned, original, 2).apply(toned), original) > psnr(fit(toned, original, 1).apply(toned),
+                                                                     original) + 1
     assert choose(dull, original, 500) is not None
     assert choose(original, original, 500) is None  # nothing to correct
-    assert choose(dull, original, 10 ** 9) is not None  # ... a gain is worth more in a larger file
+    assert choose(toned, original, 10 ** 6).degree == 2
 
 
 def test_low_levels_carry_a_correction_that_improves_the_picture(photo, photo2):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import vqcodec
-from vqcodec import zoo
+from vqcodec import container, zoo
 from vqcodec.fileio import ImageMetadata
 from vqcodec.inference import native_bfloat16
 
@@ -61,12 +61,12 @@ def test_every_bundled_model_has_golden_files_of_the_version_written():
     assert {m["sha256"] for m in vqcodec.list_models()} <= covered
     assert any(c.get("format_version", 1) == 1 for c in CASES)
     default = next(m for m in vqcodec.list_models() if m["default"])
-    assert any(c["model_sha256"] == default["sha256"] and c.get("format_version") == 3 for c in CASES)
+    degrees = {container.unpack((GOLDEN / c["file"]).read_bytes()).correction[0]
+               for c in CASES if c["model_sha256"] == default["sha256"] and c.get("format_version") == 3}
+    assert degrees == {1, 2}  # a colour correction of each degree
 
 
 def test_golden_files_cover_range_payloads_with_a_cut_short_last_word():
-    from vqcodec import container
-
     lengths = {path.name: len(container.unpack(path.read_bytes()).index_payload)
                for path in GOLDEN.glob("v2_*_prior.vqz")}
     assert any(length % 4 for length in lengths.values()), lengths

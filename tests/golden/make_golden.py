@@ -37,7 +37,8 @@ CASES = {  # model -> (size, [(quality, coder)])
     "photo2": ((64, 48), [(1, "prior"), (8, "prior"), (9, "prior"), (15, "prior"), (9, "zstd")]),
     "digits": ((28, 28), [(1, "prior"), (2, "prior"), (2, "zstd"), (4, "prior"), (8, "prior")]),
 }
-CORRECTED = {"photo2": ((256, 256), [(1, "prior"), (4, "prior")])}  # as CASES, with a colour correction
+# model -> [(size, quality, coder)] made with a colour correction (degree 1 at 256 x 256, 2 at 512 x 512)
+CORRECTED = {"photo2": [((256, 256), 1, "prior"), ((256, 256), 4, "prior"), ((512, 512), 3, "prior")]}
 # Largest difference, in levels of any channel of any pixel, between a decode of a version-2
 # golden file and its reference PNG (the float32 decode where it was made). The bf16 and
 # float32 decodes of the golden files differ by at most 2.
@@ -115,10 +116,8 @@ def main() -> None:
             source = source.convert("L")
         todo = [(f"v2_{info['name']}_q{q}_{coder}.vqz", q, coder, source, False) for q, coder in levels
                 if q <= max(info["quality_levels"])]
-        if info["name"] in CORRECTED:
-            size, levels = CORRECTED[info["name"]]
-            todo += [(f"v3_{info['name']}_q{q}_{coder}_color.vqz", q, coder, sample.resize(size, Image.LANCZOS), True)
-                     for q, coder in levels]
+        todo += [(f"v3_{info['name']}_q{q}_{coder}_color.vqz", q, coder, sample.resize(size, Image.LANCZOS), True)
+                 for size, q, coder in CORRECTED.get(info["name"], [])]
         if info["name"] == "photo":
             todo.append(("v2_photo_q2_rgba_metadata.vqz", 2, "prior", metadata_source(sample), False))
         for name, quality, coder, image, corrected in todo:

@@ -192,9 +192,9 @@ def _find_vqz(folder: Path) -> list[Path]:
                    "quality 8, for up to 18 % more bytes; with the photo model, nothing.")
 @click.option("--color-correction/--no-color-correction", default=None,
               help="Fit a colour correction to each image (decoding it once more while encoding) and store it "
-                   "(about 15 bytes) where it makes a better file. Default: at the quality levels coded at "
-                   "stride 8 only (photo2: 1-8, where it adds 0.05-0.45 dB on held-out photos and encoding "
-                   "has the time), for colour images; files with one need vqcodec from version 3 of the format.")
+                   "(20-75 bytes) where it makes a better file. Default: at the quality levels coded at "
+                   "stride 8 only (photo2: 1-8, where it adds 0.05-0.7 dB on held-out photos and encoding "
+                   "has the time), for colour images; files with one are .vqz format version 3.")
 @_batch_options(data=".vqz", verbose="Print size, bits per pixel and time.")
 @reports_errors
 def encode(inputs, output, quality, target_bpp, target_psnr, model_name, coder, metadata, refine_steps,
