@@ -113,7 +113,7 @@ class ColorCorrection:
     def apply(self, pixels: np.ndarray) -> np.ndarray:
         """The corrected image (H, W, 3) uint8 of pixels (H, W, 3) uint8: every sum below is an
         integer under 2**38 (features at most 2**14, weights under 2**20), exact in float64."""
-        flat = torch.from_numpy(np.ascontiguousarray(pixels).reshape(-1, 3))
+        flat = _rows(pixels)
         weights = torch.tensor(self.weights, dtype=torch.float64).view(3, -1)
         out = torch.empty_like(flat)
         for start in range(0, len(flat), CHUNK_PIXELS):
@@ -127,28 +127,34 @@ class ColorCorrection:
 def fit(decoded: np.ndarray, original: np.ndarray, degree: int) -> ColorCorrection:
     """The least-squares correction of `degree` taking decoded (H, W, 3) uint8 closest to
     original, rounded to its integer weights."""
-    flat_x, flat_t = _flat(decoded), _flat(original)
+    rows_x, rows_t = _rows(decoded), _rows(original)
     size = weight_count(degree) // 3
     gram = torch.zeros(size, size, dtype=torch.float64)
     cross = torch.zeros(size, 3, dtype=torch.float64)
-    for start in range(0, len(flat_x), CHUNK_PIXELS):
-        x = flat_x[start:start + CHUNK_PIXELS]
+    for start in range(0, len(rows_x), CHUNK_PIXELS):
+        x = rows_x[start:start + CHUNK_PIXELS].double()
         features = _integer_features(x, degree) / 128  # the monomials as the weights count them
         gram += features.T @ features
-        cross += features.T @ (flat_t[start:start + CHUNK_PIXELS] - x)
+        cross += features.T @ (rows_t[start:start + CHUNK_PIXELS].double() - x)
     gram += 1e-9 * torch.trace(gram) * torch.eye(size, dtype=torch.float64)  # one-colour images: singular
     weights = (torch.linalg.solve(gram, cross).T * 2.0 ** SHIFT).round().clamp(1 - MAX_WEIGHT, MAX_WEIGHT - 1)
     return ColorCorrection(degree, tuple(int(w) for w in weights.reshape(-1).tolist()))
 
 
-def _flat(pixels: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (H * W, 3) float64."""
-    return torch.from_numpy(np.ascontiguousarray(pixels).reshape(-1, 3)).double()
+def _rows(pixels: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (H * W, 3) uint8 tensor, on the array's memory where it is writable
+    (the float64 work goes chunk by chunk: a 24-megapixel image in float64 would be 0.6 GB)."""
+    array = np.ascontiguousarray(pixels).reshape(-1, 3)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def _squared_error(a: np.ndarray, b: np.ndarray) -> float:
-    difference = (_flat(a) - _flat(b)).view(-1)
-    return float(difference @ difference)  # integers: exact
+    rows_a, rows_b = _rows(a), _rows(b)
+    total = 0.0
+    for start in range(0, len(rows_a), CHUNK_PIXELS):
+        difference = (rows_a[start:start + CHUNK_PIXELS].double() - rows_b[start:start + CHUNK_PIXELS]).view(-1)
+        total += float(difference @ difference)  # integers: exact
+    return total
 
 
 def choose(decoded: np.ndarray, original: np.ndarray, file_bytes: int) -> ColorCorrection | None:
