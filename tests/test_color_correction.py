@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import vqcodec
-from vqcodec import container
+from vqcodec import codec, container
 from vqcodec.cli import main
 from vqcodec.color_correction import SHIFT, ColorCorrection, choose, fit
 from vqcodec.container import VqzError
@@ -78,6 +78,8 @@ def test_low_levels_carry_a_correction_that_improves_the_picture(photo, photo2):
     parsed = container.unpack(with_it)
     assert parsed.version == 3 and parsed.correction and container.unpack(without).version == 2
     assert parsed.index_payload == container.unpack(without).index_payload  # the same indices
+    info = codec.describe(with_it)  # what `vqcodec info` shows
+    assert info["format_version"] == 3 and info["correction_bytes"] == len(parsed.correction)
     assert psnr(vqcodec.decode(with_it), image) > psnr(vqcodec.decode(without), image)
     assert vqcodec.decode(with_it) == vqcodec.decode(with_it)
 

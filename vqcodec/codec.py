@@ -662,7 +662,7 @@ def describe(data: bytes, *, max_pixels: int | None = None) -> dict:
         "index_payload_bytes": len(parsed.index_payload),
         "alpha_payload_bytes": len(parsed.alpha_payload),
         "metadata_bytes": parsed.metadata_bytes,
-        "color_correction_bytes": len(parsed.correction),
+        "correction_bytes": len(parsed.correction),  # the colour correction section
         "bpp": len(data) * 8 / (header.width * header.height),
     })
     return fields
