@@ -482,7 +482,7 @@ def _v1_layers(header: HeaderV1, model: _Model) -> tuple[Layer, ...]:
 
 
 def _layers_of(header: Header | HeaderV1, model: _Model, exact: bool) -> tuple[Layer, ...]:
-    """A file's layers, checked against the model: version 2 states them, version 1 implies them."""
+    """A file's layers, checked against the model: versions 2 and 3 state them, version 1 implies them."""
     layers = _v1_layers(header, model) if isinstance(header, HeaderV1) else header.layers
     _check_structure(layers, model, exact)
     return layers

@@ -31,7 +31,8 @@ LEB128 (minimal, at most 5 bytes); version 3 is the same with a colour-correctio
 the data before slicing, the pixel count against a limit (:data:`DEFAULT_MAX_PIXELS`,
 ``max_pixels=``, ``VQZ_MAX_PIXELS``) and the metadata size against
 :data:`MAX_METADATA_BYTES` before decompressing it, so that a tiny hostile file cannot make a
-decoder allocate huge buffers. :func:`pack` writes version 2 only.
+decoder allocate huge buffers. :func:`pack` writes version 2, or version 3 for a file with a
+colour correction.
 """
 
 from __future__ import annotations
