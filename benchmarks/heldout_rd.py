@@ -4,8 +4,10 @@ The held-out set is the one every training phase uses: the last 3 files by name 
 image folder under the data paths (photos/047-049, and 3 each of photos2/cid22 and cq100),
 each cut to its central 512 x 512 (multiple of 16) for speed. Prints bpp / PSNR per level for
 
-  * the shipped codec (real .vqz files through vqcodec.encode / decode), and with `--model NAME`
-    any installed model the same way,
+  * the shipped codec (real .vqz files through vqcodec.encode / decode; kept in --baseline-cache
+    with the classic codecs' points: delete it after a change to the codec), and with `--model NAME`
+    any installed model the same way, measured afresh (`--color-correction both`: with the
+    encoder's default colour correction and without),
   * WebP, AVIF and JPEG (Pillow, as `vqcodec bench` runs them),
   * optionally a hierarchical model in training (`--hierarchy weights.safetensors`): PSNR of the
     decoded pixels, and bpp as the code length under its float training entropy model
@@ -60,18 +62,20 @@ def classic(images, name):
     return mean_points(per)
 
 
-def real_files(images, model=None):
+def real_files(images, model=None, color_correction=None):
     """Mean (bpp, PSNR) per quality level of an installed model's .vqz files (None: the default
-    model)."""
+    model; color_correction: as codec.encode_image's)."""
     from vqcodec import zoo
 
     levels = zoo.find(model).info()["quality_levels"]
-    return mean_points([[file_point(rgb, q, model) for q in levels] for rgb in images])
+    return mean_points([[file_point(rgb, q, model, color_correction=color_correction) for q in levels]
+                        for rgb in images])
 
 
-def file_point(rgb, quality, model=None, rate_tradeoff=None):
+def file_point(rgb, quality, model=None, rate_tradeoff=None, color_correction=None):
     """(bpp, PSNR) of one image's real .vqz file at a quality level."""
-    data = codec.encode_image(Image.fromarray(rgb), quality, model=model, rate_tradeoff=rate_tradeoff).data
+    data = codec.encode_image(Image.fromarray(rgb), quality, model=model, rate_tradeoff=rate_tradeoff,
+                              color_correction=color_correction).data
     out = np.asarray(codec.decode(data).convert("RGB"))
     return len(data) * 8 / (rgb.shape[0] * rgb.shape[1]), psnr(out, rgb)
 
@@ -124,6 +128,9 @@ def main():
                         help="JSON of the shipped codec's and the classic codecs' points (made if absent)")
     parser.add_argument("--model", action="append", default=[],
                         help="also an installed model's real files at every quality level (repeatable)")
+    parser.add_argument("--color-correction", choices=("default", "on", "off", "both"), default="default",
+                        help="--model: the encoder's colour correction as by default, at every level, at none, "
+                             "or a curve each for the default and none")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -138,8 +145,11 @@ def main():
         curves["vqcodec (shipped)"] = real_files(images)
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(curves))
+    settings = {"default": [None], "on": [True], "off": [False], "both": [None, False]}[args.color_correction]
     for name in args.model:
-        curves[f"vqcodec --model {name}"] = real_files(images, model=name)
+        for setting in settings:
+            label = {None: "", True: " --color-correction", False: " --no-color-correction"}[setting]
+            curves[f"vqcodec --model {name}{label}"] = real_files(images, model=name, color_correction=setting)
     if args.hierarchy:
         curves.update(hierarchy(images, args.hierarchy, args.priors, args.lambda_scale))
     print(f"held-out: {len(images)} crops: {', '.join(names)}")
