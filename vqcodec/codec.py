@@ -364,7 +364,7 @@ def encode_image(image, quality: int | None = None, model: str | None = None,
         color_correction = picture.mode in ("RGB", "RGBA") and min(layer.stride for layer in layers) >= \
             CORRECTION_MIN_STRIDE
     if color_correction:
-        decoded = _pixels(chosen, _split([np.asarray(grid) for grid in grids], layers), picture.height, picture.width)
+        decoded = _pixels(chosen, _split(grids, layers), picture.height, picture.width)
         correction = color_correction_module.choose(decoded, rgb, len(data))
         if correction is not None:
             data = container.pack(header, payload, alpha_payload, kept, correction.to_bytes())
@@ -535,7 +535,7 @@ def decode(data: bytes, *, max_pixels: int | None = None) -> Image.Image:
         try:
             correction = color_correction_module.ColorCorrection.from_bytes(parsed.correction)
         except ValueError as error:
-            raise VqzError(f"corrupt {error}") from None
+            raise VqzError(f"corrupt colour correction: {error}") from None
     alpha = None
     if header.has_alpha:
         try:

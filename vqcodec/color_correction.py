@@ -19,8 +19,8 @@ undo (docs/EXPERIMENTS.md, session 17).
 Integer weights on integer monomials, every term scaled to degree 2 and summed in float64 (each
 sum an integer below 2**38): every decoder computes the same pixels. The arithmetic runs in
 torch, whose threads the networks use too (numpy's BLAS would start a second pool that
-competes with them for the cores). No file format here: to_bytes / from_bytes are the
-correction's own bytes, which the container carries as one section.
+competes with them for the cores). to_bytes / from_bytes are the correction's own bytes
+(the varints are the container's), which the container carries as one section.
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from . import container
 
 DEGREES = (1, 2)  # the polynomial degrees a correction may have
 SHIFT = 10  # weights count 2**-10 (of a term scaled to +-128): rounding them costs < 0.01 dB
@@ -54,10 +56,6 @@ def _integer_features(x: torch.Tensor, degree: int) -> torch.Tensor:
     return torch.cat(parts, dim=1)
 
 
-def _zigzag(value: int) -> int:
-    return 2 * value if value >= 0 else -2 * value - 1
-
-
 @dataclass(frozen=True)
 class ColorCorrection:
     """degree: 1 or 2; weights: for each output channel (R, G, B), one per monomial (in the
@@ -74,41 +72,16 @@ class ColorCorrection:
                              f"below {MAX_WEIGHT} in magnitude")
 
     def to_bytes(self) -> bytes:
-        """The degree (one byte), then each weight as a zigzag LEB128 varint."""
-        out = bytearray([self.degree])
-        for w in self.weights:
-            z = _zigzag(w)
-            while z >= 0x80:
-                out.append(z & 0x7F | 0x80)
-                z >>= 7
-            out.append(z)
-        return bytes(out)
+        """The degree (one byte), then each weight as a zigzag varint (container.signed_varints)."""
+        return bytes([self.degree]) + container.signed_varints(self.weights)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ColorCorrection:
-        """Inverse of to_bytes; ValueError on anything else (an unknown degree, a cut-short,
-        overlong or non-canonical varint, bytes left over, a value out of range)."""
+        """Inverse of to_bytes; ValueError on anything else (an unknown degree, weights that do
+        not fill the rest exactly, an over-long varint, a value out of range)."""
         if not data or data[0] not in DEGREES:
-            raise ValueError(f"colour correction of unknown degree {data[0] if data else None}")
-        weights, pos = [], 1
-        for _ in range(weight_count(data[0])):
-            z, bits = 0, 0
-            while True:
-                if pos >= len(data) or bits > 14:
-                    raise ValueError("colour correction: a weight is cut short or too long")
-                byte = data[pos]
-                pos += 1
-                z |= (byte & 0x7F) << bits
-                bits += 7
-                if not byte & 0x80:
-                    break
-            weights.append(z >> 1 if not z & 1 else -(z >> 1) - 1)
-        if pos != len(data):
-            raise ValueError(f"colour correction: {len(data) - pos} bytes after its weights")
-        correction = cls(data[0], tuple(weights))
-        if correction.to_bytes() != bytes(data):
-            raise ValueError("colour correction: a varint with needless bytes")
-        return correction
+            raise ValueError(f"unknown degree {data[0] if data else None}")
+        return cls(data[0], tuple(container.read_signed_varints(data[1:], weight_count(data[0]))))
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
         """The corrected image (H, W, 3) uint8 of pixels (H, W, 3) uint8: every sum below is an

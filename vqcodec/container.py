@@ -64,7 +64,9 @@ __all__ = [
     "check_metadata",
     "model_prefix",
     "pack",
+    "read_signed_varints",
     "resolve_max_pixels",
+    "signed_varints",
     "unpack",
 ]
 
@@ -355,6 +357,25 @@ def _varint(value: int) -> bytes:
             out.append(byte)
             return bytes(out)
         out.append(byte | 0x80)
+
+
+def signed_varints(values) -> bytes:
+    """Integers as zigzag varints (v >= 0 stored as 2v, v < 0 as -2v - 1, then minimal LEB128):
+    the weights of a version-3 colour-correction section."""
+    return b"".join(_varint(2 * v if v >= 0 else -2 * v - 1) for v in values)
+
+
+def read_signed_varints(data: bytes, count: int) -> list[int]:
+    """Inverse of signed_varints for exactly `count` integers that fill `data`; VqzError for
+    anything else (cut short, over-long, bytes left over)."""
+    reader = _Reader(memoryview(data))
+    try:
+        zigzags = [reader.varint("weight") for _ in range(count)]
+    except _OutOfData:
+        raise VqzError(f"{count} weights do not fit in {len(data)} bytes") from None
+    if reader.pos != len(data):
+        raise VqzError(f"{len(data) - reader.pos} bytes after its {count} weights")
+    return [z >> 1 if not z & 1 else -(z >> 1) - 1 for z in zigzags]
 
 
 class _OutOfData(Exception):
