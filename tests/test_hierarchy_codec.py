@@ -17,7 +17,7 @@ from vqcodec.nn.hierarchy import HierarchicalVQ
 from vqcodec.nn.prior import ContextPrior, IntegerPrior
 from vqcodec.nn.rdoq import HierarchyRateDistortion
 from vqcodec.training.hierarchy_prior_task import level_prior_configs
-from vqcodec.weights_io import save_hierarchy
+from vqcodec.weights_io import save_hierarchy, save_with_quality_ladder
 
 from test_hierarchy import TINY, TINY_REFINED, tiny_model
 
@@ -80,7 +80,7 @@ def test_the_file_holds_the_grids_the_model_chose_and_decodes_to_their_image(tin
     policy = inference.Policy.default()
     lam = float(model.stage_lambdas()[3]) * model.config.encode_lambda_scale
     # ECVQ weighs the bits of the coder's own model: the priors' in the prior coder
-    chooser = (HierarchyRateDistortion(priors, [2, 1, 1], float(model.assignment_weight(torch.tensor(lam))),
+    chooser = (HierarchyRateDistortion(priors, [2, 1, 1], [float(model.assignment_weight(torch.tensor(lam)))] * 3,
                                        lambda *coded: None) if coder == "prior" else None)
     chosen = inference.encode_hierarchy(model, images.pad_to_multiple(image, 16), 4, lam, policy, chooser)
     stored = [grid for layer in indices.layers for grid in layer.indices]
@@ -111,6 +111,42 @@ def test_a_quality_ladder_adds_levels_between_prefixes_at_a_smaller_lambda(tiny_
     for bad in (((0, 1.0),), ((2, 1.0), (1, 1.0)), ((1, 0.0),), ((5, 1.0),), ((2, 1.0), (2, 0.5)), ((1, 1), (1, 1))):
         with pytest.raises(ValueError, match="quality_ladder"):
             HierarchyConfig(**{**dataclasses.asdict(TINY), "quality_ladder": bad})
+
+
+def test_a_ladder_level_may_weigh_bits_differently_at_each_level(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQCODEC_WEIGHTS", str(tmp_path))
+    install_tiny(tmp_path, "split", quality_ladder=((4, 1.0, 1.0, 0.01), (4, 1.0)))
+    image = pixels(64, 96, seed=4)
+    files = [codec.encode_image(image, q, model="split") for q in (1, 2)]
+    low, high = (vqcodec.read_indices(result.data) for result in files)
+    for coarse_low, coarse_high in zip(low.layers[:2], high.layers[:2]):  # the same multiple there
+        assert np.array_equal(coarse_low.indices, coarse_high.indices)
+    assert not np.array_equal(low.layers[2].indices, high.layers[2].indices)
+    assert len(files[0].data) < len(files[1].data)  # the last level's bits weigh 100x more
+    for bad in (((4, 1.0, 1.0),), ((4, 1.0), (4, 1.0, 1.0, 0.5)), ((4, 1.0, 0.0, 1.0),)):
+        with pytest.raises(ValueError, match="quality_ladder"):
+            HierarchyConfig(**{**dataclasses.asdict(TINY), "quality_ladder": bad})
+
+
+def test_a_new_quality_ladder_makes_a_new_model_file_that_still_decodes_the_old_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQCODEC_WEIGHTS", str(tmp_path))
+    old = install_tiny(tmp_path, "relabelled")
+    image = pixels(64, 96, seed=5)
+    old_file = codec.encode_image(image, 3, model="relabelled").data
+    old_pixels = np.asarray(vqcodec.decode(old_file))
+    ladder = ((1, 1.0), (3, 1.0, 1.0, 0.5), (3, 1.0), (4, 1.0))
+    sha256 = save_with_quality_ladder(old.path, tmp_path / "relabelled.safetensors", ladder)
+    (tmp_path / "relabelled.safetensors.bak").unlink(missing_ok=True)
+    new = zoo.register(tmp_path / "relabelled.safetensors")  # replaces the old entry and its file
+    assert new.sha256 == sha256 != old.sha256 and new.decodes_files_of == (old.sha256,)
+    assert zoo.find_by_hash(old.sha256).sha256 == sha256
+    assert np.array_equal(np.asarray(vqcodec.decode(old_file)), old_pixels)
+    assert codec.describe(old_file)["model_sha256"] != sha256  # names the file that made it, not ours
+    assert new.info()["quality_levels"] == [1, 2, 3, 4]
+    new_file = codec.encode_image(image, 3, model="relabelled").data  # quality 3 is now (3, 1.0)
+    assert container.unpack(new_file).header.model_prefix == container.model_prefix(sha256)
+    same = zip(vqcodec.read_indices(new_file).layers, vqcodec.read_indices(old_file).layers)
+    assert all(np.array_equal(a.indices, b.indices) for a, b in same)  # the same grids, now by another name
 
 
 def test_two_levels_at_one_stride_are_two_layers_of_the_file(tmp_path, monkeypatch):

@@ -235,22 +235,23 @@ def _index_payload(model: _Model, padded: np.ndarray, quality: int, coder: str,
 def _hierarchy_payload(model: _Model, padded: np.ndarray, quality: int, coder: str,
                        tradeoff: float) -> tuple[list[np.ndarray], bytes]:
     """_index_payload of a hierarchical model: every stage's indices by ECVQ at the model's
-    encode_lambda_scale x the quality level's lambda (HierarchyConfig.ladder), with bits weighted
+    encode_lambda_scale x the quality level's lambda for its level (HierarchyConfig.ladder), with bits weighted
     tradeoff / RATE_TRADEOFF times as much (tradeoff 0: the nearest codes); each level
     range-coded with its prior, given the coarser levels' grids. With the prior coder the
     bits ECVQ weighs are the priors' own (nn.rdoq.HierarchyRateDistortion), else those of
     the model's training entropy model."""
     layers = _structure(model, quality)
     hierarchy = model.hierarchy
-    n, multiple = hierarchy.config.ladder[quality - 1]
-    lam = (float(hierarchy.stage_lambdas()[n - 1]) * hierarchy.config.encode_lambda_scale * multiple
-           * RATE_TRADEOFF / tradeoff if tradeoff else None)
+    n, multiples = hierarchy.config.ladder[quality - 1]
+    lam = ([float(hierarchy.stage_lambdas()[n - 1]) * hierarchy.config.encode_lambda_scale * multiple
+            * RATE_TRADEOFF / tradeoff for multiple in multiples] if tradeoff else None)  # one per level
     policy = inference.Policy.default()
     if coder == "prior" and lam is not None:
         encoder = entropy.RangeEncoder()
         chooser = HierarchyRateDistortion([spec.prior for spec in model.layers[:len(layers)]],
                                           [layer.stages for layer in layers],
-                                          float(hierarchy.assignment_weight(torch.tensor(lam))),
+                                          [float(hierarchy.assignment_weight(torch.tensor(level_lam)))
+                                           for level_lam in lam[:len(layers)]],
                                           lambda stage, symbols, freqs: encoder.add(symbols, freqs))
         grids = inference.encode_hierarchy(hierarchy, padded, n, lam, policy, chooser)
         return [grid.numpy() for grid in grids], encoder.payload()
@@ -436,8 +437,9 @@ def encode(image, quality: int | None = None, model: str | None = None, coder: s
 
 
 def _find_model(header: Header | HeaderV1) -> tuple[zoo.ModelEntry, bool]:
-    """The installed model that decodes a file, and whether it is the very model that made
-    it (False: it carries that model's base unchanged, zoo.ModelEntry.decodes_base_of)."""
+    """The installed model that decodes a file, and whether it decodes it exactly: it made it,
+    or has the same networks (zoo.ModelEntry.decodes_files_of); False: it carries that model's
+    base unchanged (zoo.ModelEntry.decodes_base_of)."""
     stored = header.model_sha256 if isinstance(header, HeaderV1) else header.model_prefix
     try:
         entry = zoo.find_by_prefix(stored)  # a full sha256 is its own prefix
@@ -450,7 +452,7 @@ def _find_model(header: Header | HeaderV1) -> tuple[zoo.ModelEntry, bool]:
         installed = ", ".join(f"'{e.name}' {container.model_prefix(e.sha256)}" for e in zoo.entries())
         raise VqzError(f"file was made by the model whose sha256 starts with {stored}, which is not "
                        f"installed (installed: {installed or 'none'})")
-    return entry, entry.sha256.startswith(stored)
+    return entry, entry.decodes_exactly(stored)
 
 
 def _v1_layers(header: HeaderV1, model: _Model) -> tuple[Layer, ...]:
@@ -604,7 +606,7 @@ def decode_indices(indices: Indices) -> Image.Image:
         entry = zoo.find_by_prefix(indices.model_sha256)
         if entry is None:
             raise ValueError(f"model sha256 {indices.model_sha256} is not installed")
-        exact = entry.sha256.startswith(indices.model_sha256)
+        exact = entry.decodes_exactly(indices.model_sha256)
     else:
         entry = zoo.find(indices.model)
     model = _load_model(entry)
@@ -652,7 +654,9 @@ def describe(data: bytes, *, max_pixels: int | None = None) -> dict:
             pass
     fields.update({
         "model_name": entry.name if entry is not None else fields.get("model_name"),
-        "model_sha256": entry.sha256 if entry is not None and exact else fields.get("model_sha256"),
+        # the full sha256 when the very file that made it is installed
+        "model_sha256": (entry.sha256 if entry is not None and entry.sha256.startswith(
+            fields.get("model_sha256") or fields.get("model_prefix")) else fields.get("model_sha256")),
         "model_installed": entry is not None,
         "layers": [layer.to_dict() for layer in layers] if layers is not None else None,
         "grid_shapes": fields.get("grid_shapes") or shapes,

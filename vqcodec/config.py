@@ -187,25 +187,37 @@ class HierarchyConfig:
     # (docs/EXPERIMENTS.md: 1 suits the stride-8/4 ladders with the prior-driven choice)
     encode_lambda_scale: float = 1.0
     # the quality levels, lowest first: (stages of the ladder kept, multiple of that prefix's
-    # lambda for the encoder's ECVQ); a multiple under 1 weighs bits more, for a rate between
-    # two prefixes. Chosen on held-out photos for each trained model (docs/EXPERIMENTS.md).
-    # Empty: one level per prefix, at its own lambda.
-    quality_ladder: tuple[tuple[int, float], ...] = ()
+    # lambda for the encoder's ECVQ), or (stages, one multiple per level of the model), which
+    # shares a level's bits between the coarse and the fine stages; a multiple under 1 weighs
+    # bits more, for a rate between two prefixes. Chosen on held-out photos for each trained
+    # model (docs/EXPERIMENTS.md). Empty: one level per prefix, at its own lambda.
+    quality_ladder: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self):
-        total, ladder = sum(self.level_stages), list(self.quality_ladder)
-        if ladder != sorted(set(ladder)) or any(not (1 <= n <= total and m > 0) for n, m in ladder):
+        total, levels = sum(self.level_stages), len(self.level_stages)
+        valid = all(len(entry) in (2, 1 + levels) and entry[0] == int(entry[0]) and 1 <= entry[0] <= total
+                    and min(entry[1:]) > 0 for entry in self.quality_ladder)
+        ladder = self.ladder if valid else ()
+        # a later level keeps at least the stages of the one before, and where it keeps the same,
+        # codes at least one level at a larger multiple (all smaller or equal: a lower rate)
+        rising = all(n1 > n0 or (n1 == n0 and any(b > a for a, b in zip(m0, m1)))
+                     for (n0, m0), (n1, m1) in zip(ladder, ladder[1:]))
+        if not (valid and rising):
             raise ValueError(f"quality_ladder {self.quality_ladder}: each level keeps 1..{total} stages at a "
-                             "positive lambda multiple, in increasing order of both (stages first)")
+                             f"positive lambda multiple (one, or one per level: {levels}), with stages "
+                             "non-decreasing and, at equal stages, some multiple larger than the level before's")
 
     @property
     def stride(self) -> int:
         return max(self.level_strides)
 
     @property
-    def ladder(self) -> tuple[tuple[int, float], ...]:
-        """(stages kept, lambda multiple) of each quality level 1, 2, ..."""
-        return self.quality_ladder or tuple((n, 1.0) for n in range(1, sum(self.level_stages) + 1))
+    def ladder(self) -> tuple[tuple[int, tuple[float, ...]], ...]:
+        """(stages kept, lambda multiple of each level's stages) of each quality level 1, 2, ..."""
+        levels = len(self.level_stages)
+        return (tuple((int(entry[0]), tuple(entry[1:]) * (levels if len(entry) == 2 else 1))
+                      for entry in self.quality_ladder)
+                or tuple((n, (1.0,) * levels) for n in range(1, sum(self.level_stages) + 1)))
 
     def quality_levels(self) -> Levels:
         return Levels(tuple(self.level_stages), tuple(n for n, _ in self.ladder))

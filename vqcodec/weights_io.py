@@ -96,6 +96,28 @@ def save_with_prior(source: str | os.PathLike, path: str | os.PathLike, prior: I
     return sha256_of_file(path)
 
 
+def save_with_quality_ladder(source: str | os.PathLike, path: str | os.PathLike,
+                             quality_ladder: tuple[tuple[float, ...], ...], description: str | None = None) -> str:
+    """Copy the hierarchical model in `source` to `path` with another quality ladder
+    (HierarchyConfig.quality_ladder, an encoder setting), atomically; return the sha256. The
+    tensors, priors and training records stay as they were, so every file the source made
+    decodes with the copy exactly: its metadata lists the source's sha256 (after those the
+    source listed) as "decodes_files_of", which zoo.register puts in the manifest.
+    description: a new one (None: the source's)."""
+    with open(source, "rb") as f:
+        data = f.read()
+    metadata = metadata_from_bytes(data, str(source))
+    if not is_hierarchy(metadata):
+        raise ValueError(f"{source} is not a hierarchical model: it has no quality ladder")
+    config = dataclasses.replace(from_dict(HierarchyConfig, json.loads(metadata["hierarchy_config"])),
+                                 quality_ladder=tuple(tuple(level) for level in quality_ladder))
+    earlier = json.loads(metadata.get("decodes_files_of", "[]")) + [hashlib.sha256(data).hexdigest()]
+    metadata = {**metadata, "hierarchy_config": to_json(config), "decodes_files_of": json.dumps(earlier),
+                "description": metadata["description"] if description is None else description}
+    atomic_write_bytes(path, save_tensors_to_bytes(load_tensors_from_bytes(data), metadata=metadata), overwrite=True)
+    return sha256_of_file(path)
+
+
 def save_with_enhance(source: str | os.PathLike, path: str | os.PathLike, layer: EnhanceLayer,
                       training: dict, description: str | None = None) -> str:
     """Copy the model (and prior) in `source` to `path` with enhancement `layer` added

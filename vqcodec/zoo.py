@@ -4,7 +4,10 @@ Each weights folder holds `models.json`:
     {"models": [{"name": "photo", "file": "photo.safetensors", "sha256": "...",
                  "description": "...", "default": true}, ...]}
 An entry may list "decodes_base_of": the sha256 of the file its enhancement layer was trained
-over, whose base model and prior it carries unchanged, so files that file made still decode.
+over, whose base model and prior it carries unchanged, so files that file made still decode;
+and "decodes_files_of": the sha256s of earlier files with the very same networks and priors
+(only an encoder setting, the quality ladder, changed: weights_io.save_with_quality_ladder),
+whose files it decodes exactly as they did.
 Folders searched, first match wins: $VQCODEC_WEIGHTS (os.pathsep-separated),
 the source checkout's weights/, and <sys.prefix>/share/vqcodec/weights (wheel installs).
 A file's sha256 must equal the manifest's before a byte of it is parsed, and
@@ -44,6 +47,13 @@ class ModelEntry:
     # files made by this earlier weights file decode with this one at its base levels (its base
     # model and prior are carried here unchanged; an enhancement layer was added)
     decodes_base_of: str | None = None
+    # files made by these earlier weights files decode with this one exactly (the same networks
+    # and priors; another quality ladder)
+    decodes_files_of: tuple[str, ...] = ()
+
+    def decodes_exactly(self, prefix: str) -> bool:
+        """Whether files that name a model by this sha256 prefix decode with this one exactly."""
+        return any(sha256.startswith(prefix) for sha256 in (self.sha256, *self.decodes_files_of))
 
     def info(self) -> dict:
         """The public description (same fields as `vqcodec models --json`)."""
@@ -95,7 +105,8 @@ def read_manifest(folder: Path) -> list[ModelEntry]:
     try:
         data = json.loads(path.read_text())
         return [ModelEntry(m["name"], folder / m["file"], m["sha256"], m.get("description", ""),
-                           bool(m.get("default", False)), m.get("decodes_base_of")) for m in data["models"]]
+                           bool(m.get("default", False)), m.get("decodes_base_of"),
+                           tuple(str(sha256) for sha256 in m.get("decodes_files_of", ()))) for m in data["models"]]
     except (ValueError, KeyError, TypeError) as error:
         raise ModelError(f"{path} is not a valid model manifest ({error})") from None
 
@@ -125,20 +136,19 @@ def find(name: str | None = None) -> ModelEntry:
 
 
 def find_by_hash(sha256: str) -> ModelEntry | None:
-    """The model whose file has this sha256, else the one that carries that file's base model
-    and prior unchanged (entry.decodes_base_of), else None."""
-    available = entries()
-    return (next((e for e in available if e.sha256 == sha256), None)
-            or next((e for e in available if e.decodes_base_of == sha256), None))
+    """The model whose file has this sha256 or decodes that file's files exactly
+    (entry.decodes_files_of), else the one that carries that file's base model and prior
+    unchanged (entry.decodes_base_of), else None."""
+    return find_by_prefix(sha256)
 
 
 def find_by_prefix(prefix: str) -> ModelEntry | None:
     """find_by_hash for the leading hex digits of a sha256 (a version-2 .vqz names its model
-    by 8 bytes of it): the model whose file's sha256 starts with `prefix`, else the one that
-    carries such a file's base model and prior, else None. Raises ModelError if two different
-    files match."""
+    by 8 bytes of it): the model whose file's sha256 starts with `prefix` or that decodes such
+    a file's files exactly, else the one that carries such a file's base model and prior,
+    else None. Raises ModelError if two different files match."""
     available = entries()
-    for matches in ([e for e in available if e.sha256.startswith(prefix)],
+    for matches in ([e for e in available if e.decodes_exactly(prefix)],
                     [e for e in available if e.decodes_base_of and e.decodes_base_of.startswith(prefix)]):
         if len({e.sha256 for e in matches}) > 1:
             raise ModelError(f"model sha256 prefix {prefix} is ambiguous: it matches "
@@ -210,8 +220,9 @@ def register(weights_path: str | os.PathLike, *, default: bool = False) -> Model
     weights_path = Path(weights_path)
     metadata = read_metadata(weights_path)
     base = json.loads(metadata.get("enhance_training", "{}")).get("base_weights_sha256")
+    same_networks = tuple(json.loads(metadata.get("decodes_files_of", "[]")))
     entry = ModelEntry(metadata["name"], weights_path, sha256_of_file(weights_path),
-                       metadata["description"], default, base)
+                       metadata["description"], default, base, same_networks)
     manifest = weights_path.parent / MANIFEST
     models = json.loads(manifest.read_text())["models"] if manifest.is_file() else []
     models = [m for m in models if m["name"] != entry.name]
@@ -220,7 +231,8 @@ def register(weights_path: str | os.PathLike, *, default: bool = False) -> Model
             m["default"] = False
     models.append({"name": entry.name, "file": weights_path.name, "sha256": entry.sha256,
                    "description": entry.description, "default": default,
-                   **({"decodes_base_of": base} if base else {})})
+                   **({"decodes_base_of": base} if base else {}),
+                   **({"decodes_files_of": list(same_networks)} if same_networks else {})})
     models.sort(key=lambda m: m["name"])
     atomic_write_bytes(manifest, (json.dumps({"models": models}, indent=2) + "\n").encode())
     return entry

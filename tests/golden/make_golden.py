@@ -34,15 +34,16 @@ from vqcodec.inference import native_bfloat16
 HERE = Path(__file__).resolve().parent
 CASES = {  # model -> (size, [(quality, coder)])
     "photo": ((64, 48), [(1, "prior"), (4, "prior"), (5, "prior"), (8, "prior"), (4, "zstd"), (5, "zstd")]),
-    "photo2": ((64, 48), [(1, "prior"), (8, "prior"), (9, "prior"), (15, "prior"), (9, "zstd")]),
+    "photo2": ((64, 48), [(1, "prior"), (8, "prior"), (10, "prior"), (13, "prior"), (8, "zstd")]),
     "digits": ((28, 28), [(1, "prior"), (2, "prior"), (2, "zstd"), (4, "prior"), (8, "prior")]),
 }
 # model -> [(size, quality, coder)] made with a colour correction (degree 1 at 256 x 256, 2 at 512 x 512)
 CORRECTED = {"photo2": [((256, 256), 1, "prior"), ((256, 256), 4, "prior"), ((512, 512), 3, "prior")]}
-# Largest difference, in levels of any channel of any pixel, between a decode of a version-2
-# golden file and its reference PNG (the float32 decode where it was made). The bf16 and
-# float32 decodes of the golden files differ by at most 2.
-PIXEL_TOLERANCE = 3
+# Largest difference, in levels of any channel of any pixel, between a decode of a version-2 or
+# -3 golden file and its reference PNG (the float32 decode where it was made). The bf16 and
+# float32 decodes of the golden files differ by at most 2 before a colour correction, which can
+# stretch that: a degree-2 one by up to 4 (2 pixels of v3_photo2_66eccb8b_q3_prior_color's 262 k).
+PIXEL_TOLERANCE = 4
 
 
 def pixel_digest(picture: Image.Image) -> str:

@@ -193,7 +193,7 @@ def _find_vqz(folder: Path) -> list[Path]:
 @click.option("--color-correction/--no-color-correction", default=None,
               help="Fit a colour correction to each image (decoding it once more while encoding) and store it "
                    "(20-75 bytes) where it makes a better file. Default: at the quality levels coded at "
-                   "stride 8 only (photo2: 1-8, where it adds 0.05-0.7 dB on held-out photos and encoding "
+                   "stride 8 only (photo2: 1-7, where it adds 0.05-0.7 dB on held-out photos and encoding "
                    "has the time), for colour images; files with one are .vqz format version 3.")
 @_batch_options(data=".vqz", verbose="Print size, bits per pixel and time.")
 @reports_errors

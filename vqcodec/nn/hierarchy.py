@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -444,21 +445,21 @@ class HierarchicalVQ(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_indices(self, images: torch.Tensor, num_stages: int, lam: float | None, bfloat16: bool = False,
-                       chooser=None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def encode_indices(self, images: torch.Tensor, num_stages: int, lam: float | Sequence[float] | None,
+                       bfloat16: bool = False, chooser=None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Indices of the first num_stages stages (a list of (B, h, w) grids in coding order),
-        chosen by ECVQ at tradeoff lam (None: nearest code), and their code length in bits
-        under the training entropy model, per image. bfloat16: the networks run under bf16
-        autocast (distances and log-probabilities stay float32). chooser(position, stage,
-        residual) -> (B, h, w): picks each stage's indices instead (nn.rdoq's prior-driven
-        choice); the bits are then not measured (zero)."""
+        chosen by ECVQ at tradeoff lam (one per level, or one for all; None: nearest code),
+        and their code length in bits under the training entropy model, per image. bfloat16:
+        the networks run under bf16 autocast (distances and log-probabilities stay float32).
+        chooser(position, stage, residual) -> (B, h, w): picks each stage's indices instead
+        (nn.rdoq's prior-driven choice); the bits are then not measured (zero)."""
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             features = self.analyze(images)
         return self.encode_features(features, num_stages, lam, bfloat16, chooser)
 
     @torch.no_grad()
-    def encode_features(self, features: dict[int, torch.Tensor], num_stages: int, lam: float | None,
-                        bfloat16: bool = False, chooser=None,
+    def encode_features(self, features: dict[int, torch.Tensor], num_stages: int,
+                        lam: float | Sequence[float] | None, bfloat16: bool = False, chooser=None,
                         convolve=None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """encode_indices from the encoder features (analyze's, or the same computed tile by tile).
         convolve(fn, x): runs fn, fully convolutional, on the decoder state x (B, C, h, w), where
@@ -466,7 +467,10 @@ class HierarchicalVQ(nn.Module):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
             first = features[self.config.level_strides[0]]
             b, device = first.shape[0], first.device
-            weight = None if lam is None else self.assignment_weight(torch.full((b,), float(lam), device=device))
+            lams = [lam] * len(self.levels) if lam is None or isinstance(lam, (int, float)) else list(lam)
+            weights = [None if level_lam is None
+                       else self.assignment_weight(torch.full((b,), float(level_lam), device=device))
+                       for level_lam in lams]
             previous = self.config.level_strides[0]
             state = torch.zeros_like(features[previous])
             grids, bits = [], torch.zeros(b, device=device)
@@ -488,7 +492,7 @@ class HierarchicalVQ(nn.Module):
                         break
                     residual = self._residual(stage, features[stride], state, latent, codes)
                     if chooser is None:
-                        indices, log2_p = stage.code(residual, state, weight)
+                        indices, log2_p = stage.code(residual, state, weights[level])
                         bits -= log2_p.sum(dim=(1, 2))
                     else:
                         indices = chooser(len(grids), stage, residual)

@@ -100,13 +100,14 @@ class HierarchyRateDistortion:
     (the coarser levels' grids, the level's earlier stages, the stage's earlier passes).
 
     priors: one IntegerPrior per level; level_stages: the stages of each level in the prefix
-    coded; weight: the ECVQ weight on squared latent distance per bit
+    coded; weights: per level, the ECVQ weight on squared latent distance per bit
     (HierarchicalVQ.assignment_weight). Every pass's (stage, symbols, frequencies) goes to
     sink in coding order (level by level), ready for the range coder."""
 
-    def __init__(self, priors: list[IntegerPrior], level_stages: list[int], weight: float,
+    def __init__(self, priors: list[IntegerPrior], level_stages: list[int], weights: list[float],
                  sink: Callable[[int, np.ndarray, np.ndarray], None]):
-        self.priors, self.level_stages, self.lam, self.sink = priors, level_stages, 1.0 / weight, sink
+        self.priors, self.level_stages, self.sink = priors, level_stages, sink
+        self.bits_per_distance = [1.0 / weight for weight in weights]
         self.where = [(level, s) for level, count in enumerate(level_stages) for s in range(count)]
         self.grids: list[torch.Tensor] = []  # the (h, w) grids chosen so far, coarse to fine
 
@@ -129,7 +130,7 @@ class HierarchyRateDistortion:
         vectors = residual[0].permute(1, 2, 0).reshape(rows * cols, -1)
         for pass_stage, known, coded, far in pass_schedule(prior.config, s + 1, rows, cols):
             if pass_stage == s:  # distances of the pass's positions only (each position once per stage)
-                _choose_pass(prior, self.previous, self.indices, s, known, coded, far, self.lam,
+                _choose_pass(prior, self.previous, self.indices, s, known, coded, far, self.bits_per_distance[level],
                              lambda at: _distances(vectors.index_select(0, at), stage.codebook), self.sink)
         self.grids.append(self.indices[s])
         return self.indices[s].unsqueeze(0)
