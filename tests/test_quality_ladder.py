@@ -38,3 +38,18 @@ def test_levels_never_drop_stages_and_leave_out_dominated_points(ladder_script):
     ladder = ladder_script.choose_ladder(POINTS, 1.2, 0.0)
     assert (2, 0.5) not in ladder  # more bits and less PSNR than (1, 1.0): off the Pareto front
     assert [n for n, _ in ladder] == sorted(n for n, _ in ladder)
+
+
+def test_measure_codes_each_point_as_the_codec_would_with_that_ladder(ladder_script, tmp_path, monkeypatch):
+    from test_hierarchy_codec import install_tiny, pixels
+    from vqcodec import codec
+
+    monkeypatch.setenv("VQCODEC_WEIGHTS", str(tmp_path))
+    install_tiny(tmp_path, "measured")  # levels of 2, 1 and 1 stages: prefix 4 reaches the last one
+    image = pixels(64, 96, seed=6)
+    points = ladder_script.measure("measured", [image], [1.0], [0.01])
+    assert sorted(points) == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0), (4, 1.0, 1.0, 0.01)]
+    assert points[4, 1.0, 1.0, 0.01][0] < points[4, 1.0][0]  # the last level's bits weigh 100x more
+    assert codec.load_model("measured").config.quality_ladder == ()  # the network's own ladder is back
+    assert points[3, 1.0] == ladder_script.file_point(image, 3, "measured")  # quality 3 of no ladder
+    assert ladder_script.label((4, 1.0, 1.0, 0.01)) == "x1/0.01" and ladder_script.label((2, 0.5)) == "x0.5"
