@@ -11,7 +11,8 @@ from PIL import Image
 
 from vqcodec import entropy
 from vqcodec.config import HierarchyConfig, PriorConfig
-from vqcodec.nn.hierarchy import HierarchicalVQ, _conv_up, checkerboard, conv_up_subpixel
+from vqcodec.nn.autoencoder import subpixel_conv_transpose
+from vqcodec.nn.hierarchy import HierarchicalVQ, _conv_up, checkerboard
 from vqcodec.nn.prior import ContextPrior, IntegerPrior, decode_passes, encode_passes, pass_schedule
 from vqcodec.training import loop
 from vqcodec.training.hierarchy_prior_task import level_prior_configs
@@ -427,10 +428,10 @@ def test_divergence_rolls_back_to_the_last_checkpoint_with_half_the_learning_rat
 
 @pytest.mark.parametrize("channels", [(5, 3), (4, 7)])
 def test_the_last_upsampling_as_a_subpixel_convolution_is_the_transposed_convolution(channels):
-    """The decoder makes the pixels with conv_up_subpixel instead of the layer itself: the
+    """The decoder makes the pixels with subpixel_conv_transpose instead of the layer itself: the
     same output, odd sizes and batches included."""
     torch.manual_seed(0)
     layer = _conv_up(*channels).double()
     x = torch.randn(2, channels[0], 5, 8, dtype=torch.float64)
     with torch.no_grad():
-        assert torch.allclose(conv_up_subpixel(layer, x), layer(x), atol=1e-12)
+        assert torch.allclose(subpixel_conv_transpose(x, layer), layer(x), atol=1e-12)

@@ -235,8 +235,8 @@ def _index_payload(model: _Model, padded: np.ndarray, quality: int, coder: str,
 def _hierarchy_payload(model: _Model, padded: np.ndarray, quality: int, coder: str,
                        tradeoff: float) -> tuple[list[np.ndarray], bytes]:
     """_index_payload of a hierarchical model: every stage's indices by ECVQ at the model's
-    encode_lambda_scale x the quality level's lambda for its level (HierarchyConfig.ladder), with bits weighted
-    tradeoff / RATE_TRADEOFF times as much (tradeoff 0: the nearest codes); each level
+    encode_lambda_scale x the quality level's lambda for the stage's level (HierarchyConfig.ladder),
+    with bits weighted tradeoff / RATE_TRADEOFF times as much (tradeoff 0: the nearest codes); each level
     range-coded with its prior, given the coarser levels' grids. With the prior coder the
     bits ECVQ weighs are the priors' own (nn.rdoq.HierarchyRateDistortion), else those of
     the model's training entropy model."""
@@ -643,6 +643,7 @@ def describe(data: bytes, *, max_pixels: int | None = None) -> dict:
     except VqzError:
         entry, exact = None, False
     fields = {"format_version": parsed.version, **header.to_dict()}
+    stored = fields.get("model_sha256") or fields["model_prefix"]  # version 1: whole; 2 and 3: a prefix
     layers = header.layers if isinstance(header, Header) else None
     shapes = None
     if entry is not None:
@@ -655,8 +656,8 @@ def describe(data: bytes, *, max_pixels: int | None = None) -> dict:
     fields.update({
         "model_name": entry.name if entry is not None else fields.get("model_name"),
         # the full sha256 when the very file that made it is installed
-        "model_sha256": (entry.sha256 if entry is not None and entry.sha256.startswith(
-            fields.get("model_sha256") or fields.get("model_prefix")) else fields.get("model_sha256")),
+        "model_sha256": entry.sha256 if entry is not None and entry.sha256.startswith(stored)
+        else fields.get("model_sha256"),
         "model_installed": entry is not None,
         "layers": [layer.to_dict() for layer in layers] if layers is not None else None,
         "grid_shapes": fields.get("grid_shapes") or shapes,

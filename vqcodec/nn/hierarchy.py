@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HierarchyConfig
-from .autoencoder import GDN, VQVAE, ResidualBlock
+from .autoencoder import GDN, VQVAE, ResidualBlock, subpixel_conv_transpose
 from .quantize import kmeans
 
 
@@ -53,21 +53,6 @@ def _conv_down(cin: int, cout: int) -> nn.Conv2d:
 
 def _conv_up(cin: int, cout: int) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1)
-
-
-_SUBPIXEL_TAPS = torch.tensor([[4, 2, 0], [5, 3, 1]])  # kernel row of output phase a at input row m - 1 + dy
-
-
-def conv_up_subpixel(layer: nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
-    """layer(x) for a _conv_up layer, computed as a 3x3 convolution to 4x the channels and a
-    pixel shuffle (Shi et al. CVPR 2016 show the two are the same operation): output pixel
-    (2m + a, 2n + b) sums the kernel taps 4 - 2dy + a (5: none) at input (m - 1 + dy, n - 1 + dx).
-    The same sums in another order (equal up to float rounding), and faster on CPUs when the
-    layer has few output channels, as the last one, which makes the pixels."""
-    taps = F.pad(layer.weight, (0, 1, 0, 1))[:, :, _SUBPIXEL_TAPS][:, :, :, :, _SUBPIXEL_TAPS]  # (I, O, a, dy, b, dx)
-    c_in, c_out = layer.weight.shape[:2]
-    weight = taps.permute(1, 2, 4, 0, 3, 5).reshape(4 * c_out, c_in, 3, 3)
-    return F.pixel_shuffle(F.conv2d(x, weight, layer.bias.repeat_interleave(4), padding=1), 2)
 
 
 class ECVQStage(nn.Module):
@@ -386,7 +371,7 @@ class HierarchicalVQ(nn.Module):
             hidden = film[1](hidden, keep)
         if float32_last:
             with torch.autocast(hidden.device.type, enabled=False):
-                return conv_up_subpixel(layers["up4"][-1], hidden.float()) + 0.5
+                return subpixel_conv_transpose(hidden.float(), layers["up4"][-1]) + 0.5
         return layers["up4"][-1](hidden) + 0.5
 
     def assignment_weight(self, lambdas: torch.Tensor) -> torch.Tensor:
