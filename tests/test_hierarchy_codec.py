@@ -10,14 +10,14 @@ import torch
 from PIL import Image
 
 import vqcodec
-from vqcodec import bench, codec, container, images, inference, zoo
-from vqcodec.config import HierarchyConfig, PriorConfig
+from vqcodec import bench, codec, container, images, inference, metrics, zoo
+from vqcodec.config import LAMBDA_FACTOR_BOUND, HierarchyConfig, PriorConfig
 from vqcodec.container import VqzError
 from vqcodec.nn.hierarchy import HierarchicalVQ
 from vqcodec.nn.prior import ContextPrior, IntegerPrior
 from vqcodec.nn.rdoq import HierarchyRateDistortion
 from vqcodec.training.hierarchy_prior_task import level_prior_configs
-from vqcodec.weights_io import save_hierarchy, save_with_quality_ladder
+from vqcodec.weights_io import save_hierarchy, save_with_encoder_settings
 
 from test_hierarchy import TINY, TINY_REFINED, tiny_model
 
@@ -135,7 +135,7 @@ def test_a_new_quality_ladder_makes_a_new_model_file_that_still_decodes_the_old_
     old_file = codec.encode_image(image, 3, model="relabelled").data
     old_pixels = np.asarray(vqcodec.decode(old_file))
     ladder = ((1, 1.0), (3, 1.0, 1.0, 0.5), (3, 1.0), (4, 1.0))
-    sha256 = save_with_quality_ladder(old.path, tmp_path / "relabelled.safetensors", ladder)
+    sha256 = save_with_encoder_settings(old.path, tmp_path / "relabelled.safetensors", quality_ladder=ladder)
     (tmp_path / "relabelled.safetensors.bak").unlink(missing_ok=True)
     new = zoo.register(tmp_path / "relabelled.safetensors")  # replaces the old entry and its file
     assert new.sha256 == sha256 != old.sha256 and new.decodes_files_of == (old.sha256,)
@@ -147,6 +147,35 @@ def test_a_new_quality_ladder_makes_a_new_model_file_that_still_decodes_the_old_
     assert container.unpack(new_file).header.model_prefix == container.model_prefix(sha256)
     same = zip(vqcodec.read_indices(new_file).layers, vqcodec.read_indices(old_file).layers)
     assert all(np.array_equal(a.indices, b.indices) for a, b in same)  # the same grids, now by another name
+
+
+def test_the_lambda_factor_follows_the_images_activity_and_stays_bounded():
+    config = dataclasses.replace(TINY, activity_exponent=0.5, activity_reference=100.0)
+    assert dataclasses.replace(TINY).lambda_factor(1.0) == 1.0  # exponent 0: one lambda for all
+    assert config.lambda_factor(100.0) == 1.0 and config.lambda_factor(25.0) == pytest.approx(2.0)
+    assert config.lambda_factor(400.0) == pytest.approx(0.5)
+    assert config.lambda_factor(0.0) == LAMBDA_FACTOR_BOUND and config.lambda_factor(1e9) == 1 / LAMBDA_FACTOR_BOUND
+    for bad in ({"activity_exponent": -1.0}, {"activity_reference": 0.0}):
+        with pytest.raises(ValueError, match="activity"):
+            dataclasses.replace(TINY, **bad)
+
+
+def test_an_images_lambda_factor_multiplies_every_levels_lambda(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQCODEC_WEIGHTS", str(tmp_path))
+    image = pixels(64, 96, seed=5)
+    ladder = ((1, 1.0), (2, 1.0), (3, 1.0, 1.0, 0.5), (4, 1.0))
+    # activity 16x below the reference at exponent 0.5: every lambda x 4
+    install_tiny(tmp_path, "scaled", quality_ladder=ladder, activity_exponent=0.5,
+                 activity_reference=16 * metrics.activity(image))
+    install_tiny(tmp_path, "plain", quality_ladder=tuple((n, *[4 * m for m in multiples]) for n, *multiples in ladder))
+    install_tiny(tmp_path, "unscaled", quality_ladder=ladder)
+    changed = 0
+    for quality in range(1, 5):
+        scaled, plain, unscaled = (vqcodec.read_indices(codec.encode_image(image, quality, model=name).data)
+                                   for name in ("scaled", "plain", "unscaled"))
+        assert all(np.array_equal(a.indices, b.indices) for a, b in zip(scaled.layers, plain.layers))
+        changed += not all(np.array_equal(a.indices, b.indices) for a, b in zip(scaled.layers, unscaled.layers))
+    assert changed  # and the factor does change the choice
 
 
 def test_two_levels_at_one_stride_are_two_layers_of_the_file(tmp_path, monkeypatch):

@@ -1,8 +1,9 @@
-"""Tests for vqcodec.metrics: PSNR, Bjøntegaard delta rate, MS-SSIM (no torch needed)."""
+"""Tests for vqcodec.metrics: PSNR, Bjøntegaard delta rate, MS-SSIM, activity (no torch needed)."""
 import math
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from vqcodec import metrics
 
@@ -68,3 +69,23 @@ def test_ms_ssim_identity_and_noise(photo):
     assert 0 < metrics.ms_ssim(tiny, 255 - tiny) < 1
     with pytest.raises(ValueError):
         metrics.ms_ssim(img, img[:-1])
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 7, 3), (6, 1), (metrics.ACTIVITY_ROWS + 1, 3, 3),
+                                   (2 * metrics.ACTIVITY_ROWS + 5, 4)])
+def test_activity_is_the_mean_squared_difference_of_neighbouring_pixels(shape):
+    pixels = np.random.default_rng(len(shape) * 100 + shape[0]).integers(0, 256, shape, dtype=np.uint8)
+    x = pixels.astype(np.float64)
+    vertical = np.mean(np.diff(x, axis=0) ** 2) if shape[0] > 1 else 0.0  # across the row chunks too
+    horizontal = np.mean(np.diff(x, axis=1) ** 2) if shape[1] > 1 else 0.0
+    assert metrics.activity(pixels) == pytest.approx(vertical + horizontal, rel=1e-12)
+
+
+def test_activity_is_zero_for_a_flat_image_and_grows_with_detail(photo):
+    assert metrics.activity(np.full((40, 30, 3), 77, np.uint8)) == 0.0
+    rgb = np.asarray(photo.convert("RGB"))
+    blurred = np.asarray(photo.convert("RGB").resize((rgb.shape[1] // 4, rgb.shape[0] // 4)).resize(
+        (rgb.shape[1], rgb.shape[0]), Image.BILINEAR))
+    assert 0 < metrics.activity(blurred) < metrics.activity(rgb)
+    with pytest.raises(ValueError, match="8-bit"):
+        metrics.activity(rgb.astype(np.float32))

@@ -204,15 +204,17 @@ def test_a_hierarchical_config_trains_both_phases_from_several_folders(folder):
     result = CliRunner().invoke(main, ["train", "--data", str(folder / "data"), "--out", str(out), "--config",
                                        str(folder / "h.json"), "--batch-size", "4"])
     assert result.exit_code == 2 and "--batch-size is not for a hierarchical" in result.output
-    # a quality ladder chosen after training: the same command assembles it without retraining
+    # encoder settings chosen after training: the same command assembles them without retraining
     ladder = [[1, 1.0], [2, 0.5], [2, 1.0], [3, 1.0], [4, 1.0]]
-    (folder / "h.json").write_text(json.dumps({**PIPELINE, "model": {**PIPELINE["model"], "quality_ladder": ladder}}))
+    settings = {"quality_ladder": ladder, "activity_exponent": 0.75, "activity_reference": 400.0}
+    (folder / "h.json").write_text(json.dumps({**PIPELINE, "model": {**PIPELINE["model"], **settings}}))
     trained = {name: (work / name / "weights.safetensors").read_bytes() for name in ("autoencoder", "priors")}
     result = invoke("train", "--data", folder / "data", "--data", folder / "more", "--out", out,
                     "--config", folder / "h.json")
     assert result.exit_code == 0, result.output
     assert all((work / name / "weights.safetensors").read_bytes() == data for name, data in trained.items())
-    assert json.loads(read_metadata(out)["hierarchy_config"])["quality_ladder"] == ladder
+    assembled = json.loads(read_metadata(out)["hierarchy_config"])
+    assert {key: assembled[key] for key in settings} == settings
 
 
 def test_a_hierarchical_config_starts_from_a_model_given_by_init_from(folder):

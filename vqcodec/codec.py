@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 
 from . import color_correction as color_correction_module
-from . import container, entropy, fileio, images, inference, zoo
+from . import container, entropy, fileio, images, inference, metrics, zoo
 from .container import Header, HeaderV1, Layer, VqzError
 from .nn.prior import GuidedSampler, Sampler, decode_passes, iter_passes
 from .nn.rdoq import HierarchyRateDistortion, rate_distortion_indices
@@ -201,15 +201,18 @@ def _choose_coder(coder: str | None, model: _Model, layers: tuple[Layer, ...]) -
 # ------------------------------------------------------------------ indices <-> payload
 
 
-def _index_payload(model: _Model, padded: np.ndarray, quality: int, coder: str,
+def _index_payload(model: _Model, rgb: np.ndarray, quality: int, coder: str,
                    tradeoff: float, refine_steps: int) -> tuple[list[np.ndarray], bytes]:
-    """The index grids of padded pixels at a quality level, layer by layer in coding order,
-    and their coded payload: the base model's grids, then the enhancement layer's over that
-    base level."""
+    """The index grids of RGB pixels (H, W, 3) at a quality level, layer by layer in coding
+    order, and their coded payload: the base model's grids, then the enhancement layer's over
+    that base level."""
+    padded = images.pad_to_multiple(rgb, model.padding)
     if model.hierarchy is not None:
         if refine_steps:
             raise ValueError(f"model '{model.entry.name}' is hierarchical: refine_steps is for VQ-VAE models")
-        return _hierarchy_payload(model, padded, quality, coder, tradeoff)
+        config = model.hierarchy.config
+        factor = config.lambda_factor(metrics.activity(rgb)) if config.activity_exponent else 1.0
+        return _hierarchy_payload(model, padded, quality, coder, tradeoff, factor)
     layers = _structure(model, quality)
     vqvae, base_layer, policy = model.vqvae, model.layers[0], inference.Policy.default()
     z = inference.encode_latents(vqvae, padded, policy)
@@ -233,10 +236,11 @@ def _index_payload(model: _Model, padded: np.ndarray, quality: int, coder: str,
 
 
 def _hierarchy_payload(model: _Model, padded: np.ndarray, quality: int, coder: str,
-                       tradeoff: float) -> tuple[list[np.ndarray], bytes]:
+                       tradeoff: float, lambda_factor: float) -> tuple[list[np.ndarray], bytes]:
     """_index_payload of a hierarchical model: every stage's indices by ECVQ at the model's
-    encode_lambda_scale x the quality level's lambda for the stage's level (HierarchyConfig.ladder),
-    with bits weighted tradeoff / RATE_TRADEOFF times as much (tradeoff 0: the nearest codes); each level
+    encode_lambda_scale x the quality level's lambda for the stage's level (HierarchyConfig.ladder)
+    x the image's lambda_factor (HierarchyConfig.lambda_factor), with bits weighted
+    tradeoff / RATE_TRADEOFF times as much (tradeoff 0: the nearest codes); each level
     range-coded with its prior, given the coarser levels' grids. With the prior coder the
     bits ECVQ weighs are the priors' own (nn.rdoq.HierarchyRateDistortion), else those of
     the model's training entropy model."""
@@ -244,7 +248,7 @@ def _hierarchy_payload(model: _Model, padded: np.ndarray, quality: int, coder: s
     hierarchy = model.hierarchy
     n, multiples = hierarchy.config.ladder[quality - 1]
     lam = ([float(hierarchy.stage_lambdas()[n - 1]) * hierarchy.config.encode_lambda_scale * multiple
-            * RATE_TRADEOFF / tradeoff for multiple in multiples] if tradeoff else None)  # one per level
+            * lambda_factor * RATE_TRADEOFF / tradeoff for multiple in multiples] if tradeoff else None)  # per level
     policy = inference.Policy.default()
     if coder == "prior" and lam is not None:
         encoder = entropy.RangeEncoder()
@@ -352,9 +356,8 @@ def encode_image(image, quality: int | None = None, model: str | None = None,
     layers = _structure(chosen, quality)
     coder = _choose_coder(coder, chosen, layers)
     rgb, alpha = images.split_alpha(picture)
-    padded = images.pad_to_multiple(rgb, chosen.padding)
     tradeoff = RATE_TRADEOFF if rate_tradeoff is None else float(rate_tradeoff)
-    grids, payload = _index_payload(chosen, padded, quality, coder, tradeoff, int(refine_steps))
+    grids, payload = _index_payload(chosen, rgb, quality, coder, tradeoff, int(refine_steps))
     header = Header(
         model_prefix=container.model_prefix(chosen.entry.sha256), width=picture.width, height=picture.height,
         mode=picture.mode, quality=quality, coder=coder, layers=layers, index_crc32=entropy.index_checksum(grids),

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .quality import Levels
+
+LAMBDA_FACTOR_BOUND = 8.0  # HierarchyConfig.lambda_factor stays within [1/8, 8]
 
 
 @dataclass(frozen=True)
@@ -192,8 +195,23 @@ class HierarchyConfig:
     # bits more, for a rate between two prefixes. Chosen on held-out photos for each trained
     # model (docs/EXPERIMENTS.md). Empty: one level per prefix, at its own lambda.
     quality_ladder: tuple[tuple[float, ...], ...] = ()
+    # each image's ECVQ lambda x (activity_reference / its activity) ** activity_exponent, where
+    # an image's activity is metrics.activity of its pixels (bounded: lambda_factor): an image with
+    # less detail, whose distortion is smaller, gets more of the bits. Mean PSNR over images
+    # asks for that (each image's PSNR falls with log MSE, so a bit is worth more dB where the
+    # MSE is small); one lambda for all would serve mean MSE. 0: one lambda for every image.
+    # Chosen on held-out photos for each trained model (docs/EXPERIMENTS.md).
+    activity_exponent: float = 0.0
+    activity_reference: float = 1.0
+    # the fields above that only steer an encoder's choice of indices, never what indices decode
+    # to: a file that changes only these decodes its earlier files (weights_io.save_with_encoder_settings)
+    ENCODER_SETTINGS: ClassVar[tuple[str, ...]] = ("encode_lambda_scale", "quality_ladder", "activity_exponent",
+                                                   "activity_reference")
 
     def __post_init__(self):
+        if not (self.activity_exponent >= 0 and self.activity_reference > 0):
+            raise ValueError(f"activity_exponent must be >= 0 and activity_reference > 0, got "
+                             f"{self.activity_exponent} and {self.activity_reference}")
         total, levels = sum(self.level_stages), len(self.level_stages)
         valid = all(len(entry) in (2, 1 + levels) and entry[0] == int(entry[0]) and 1 <= entry[0] <= total
                     and min(entry[1:]) > 0 for entry in self.quality_ladder)
@@ -219,6 +237,13 @@ class HierarchyConfig:
                       for entry in self.quality_ladder)
                 or tuple((n, (1.0,) * levels) for n in range(1, sum(self.level_stages) + 1)))
 
+    def lambda_factor(self, activity: float) -> float:
+        """The multiple of every level's ECVQ lambda for an image of this activity."""
+        if not self.activity_exponent:
+            return 1.0
+        ratio = self.activity_reference / max(activity, self.activity_reference * 2.0 ** -20)
+        return min(max(ratio ** self.activity_exponent, 1 / LAMBDA_FACTOR_BOUND), LAMBDA_FACTOR_BOUND)
+
     def quality_levels(self) -> Levels:
         return Levels(tuple(self.level_stages), tuple(n for n, _ in self.ladder))
 
@@ -230,12 +255,12 @@ def from_dict(cls, data: dict):
     unknown = set(data) - names
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    return cls(**{k: _tuples(v) for k, v in data.items()})
+    return cls(**{k: as_tuples(v) for k, v in data.items()})
 
 
-def _tuples(value):
+def as_tuples(value):
     """JSON lists, nested ones too, as tuples."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+    return tuple(as_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def to_json(config) -> str:

@@ -1,4 +1,5 @@
-"""Image quality and rate-distortion metrics: PSNR, MS-SSIM, Bjøntegaard delta rate (numpy only)."""
+"""Image quality and rate-distortion metrics: PSNR, MS-SSIM, Bjøntegaard delta rate, and an
+image's detail (activity) (numpy only)."""
 from __future__ import annotations
 
 import math
@@ -6,6 +7,7 @@ import math
 import numpy as np
 
 BD_MAX_BPP = 1.0
+ACTIVITY_ROWS = 256  # activity() reads this many rows at a time: bounded memory on huge images
 
 # MS-SSIM constants: Wang, Simoncelli, Bovik 2003.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -26,6 +28,26 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     if mse == 0.0:
         return float("inf")
     return float(10.0 * np.log10(255.0 ** 2 / mse))
+
+
+def activity(pixels: np.ndarray) -> float:
+    """How much detail an 8-bit image (H, W[, C]) holds: the mean squared difference of
+    vertically neighbouring pixels plus that of horizontally neighbouring ones (0-255 scale,
+    all channels). 0 for a flat image. A codec's distortion at a given rate grows with it
+    (docs/EXPERIMENTS.md, session 19: it predicts log MSE at every quality level)."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8:
+        raise ValueError(f"activity needs 8-bit pixels, got {pixels.dtype}")
+    height, width = pixels.shape[:2]
+    squares = np.arange(256, dtype=np.int64) ** 2
+    vertical = horizontal = 0
+    for top in range(0, height, ACTIVITY_ROWS):  # exact integer sums: |difference| histograms
+        rows = pixels[top:min(height, top + ACTIVITY_ROWS + 1)].astype(np.int16)  # one row of overlap
+        vertical += int(np.bincount(np.abs(np.diff(rows, axis=0)).ravel(), minlength=256) @ squares)
+        horizontal += int(np.bincount(np.abs(np.diff(rows[:ACTIVITY_ROWS], axis=1)).ravel(), minlength=256) @ squares)
+    channels = pixels.size // max(1, height * width)
+    return (vertical / max(1, (height - 1) * width * channels)
+            + horizontal / max(1, height * (width - 1) * channels))
 
 
 # --------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from safetensors.torch import load as load_tensors_from_bytes
 from safetensors.torch import save as save_tensors_to_bytes
 
 from .fileio import atomic_write_bytes
-from .config import EnhanceConfig, HierarchyConfig, ModelConfig, PriorConfig, from_dict, to_json
+from .config import EnhanceConfig, HierarchyConfig, ModelConfig, PriorConfig, as_tuples, from_dict, to_json
 from .nn.autoencoder import VQVAE
 from .nn.enhance import EnhanceLayer
 from .nn.hierarchy import HierarchicalVQ
@@ -96,21 +96,25 @@ def save_with_prior(source: str | os.PathLike, path: str | os.PathLike, prior: I
     return sha256_of_file(path)
 
 
-def save_with_quality_ladder(source: str | os.PathLike, path: str | os.PathLike,
-                             quality_ladder: tuple[tuple[float, ...], ...], description: str | None = None) -> str:
-    """Copy the hierarchical model in `source` to `path` with another quality ladder
-    (HierarchyConfig.quality_ladder, an encoder setting), atomically; return the sha256. The
-    tensors, priors and training records stay as they were, so every file the source made
+def save_with_encoder_settings(source: str | os.PathLike, path: str | os.PathLike, description: str | None = None,
+                               **settings) -> str:
+    """Copy the hierarchical model in `source` to `path` with other encoder settings (fields of
+    HierarchyConfig.ENCODER_SETTINGS, such as the quality ladder), atomically; return the sha256.
+    The tensors, priors and training records stay as they were, so every file the source made
     decodes with the copy exactly: its metadata lists the source's sha256 (after those the
     source listed) as "decodes_files_of", which zoo.register puts in the manifest.
     description: a new one (None: the source's)."""
+    unknown = set(settings) - set(HierarchyConfig.ENCODER_SETTINGS)
+    if unknown:
+        raise ValueError(f"not encoder settings: {sorted(unknown)} "
+                         f"(those are {', '.join(HierarchyConfig.ENCODER_SETTINGS)})")
     with open(source, "rb") as f:
         data = f.read()
     metadata = metadata_from_bytes(data, str(source))
     if not is_hierarchy(metadata):
-        raise ValueError(f"{source} is not a hierarchical model: it has no quality ladder")
+        raise ValueError(f"{source} is not a hierarchical model: it has no encoder settings")
     config = dataclasses.replace(from_dict(HierarchyConfig, json.loads(metadata["hierarchy_config"])),
-                                 quality_ladder=tuple(tuple(level) for level in quality_ladder))
+                                 **{key: as_tuples(value) for key, value in settings.items()})
     earlier = json.loads(metadata.get("decodes_files_of", "[]")) + [hashlib.sha256(data).hexdigest()]
     metadata = {**metadata, "hierarchy_config": to_json(config), "decodes_files_of": json.dumps(earlier),
                 "description": metadata["description"] if description is None else description}

@@ -6,7 +6,7 @@ Each weights folder holds `models.json`:
 An entry may list "decodes_base_of": the sha256 of the file its enhancement layer was trained
 over, whose base model and prior it carries unchanged, so files that file made still decode;
 and "decodes_files_of": the sha256s of earlier files with the very same networks and priors
-(only an encoder setting, the quality ladder, changed: weights_io.save_with_quality_ladder),
+(only encoder settings, such as the quality ladder, changed: weights_io.save_with_encoder_settings),
 whose files it decodes exactly as they did.
 Folders searched, first match wins: $VQCODEC_WEIGHTS (os.pathsep-separated),
 the source checkout's weights/, and <sys.prefix>/share/vqcodec/weights (wheel installs).

@@ -154,7 +154,8 @@ def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path,
             priors = folder / "priors" / "weights.safetensors"
         records.append(_training_records(autoencoder, priors if spec.trains_priors else None))
     assemble(autoencoder, priors, out, name=name, description=description,
-             quality_ladder=rounds[-1].model.quality_ladder, earlier_rounds=records[:-1])
+             encoder_settings={key: getattr(rounds[-1].model, key) for key in HierarchyConfig.ENCODER_SETTINGS},
+             earlier_rounds=records[:-1])
     return out
 
 
@@ -169,17 +170,18 @@ def _training_records(autoencoder: Path, priors: Path | None) -> dict:
 
 
 def assemble(autoencoder: Path, priors: Path, out: Path, *, name: str, description: str,
-             quality_ladder: tuple | None = None, earlier_rounds: list[dict] = ()) -> str:
+             encoder_settings: dict | None = None, earlier_rounds: list[dict] = ()) -> str:
     """One weights file (weights_io.save_hierarchy) from the two phases' outputs; its sha256.
-    quality_ladder: the model's quality levels (HierarchyConfig.quality_ladder), chosen after
-    training (benchmarks/quality_ladder.py); None keeps the autoencoder's. earlier_rounds: the
-    training records of the rounds before (kept in the metadata with this round's)."""
+    encoder_settings: HierarchyConfig.ENCODER_SETTINGS fields chosen after
+    training, such as the quality levels (benchmarks/quality_ladder.py); None keeps the
+    autoencoder's. earlier_rounds: the training records of the rounds before (kept in the
+    metadata with this round's)."""
     from ..weights_io import save_hierarchy
     from .hierarchy_prior_task import load_hierarchy, read_level_priors
 
     model = load_hierarchy(autoencoder)
-    if quality_ladder is not None:
-        model.config = replace(model.config, quality_ladder=quality_ladder)
+    if encoder_settings:
+        model.config = replace(model.config, **encoder_settings)
     level_priors, _ = read_level_priors(priors)
     training = _training_records(autoencoder, priors)
     if earlier_rounds:
