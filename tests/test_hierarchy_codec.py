@@ -135,7 +135,10 @@ def test_a_new_quality_ladder_makes_a_new_model_file_that_still_decodes_the_old_
     old_file = codec.encode_image(image, 3, model="relabelled").data
     old_pixels = np.asarray(vqcodec.decode(old_file))
     ladder = ((1, 1.0), (3, 1.0, 1.0, 0.5), (3, 1.0), (4, 1.0))
-    sha256 = save_with_encoder_settings(old.path, tmp_path / "relabelled.safetensors", quality_ladder=ladder)
+    with pytest.raises(ValueError, match="not encoder settings: \\['level_stages'\\]"):  # it would change the networks
+        save_with_encoder_settings(old.path, tmp_path / "other.safetensors", level_stages=(2, 2))
+    sha256 = save_with_encoder_settings(old.path, tmp_path / "relabelled.safetensors",
+                                        quality_ladder=[list(level) for level in ladder])  # as JSON gives it
     (tmp_path / "relabelled.safetensors.bak").unlink(missing_ok=True)
     new = zoo.register(tmp_path / "relabelled.safetensors")  # replaces the old entry and its file
     assert new.sha256 == sha256 != old.sha256 and new.decodes_files_of == (old.sha256,)

@@ -259,8 +259,8 @@ def from_dict(cls, data: dict):
 
 
 def as_tuples(value):
-    """JSON lists, nested ones too, as tuples."""
-    return tuple(as_tuples(v) for v in value) if isinstance(value, list) else value
+    """JSON lists (or tuples holding lists), nested ones too, as tuples."""
+    return tuple(as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def to_json(config) -> str:
