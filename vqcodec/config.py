@@ -238,9 +238,7 @@ class HierarchyConfig:
                 or tuple((n, (1.0,) * levels) for n in range(1, sum(self.level_stages) + 1)))
 
     def lambda_factor(self, activity: float) -> float:
-        """The multiple of every level's ECVQ lambda for an image of this activity."""
-        if not self.activity_exponent:
-            return 1.0
+        """The multiple of every level's ECVQ lambda for an image of this activity (1 at exponent 0)."""
         ratio = self.activity_reference / max(activity, self.activity_reference * 2.0 ** -20)
         return min(max(ratio ** self.activity_exponent, 1 / LAMBDA_FACTOR_BOUND), LAMBDA_FACTOR_BOUND)
 

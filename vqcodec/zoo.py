@@ -48,7 +48,7 @@ class ModelEntry:
     # model and prior are carried here unchanged; an enhancement layer was added)
     decodes_base_of: str | None = None
     # files made by these earlier weights files decode with this one exactly (the same networks
-    # and priors; another quality ladder)
+    # and priors; other encoder settings, such as the quality ladder)
     decodes_files_of: tuple[str, ...] = ()
 
     def decodes_exactly(self, prefix: str) -> bool:
