@@ -299,11 +299,14 @@ def test_corrupt_payload_never_returns_silently_wrong_shape():
         assert out.shape == grid.shape and int(out.max()) < 16  # wrong indices are caught by the CRC
 
 
-def test_range_coder_rejects_bad_frequencies():
+@pytest.mark.parametrize("frequencies", [[[-1.0, 1.0]], [[float("nan"), 1.0]], [0.5, 1.0]])
+def test_range_coder_rejects_frequencies_it_cannot_code(frequencies):
+    """Negative or NaN frequencies, or not one row per symbol: a ValueError, not a crash (the
+    range [1, 2**15] is the caller's to keep: the priors' tables are checked when they load)."""
     with pytest.raises(ValueError):
-        entropy.range_encode([(np.array([0]), np.array([[0.0, 1.0]]))])
+        entropy.range_encode([(np.array([0]), np.array(frequencies))])
     with pytest.raises(ValueError):
-        entropy.RangeDecoder(b"abc")(np.array([[0.0, 1.0]]))
+        entropy.RangeDecoder(b"abc")(np.array(frequencies))
 
 
 CLASSES = PriorConfig(num_stages=2, codebook_size=16, channels=8, layers=2, schedule="raster", num_classes=3)
@@ -460,3 +463,22 @@ def test_huge_passes_coded_in_bands_make_the_same_file(cfg, monkeypatch):
     assert (len(encode_passes(prior, grid)) > len(schedule)) == any(int(coded.sum()) > 7 for _, _, coded, _ in schedule)
     banded, banded_decoded = round_trip(prior, grid)
     assert banded == whole and torch.equal(banded_decoded, grid) and torch.equal(decoded, grid)
+
+
+@pytest.mark.parametrize("k, stages", [(16, 3), (1 << 16, 6)])  # the second renumbers before it overflows
+def test_prefix_keys_are_equal_exactly_where_every_earlier_index_is(k, stages):
+    from vqcodec.nn.prior.integer_model import prefix_keys
+    g = torch.Generator().manual_seed(3)
+    earlier = torch.randint(0, 2, (2, stages, 200), generator=g) * (k - 1)  # few distinct tuples, extreme values
+    keys = prefix_keys(earlier, k)
+    same = (earlier.unsqueeze(3) == earlier.unsqueeze(2)).all(1)  # (G, P, P)
+    assert torch.equal(keys.unsqueeze(2) == keys.unsqueeze(1), same)
+
+
+def test_dilated_grows_a_mask_by_its_radius_in_rows_and_columns():
+    from vqcodec.nn.prior.integer_model import dilated
+    g = torch.Generator().manual_seed(4)
+    for radius in (1, 2):
+        mask = torch.rand(9, 13, generator=g) < 0.08
+        expected = torch.nn.functional.max_pool2d(mask[None, None].float(), 2 * radius + 1, 1, radius)[0, 0] > 0
+        assert torch.equal(dilated(mask, radius), expected)

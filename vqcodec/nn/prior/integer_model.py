@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ...config import PriorConfig
-from .exact import (Int8Affine, centered_int8, exact_conv3x3, exact_float32, int8_matmul_available, padded_int8,
+from .exact import (CENTER, Int8Affine, blank_padded, exact_conv3x3, exact_float32, int8_matmul_available, padded_int8,
                     power_of_two, windows3x3)
 from .schedule import SCHEDULES
 
@@ -95,6 +94,9 @@ class IntegerPrior:
             logit_shift, gate_shift = self._head_shifts()
             self._heads = [Int8Affine(self.t["head_weight"][i], self.t["head_bias"][i], logit_shift[i]) for i in range(s)]
             self._gates = [Int8Affine(self.t["gate_weight"][i], self.t["gate_bias"][i], gate_shift[i]) for i in range(s)]
+        bias = self.t["stage_bias"]  # a pass's input at a position: bias + its index's row, or the unknown row
+        self._pass_rows = torch.cat([self.t["current_embed"] + bias.unsqueeze(1),
+                                     (self.t["unknown_embed"] + bias).unsqueeze(1)], dim=1)  # (S, K + 1, C)
         self._pairs: dict = {}  # the same few (coded, known) masks recur in every stage and image
         self._pairs_bytes: dict = {}  # ... and their size: the cache holds at most PAIR_CACHE_BYTES
 
@@ -123,26 +125,24 @@ class IntegerPrior:
         then runs only where a later one reads it, within as many positions of a coded one
         as there are convolutions after it; elsewhere its output is left at 0 (never read)."""
         p, c, h, w = x.shape
-        act = x.permute(0, 2, 3, 1).clamp(0, ACTIVATION_MAX)
+        padded = padded_int8(x.permute(0, 2, 3, 1).clamp(0, ACTIVATION_MAX))
         rows = max(1, TRUNK_POSITIONS // w)  # the windows of this many rows at once
         hidden_convs = self._convs[:-1]
         for depth, conv in enumerate(hidden_convs):
-            padded = padded_int8(act)
+            source, padded = padded, blank_padded(p, h, w, c)  # each output written centered, in place
             read = None if coded is None else dilated(coded, len(hidden_convs) - depth)
             if read is not None and int(read.sum()) <= SPARSE_TRUNK_FRACTION * h * w:
                 positions = read.nonzero()
-                act = torch.zeros(p, h, w, c, dtype=torch.int32)
                 for start in range(0, len(positions), TRUNK_POSITIONS):
                     part = positions[start:start + TRUNK_POSITIONS]
-                    act[:, part[:, 0], part[:, 1]] = conv(windows3x3(padded, part)).clamp_(0, ACTIVATION_MAX).view(
+                    padded[:, 1 + part[:, 0], 1 + part[:, 1]] = centered(conv(windows3x3(source, part))).to(torch.int8).view(
                         p, len(part), c)
                 continue
-            act = torch.empty(p, h, w, c, dtype=torch.int32)
             for top in range(0, h, rows):
                 end = min(h, top + rows)
-                act[:, top:end] = conv(windows3x3(padded[:, top:end + 2])).clamp_(0, ACTIVATION_MAX).view(
+                padded[:, 1 + top:1 + end, 1:-1] = centered(conv(windows3x3(source[:, top:end + 2]))).view(
                     p, end - top, w, c)
-        return padded_int8(act)
+        return padded
 
     def _head_rows(self, hidden: torch.Tensor, stage: int, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Integer logits (G * n, K) and match gates (G * n,) at the coded positions of G passes
@@ -151,7 +151,7 @@ class IntegerPrior:
         if self.int8:
             positions = mask.nonzero()
             if self._convs:
-                h = centered_int8(self._convs[-1](windows3x3(hidden, positions)).clamp_(0, ACTIVATION_MAX))
+                h = centered(self._convs[-1](windows3x3(hidden, positions))).to(torch.int8)
             else:
                 h = hidden[:, 1 + positions[:, 0], 1 + positions[:, 1]].reshape(-1, hidden.shape[-1])
             return self._heads[stage](h), self._gates[stage](h).clamp_(0, GATE_MAX).view(-1)
@@ -169,9 +169,8 @@ class IntegerPrior:
 
         previous: (..., C, H, W) sum of the earlier stages' embeddings; indices_stage: (..., H, W)
         this stage's indices, of which only the `known` (H, W) positions are read."""
-        current = lookup(self.t["current_embed"][stage], indices_stage * known).movedim(-1, -3)
-        unknown = self.t["unknown_embed"][stage].view(-1, 1, 1)
-        return previous + self.t["stage_bias"][stage].view(-1, 1, 1) + torch.where(known, current, unknown)
+        rows = torch.where(known, indices_stage, self.config.codebook_size)  # row K: unknown
+        return previous + lookup(self._pass_rows[stage], rows).movedim(-1, -3)
 
     def coarse_context(self, coarse: list[torch.Tensor]) -> torch.Tensor:
         """(..., C, H, W) integer embedding of the coarser stages' grids (..., H/f, W/f): the
@@ -245,46 +244,48 @@ class IntegerPrior:
         (G, stage + 1, H, W)."""
         count, k = grids.shape[0], self.config.codebook_size
         logits, gate = self._head_rows(hidden, stage, mask)
-        cells, match = self._matches(stage, mask, grids, known, far)  # flat (row * K + k) and its sum
+        cells, rows, match = self._matches(stage, mask, grids, known, far)  # flat (row * K + k), its row, its sum
         if len(cells):  # only where a neighbour holds the index (repeated cells write equal values)
             flat = logits.view(-1)
-            flat[cells] = flat[cells] + torch.floor(match * gate[cells // k] * (1.0 / GATE_STEPS)).int()
+            raised = flat.index_select(0, cells) + torch.floor(match * gate.index_select(0, rows) * (1.0 / GATE_STEPS)).int()
+            flat.index_copy_(0, cells, raised)
         peak = logits.amax(dim=1, keepdim=True)
-        distance = logits.neg_().add_(peak).clamp_(max=TABLE_SIZE - 1)
+        distance = torch.sub(peak, logits, out=logits).clamp_(max=TABLE_SIZE - 1)
         return list(distance.view(count, -1, k))
 
     def _matches(self, stage: int, mask: torch.Tensor, grids: torch.Tensor, known: torch.Tensor,
-                 far: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                 far: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The match term M of the coded positions (rows g * n + i for position i of grid g),
-        sparse: (cells row * K + k, M there), where M[row, k] = sum over the known neighbours
-        of the position that hold index k of v[stage, offset], or with conditional_match, of
-        the diverged weight where the neighbour's earlier-stage indices differ from the
-        position's; in a far pass, of the far weights at offsets FAR_DILATION times larger.
-        Cells may repeat (each with the full sum); M is 0 everywhere else."""
+        sparse: (cells row * K + k, their rows, M there), where M[row, k] = sum over the known
+        neighbours of the position that hold index k of v[stage, offset], or with
+        conditional_match, of the diverged weight where the neighbour's earlier-stage indices
+        differ from the position's; in a far pass, of the far weights at offsets FAR_DILATION
+        times larger. Cells may repeat (each with the full sum); M is 0 everywhere else."""
         count, k = grids.shape[0], self.config.codebook_size
         v = self.t["far_match_weight"] if far else self.t["match_weight"][stage]
         conditional = self.config.conditional_match and stage > 0 and not far
         v_diverged = self.t["diverged_match_weight"][stage] if conditional else v
         used = torch.arange(len(v))[(v != 0) | (v_diverged != 0)]
-        n, which, position, neighbour, here = self._neighbour_pairs(mask, known, used, FAR_DILATION if far else 1)
-        if not len(which):
-            return torch.zeros(0, dtype=torch.long), torch.zeros(0)
-        flat_grids = grids.flatten(2)  # (G, stage + 1, H*W)
-        row = (torch.arange(count) * n).view(-1, 1) + position.view(1, -1)
-        cells = (row * k + flat_grids[:, stage, neighbour]).flatten()
-        value = v[used[which]].expand(count, -1)
+        n, offset, position, neighbour, here = self._neighbour_pairs(mask, known, used, FAR_DILATION if far else 1)
+        if not len(offset):
+            empty = torch.zeros(0, dtype=torch.long)
+            return empty, empty, torch.zeros(0)
+        rows = (torch.arange(count) * n).view(-1, 1) + position  # (G, pairs)
+        cells = rows * k + grids[:, stage].flatten(1).index_select(1, neighbour)
+        value = v.index_select(0, offset).expand(count, -1)
         if conditional:
-            earlier = flat_grids[:, :stage]
-            same_prefix = (earlier[:, :, neighbour] == earlier[:, :, here]).all(1)  # (G, pairs)
-            value = torch.where(same_prefix, value, v_diverged[used[which]])
-        total = torch.zeros(count * n * k).index_put_((cells,), value.flatten(), accumulate=True)
-        return cells, total[cells]
+            prefix = prefix_keys(grids[:, :stage].flatten(2), k)  # (G, H*W)
+            same_prefix = prefix.index_select(1, neighbour) == prefix.index_select(1, here)
+            value = torch.where(same_prefix, value, v_diverged.index_select(0, offset))
+        cells, rows = cells.view(-1), rows.view(-1)
+        total = torch.zeros(count * n * k).index_put_((cells,), value.reshape(-1), accumulate=True)
+        return cells, rows, total.index_select(0, cells)
 
     def _neighbour_pairs(self, mask: torch.Tensor, known: torch.Tensor, used: torch.Tensor, dilation: int):
         """For the coded positions (row-major) of `mask` and the match offsets `used` (times
         dilation): (n coded positions, and per (offset, position) pair whose neighbour is inside
-        the grid and known: the offset number, the position number, the neighbour's and the
-        position's flat index)."""
+        the grid and known: the offset (its number in the 5x5 window), the position number, the
+        neighbour's and the position's flat index)."""
         key = (tuple(mask.shape), mask.numpy().tobytes(), known.numpy().tobytes(), tuple(used.tolist()), dilation)
         pairs = self._pairs.get(key)
         if pairs is None:
@@ -297,7 +298,7 @@ class IntegerPrior:
             flat = r.clamp(0, rows - 1) * cols + c.clamp(0, cols - 1)
             which, position = (inside & known.flatten()[flat]).nonzero(as_tuple=True)
             here = positions[position, 0] * cols + positions[position, 1]
-            pairs = (len(positions), which, position, flat[which, position], here)
+            pairs = (len(positions), used[which], position, flat[which, position], here)
             size = sum(t.numel() * t.element_size() for t in pairs[1:])
             if len(self._pairs) >= 64 or sum(self._pairs_bytes.values()) + size > PAIR_CACHE_BYTES:
                 self._pairs.clear()
@@ -307,10 +308,33 @@ class IntegerPrior:
         return pairs
 
 
+def centered(sums: torch.Tensor) -> torch.Tensor:
+    """A convolution's int32 output -> its activation in [0, 255] less 128, in place (int8 once cast)."""
+    return sums.clamp_(0, ACTIVATION_MAX).sub_(CENTER)
+
+
 def dilated(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """(H, W) bool: the positions within `radius` rows and columns of a True one of mask."""
-    grown = F.max_pool2d(mask.view(1, 1, *mask.shape).float(), 2 * radius + 1, stride=1, padding=radius)
-    return grown.view(mask.shape) > 0
+    for _ in range(radius):
+        grown = mask.clone()
+        grown[1:] |= mask[:-1]
+        grown[:-1] |= mask[1:]
+        mask = grown.clone()
+        mask[:, 1:] |= grown[:, :-1]
+        mask[:, :-1] |= grown[:, 1:]
+    return mask
+
+
+def prefix_keys(earlier: torch.Tensor, k: int) -> torch.Tensor:
+    """(G, H*W) int64 keys of the earlier stages' indices (G, S, H*W) at each position, equal
+    exactly where all S indices are equal: the indices in base k, renumbered densely before
+    they could overflow."""
+    keys = earlier[:, 0]
+    for s in range(1, earlier.shape[1]):
+        if int(keys.max()) >= (1 << 62) // k:
+            keys = torch.unique(keys, return_inverse=True)[1]
+        keys = keys * k + earlier[:, s]
+    return keys
 
 
 def lookup(table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
