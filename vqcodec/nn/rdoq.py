@@ -20,7 +20,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .prior import LOGIT_STEPS, IntegerPrior, bands, empty_embedding, pass_schedule, starting_embedding
+from .prior import (LOGIT_STEPS, IntegerPrior, bands, empty_embedding, pass_schedule, stage_passes,
+                    starting_embedding)
 from .quantize import ResidualVQ
 
 CHUNK = 1 << 16  # positions per distance computation: bounds memory on huge grids
@@ -128,9 +129,8 @@ class HierarchyRateDistortion:
         else:
             self.previous = self.previous + prior.stage_embedding(s - 1, self.indices[s - 1])
         vectors = residual[0].permute(1, 2, 0).reshape(rows * cols, -1)
-        for pass_stage, known, coded, far in pass_schedule(prior.config, s + 1, rows, cols):
-            if pass_stage == s:  # distances of the pass's positions only (each position once per stage)
-                _choose_pass(prior, self.previous, self.indices, s, known, coded, far, self.bits_per_distance[level],
-                             lambda at: _distances(vectors.index_select(0, at), stage.codebook), self.sink)
+        for known, coded, far in stage_passes(prior.config, s, rows, cols):  # each position's distances once
+            _choose_pass(prior, self.previous, self.indices, s, known, coded, far, self.bits_per_distance[level],
+                         lambda at: _distances(vectors.index_select(0, at), stage.codebook), self.sink)
         self.grids.append(self.indices[s])
         return self.indices[s].unsqueeze(0)

@@ -53,11 +53,11 @@ from .integer_model import (ACTIVATION_BITS, ACTIVATION_MAX, BIAS_MAX, EMBED_MAX
                             GATE_STEPS, LOGIT_STEPS, MATCH_RADIUS, MATCH_SCALE, MAX_EXPONENT, TABLE_SIZE, WEIGHT_MAX,
                             IntegerPrior, check_config, frequency_table)
 from .sampling import GuidedSampler, Sampler
-from .schedule import SCHEDULES, far_pass, group_map, pass_schedule
+from .schedule import SCHEDULES, far_pass, group_map, pass_schedule, stage_passes
 
 __all__ = ["ACTIVATION_BITS", "ACTIVATION_MAX", "BAND_POSITIONS", "BIAS_MAX", "CONTINUE_RULE", "EMBED_MAX", "FAR_DILATION",
            "FREQ_BITS", "GATE_MAX", "GATE_STEPS", "LOGIT_STEPS", "MATCH_RADIUS", "MATCH_SCALE", "MAX_EXPONENT",
            "PASS_CHUNK_POSITIONS", "SCHEDULES", "TABLE_SIZE", "WEIGHT_MAX", "ContextPrior", "GuidedSampler",
            "IntegerPrior", "Sampler", "bands", "check_config", "continues", "decode_passes", "empty_embedding",
-           "encode_passes", "far_pass", "frequency_table", "group_map", "iter_passes", "pass_schedule",
+           "encode_passes", "far_pass", "frequency_table", "group_map", "iter_passes", "pass_schedule", "stage_passes",
            "starting_embedding"]

@@ -1,11 +1,14 @@
 """The coding order: which positions of which stage each network pass codes, and what it may see."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ...config import PriorConfig
 
 SCHEDULES = ("grouped", "raster")  # coding orders, see group_map
+GROUP_CACHE_POSITIONS = 1 << 18  # grids up to this size keep their group maps (the same few recur in every image)
 
 
 def group_map(cfg: PriorConfig, stage: int, rows: int, cols: int) -> torch.Tensor:
@@ -39,7 +42,20 @@ def far_pass(cfg: PriorConfig, stage: int, group: int) -> bool:
 def pass_schedule(cfg: PriorConfig, num_stages: int, rows: int, cols: int):
     """The coding order: (stage, known (H, W), coded (H, W), far) for every non-empty pass."""
     for stage in range(num_stages):
-        groups = group_map(cfg, stage, rows, cols)
-        for g in torch.unique(groups).tolist():
-            yield stage, groups < g, groups == g, far_pass(cfg, stage, g)
+        for known, coded, far in stage_passes(cfg, stage, rows, cols):
+            yield stage, known, coded, far
 
+
+def stage_passes(cfg: PriorConfig, stage: int, rows: int, cols: int):
+    """The passes of one stage, in order: (known (H, W), coded (H, W), far)."""
+    groups, order = (_remembered_groups if rows * cols <= GROUP_CACHE_POSITIONS else _groups)(cfg, stage, rows, cols)
+    for g in order:
+        yield groups < g, groups == g, far_pass(cfg, stage, g)
+
+
+def _groups(cfg: PriorConfig, stage: int, rows: int, cols: int) -> tuple[torch.Tensor, list[int]]:
+    groups = group_map(cfg, stage, rows, cols)
+    return groups, torch.unique(groups).tolist()
+
+
+_remembered_groups = functools.lru_cache(maxsize=64)(_groups)
