@@ -223,3 +223,15 @@ def test_describe_reports_header_and_sizes(photo):
     assert fields["file_bytes"] == len(data) and fields["quality"] == 2
     assert fields["model_installed"] is True
     assert fields["bpp"] == pytest.approx(len(data) * 8 / (photo.width * photo.height))
+
+
+@pytest.mark.parametrize("quality", [2, 9])
+def test_hierarchy_grids_are_the_grids_the_codec_writes(photo, quality):
+    """What a prior refit trains on (codec.hierarchy_grids) is what files hold, level by level."""
+    entry = installed_model("photo2")
+    model, priors = zoo.load_hierarchy(entry)
+    arr = photo_crop(photo, 72, 56)
+    grids = codec.hierarchy_grids(model, priors, arr, quality)
+    data = vqcodec.encode(arr, quality=quality, model="photo2", color_correction=False)
+    written = [grid for layer in vqcodec.read_indices(data).layers for grid in layer.indices]
+    assert len(grids) == len(written) and all(np.array_equal(a, b) for a, b in zip(grids, written))

@@ -240,3 +240,44 @@ def test_models_lists_it(tiny_hierarchy, runner):
     assert result.exit_code == 0, result.output
     listed = {m["name"]: m for m in json.loads(result.output)}
     assert listed["tinyh"]["default_quality"] == 2
+
+
+def test_priors_trained_again_make_a_new_file_that_keeps_the_earlier_ones_for_older_files(tmp_path, monkeypatch):
+    """weights_io.save_with_earlier_priors: the same networks with new level priors; the files each
+    earlier release made decode exactly as they did, with the priors they were coded with, also
+    after a second refit; new files are coded with the new priors."""
+    from vqcodec.weights_io import save_with_earlier_priors
+
+    monkeypatch.setenv("VQCODEC_WEIGHTS", str(tmp_path))
+    image = pixels(64, 96, seed=6)
+    releases = [install_tiny(tmp_path, "refit")]
+    files = [codec.encode_image(image, 4, model="refit").data]
+    decoded = [np.asarray(vqcodec.decode(files[0]))]
+    model, first_priors = zoo.load_hierarchy(releases[0])
+    coded_with = [first_priors]  # each release's own priors
+    for seed in (10, 20):  # two refits: "trained" priors of their own
+        priors = []
+        for level, cfg in enumerate(level_prior_configs(TINY, PriorConfig(channels=8, layers=2))):
+            torch.manual_seed(seed + level)
+            priors.append(IntegerPrior(cfg, ContextPrior(cfg).to_integer()))
+        save_hierarchy(tmp_path / "new.safetensors", model, priors, name="refit", description="tiny", training={})
+        sha256 = save_with_earlier_priors(tmp_path / "new.safetensors", releases[-1].path,
+                                          tmp_path / "refit.safetensors")
+        (tmp_path / "refit.safetensors.bak").unlink(missing_ok=True)
+        releases.append(zoo.register(tmp_path / "refit.safetensors"))
+        coded_with.append(priors)
+        assert releases[-1].sha256 == sha256 and releases[-1].decodes_files_of == tuple(r.sha256 for r in releases[:-1])
+        files.append(codec.encode_image(image, 4, model="refit").data)
+        decoded.append(np.asarray(vqcodec.decode(files[-1])))
+        for data, pixels_then in zip(files, decoded):
+            assert np.array_equal(np.asarray(vqcodec.decode(data)), pixels_then)
+    for release, expected in zip(releases, coded_with):
+        made_by = None if release is releases[-1] else release.sha256[:16]
+        kept = zoo.load_hierarchy(releases[-1], made_by=made_by)[1]
+        assert all(torch.equal(a, b) for x, y in zip(kept, expected)
+                   for a, b in zip(x.tensors().values(), y.tensors().values()))
+    assert len({data for data in files}) == 3  # the same grids coded with other priors: other bytes
+    other = tiny_model(cfg=TINY_REFINED)
+    save_hierarchy(tmp_path / "other.safetensors", other, priors, name="other", description="tiny", training={})
+    with pytest.raises(ValueError, match="does not hold the networks"):
+        save_with_earlier_priors(tmp_path / "other.safetensors", releases[-1].path, tmp_path / "x.safetensors")

@@ -289,3 +289,34 @@ def test_rounds_continue_the_autoencoder_and_its_priors_and_a_kill_resumes_in_th
         result = CliRunner().invoke(main, ["train", "--data", str(folder / "data"), "--out", str(out),
                                            "--config", str(folder / "r.json")])
         assert result.exit_code == 1 and message in result.output, result.output
+
+
+def test_a_round_can_refit_the_priors_alone_on_the_codec_grids(folder):
+    """A later round whose autoencoder loop has 0 steps keeps the autoencoder as it was, and a
+    priors phase with codec_grids trains on the grids the codec writes with that round's quality
+    ladder (evaluated per quality level), continued from the priors before."""
+    ladder = [[1, 1.0], [2, 1.0], [4, 1.0]]
+    config = {**PIPELINE, "rounds": [
+        {"model": {"quality_ladder": ladder}, "autoencoder": {"loop": {"steps": 0}},
+         "priors": {"loop": {"steps": 2}, "data": {"codec_grids": True}}}]}
+    (folder / "c.json").write_text(json.dumps(config))
+    out = folder / "c" / "tiny.safetensors"
+    result = invoke("train", "--data", folder / "data", "--out", out, "--config", folder / "c.json", "--no-register")
+    assert result.exit_code == 0, result.output
+    assert "phase 3/3: priors (round 1)" in result.output
+    work = folder / "c" / "tiny.work"
+    assert not (work / "round1" / "autoencoder").exists()
+    evaluations = [json.loads(line) for line in (work / "round1" / "priors" / "log.jsonl").read_text().splitlines()
+                   if "codec_bpp" in line]
+    assert evaluations and len(evaluations[-1]["codec_bpp"]) == len(ladder)
+    phases = (work / "priors" / "weights.safetensors", work / "round1" / "priors" / "weights.safetensors", out)
+    first, refit, shipped = (load_file(str(path)) for path in phases)
+    assert any(not torch.equal(first[k], refit[k]) for k in first)  # trained on
+    autoencoder = load_file(str(work / "autoencoder" / "weights.safetensors"))
+    kept = [(shipped[f"hierarchy.{k}"], v) for k, v in autoencoder.items() if f"hierarchy.{k}" in shipped]
+    assert len(kept) > 10 and all(torch.equal(a, b) for a, b in kept)  # the autoencoder as it was
+    assert json.loads(read_metadata(out)["hierarchy_config"])["quality_ladder"] == ladder
+    (folder / "c.json").write_text(json.dumps({**PIPELINE, "autoencoder": {"loop": {"steps": 0}}}))
+    result = CliRunner().invoke(main, ["train", "--data", str(folder / "data"), "--out", str(out), "--config",
+                                       str(folder / "c.json")])
+    assert result.exit_code == 1 and "the first round must train the autoencoder" in result.output

@@ -115,17 +115,14 @@ class _Model:
         return "; then ".join(layer.describe() for layer in self.layers)
 
 
-def _load_model(entry: zoo.ModelEntry) -> _Model:
+def _load_model(entry: zoo.ModelEntry, made_by: str | None = None) -> _Model:
     """The base VQ-VAE is the first layer; an enhancement layer, if any, the second, coded
     over the base's level b. A hierarchical model's levels are its layers, coarse to fine,
-    each coded over all the stages of the one before."""
-    hierarchy = zoo.load_hierarchy(entry)
+    each coded over all the stages of the one before. made_by: the sha256 (prefix) of the model
+    that made the files to decode, whose level priors they were coded with (zoo.load_hierarchy)."""
+    hierarchy = zoo.load_hierarchy(entry, made_by)
     if hierarchy is not None:
-        model, priors = hierarchy
-        cfg = model.config
-        layers = tuple(_ModelLayer(stride, stages, cfg.codebook_size, prior, cfg.level_stages[i - 1] if i else None)
-                       for i, (stride, stages, prior) in enumerate(zip(cfg.level_strides, cfg.level_stages, priors)))
-        return _Model(entry, None, None, layers, cfg.quality_levels(), model)
+        return _hierarchy_model(entry, *hierarchy)
     vqvae, enhance = zoo.load(entry), zoo.load_enhance(entry)
     cfg, levels = vqvae.config, zoo.levels_of(vqvae, enhance)
     layers = [_ModelLayer(cfg.stride, cfg.num_stages, cfg.codebook_size, zoo.load_prior(entry))]
@@ -133,6 +130,14 @@ def _load_model(entry: zoo.ModelEntry) -> _Model:
         layers.append(_ModelLayer(enhance.config.stride, enhance.config.num_stages, enhance.config.codebook_size,
                                   zoo.load_enhance_prior(entry), levels.base))
     return _Model(entry, vqvae, enhance, tuple(layers), levels)
+
+
+def _hierarchy_model(entry: zoo.ModelEntry | None, model, priors) -> _Model:
+    """A hierarchical model's networks (HierarchicalVQ) and level priors as the codec sees them."""
+    cfg = model.config
+    layers = tuple(_ModelLayer(stride, stages, cfg.codebook_size, prior, cfg.level_stages[i - 1] if i else None)
+                   for i, (stride, stages, prior) in enumerate(zip(cfg.level_strides, cfg.level_stages, priors)))
+    return _Model(entry, None, None, layers, cfg.quality_levels(), model)
 
 
 def _model_for(model: str | None) -> _Model:
@@ -270,6 +275,15 @@ def _hierarchy_payload(model: _Model, padded: np.ndarray, quality: int, coder: s
             encoder.add(symbols, freqs)
         start += layer.stages
     return arrays, encoder.payload()
+
+
+def hierarchy_grids(model, priors: list, rgb: np.ndarray, quality: int) -> list[np.ndarray]:
+    """The index grids (h, w) per stage, coarse to fine, that the codec writes for RGB pixels
+    (H, W, 3) uint8 at `quality` with a hierarchical model's networks (HierarchicalVQ, its encoder
+    settings in its config) and level priors (IntegerPrior), which choose the indices: what the
+    priors code, for training them on (training.hierarchy_prior_task, codec_grids)."""
+    with torch.no_grad():
+        return _index_payload(_hierarchy_model(None, model, priors), rgb, quality, "prior", RATE_TRADEOFF, 0)[0]
 
 
 def _coarse(spec: _ModelLayer, grids: list) -> list[torch.Tensor] | None:
@@ -443,7 +457,7 @@ def _find_model(header: Header | HeaderV1) -> tuple[zoo.ModelEntry, bool]:
     """The installed model that decodes a file, and whether it decodes it exactly: it made it,
     or has the same networks (zoo.ModelEntry.decodes_files_of); False: it carries that model's
     base unchanged (zoo.ModelEntry.decodes_base_of)."""
-    stored = header.model_sha256 if isinstance(header, HeaderV1) else header.model_prefix
+    stored = _made_by(header)
     try:
         entry = zoo.find_by_prefix(stored)  # a full sha256 is its own prefix
     except zoo.ModelError as error:
@@ -456,6 +470,11 @@ def _find_model(header: Header | HeaderV1) -> tuple[zoo.ModelEntry, bool]:
         raise VqzError(f"file was made by the model whose sha256 starts with {stored}, which is not "
                        f"installed (installed: {installed or 'none'})")
     return entry, entry.decodes_exactly(stored)
+
+
+def _made_by(header: Header | HeaderV1) -> str:
+    """The sha256 (version 1) or its prefix (later versions) of the model that made a file."""
+    return header.model_sha256 if isinstance(header, HeaderV1) else header.model_prefix
 
 
 def _v1_layers(header: HeaderV1, model: _Model) -> tuple[Layer, ...]:
@@ -507,7 +526,7 @@ def _indices_of(parsed: container.Container):
     checked against its index CRC."""
     header = parsed.header
     entry, exact = _find_model(header)
-    model = _load_model(entry)
+    model = _load_model(entry, _made_by(header))
     layers = _layers_of(header, model, exact)
     specs = model.layers[:len(layers)]
     if header.coder == "prior" and any(spec.prior is None for spec in specs):

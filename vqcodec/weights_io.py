@@ -24,6 +24,11 @@ A hierarchical model (nn.hierarchy, `vqcodec train --config configs/photo.json`)
     metadata["training"]         JSON facts about every phase's run
     tensors "hierarchy.*"        the autoencoder, float32
     tensors "prior<level>.*"     the integer prior of each level, int32
+and, once its priors were trained again (save_with_earlier_priors), the ones files made before
+still decode with, one set per release of other priors:
+    metadata["earlier_priors"]   JSON list of {"files": [sha256 of the weights files whose files
+                                 each set decodes], "prior_configs": [...]}
+    tensors "earlier<k>.prior<level>.*"  set k's level priors, int32
 """
 from __future__ import annotations
 
@@ -249,8 +254,10 @@ def save_hierarchy(path: str | os.PathLike, model: HierarchicalVQ, priors: list[
     return sha256_of_file(path)
 
 
-def hierarchy_from_bytes(data: bytes, origin: str = "weights") -> tuple[HierarchicalVQ, list[IntegerPrior]]:
-    """A hierarchical model and its level priors from the bytes of their weights file."""
+def hierarchy_from_bytes(data: bytes, origin: str = "weights"):
+    """A hierarchical model, its level priors and its earlier prior sets from the bytes of their
+    weights file: (HierarchicalVQ, [IntegerPrior per level], {sha256: [IntegerPrior per level]}
+    for the files each earlier set decodes)."""
     metadata = metadata_from_bytes(data, origin)
     config = from_dict(HierarchyConfig, json.loads(metadata["hierarchy_config"]))
     tensors = load_tensors_from_bytes(data)
@@ -260,12 +267,58 @@ def hierarchy_from_bytes(data: bytes, origin: str = "weights") -> tuple[Hierarch
     missing = [k for k in missing if not k.endswith((".ema_sum", ".ema_count", ".initialized"))]
     if missing or unexpected:
         raise ValueError(f"{origin}: tensors do not match the config (missing {missing}, unexpected {unexpected})")
+    priors = _level_priors(tensors, "", json.loads(metadata["prior_configs"]), len(config.level_strides), origin)
+    earlier = {}
+    for k, prior_set in enumerate(json.loads(metadata.get("earlier_priors", "[]"))):
+        level_priors = _level_priors(tensors, f"earlier{k}.", prior_set["prior_configs"], len(config.level_strides),
+                                     origin)
+        earlier.update({sha256: level_priors for sha256 in prior_set["files"]})
+    return model.eval(), priors, earlier
+
+
+def _level_priors(tensors: dict, prefix: str, configs: list, levels: int, origin: str) -> list[IntegerPrior]:
+    """The level priors stored as "<prefix>prior<level>.*" with their configs (JSON dicts)."""
     priors = []
-    for level, raw in enumerate(json.loads(metadata["prior_configs"])):
-        prior_tensors = {k[len(f"prior{level}."):]: v for k, v in tensors.items() if k.startswith(f"prior{level}.")}
+    for level, raw in enumerate(configs):
+        name = f"{prefix}prior{level}."
+        prior_tensors = {k[len(name):]: v for k, v in tensors.items() if k.startswith(name)}
         if any(t.dtype != torch.int32 for t in prior_tensors.values()):
             raise ValueError(f"{origin}: prior tensors must be int32")
         priors.append(IntegerPrior(from_dict(PriorConfig, raw), prior_tensors))
-    if len(priors) != len(config.level_strides):
-        raise ValueError(f"{origin}: {len(priors)} priors for {len(config.level_strides)} levels")
-    return model.eval(), priors
+    if len(priors) != levels:
+        raise ValueError(f"{origin}: {len(priors)} priors for {levels} levels")
+    return priors
+
+
+def save_with_earlier_priors(source: str | os.PathLike, earlier: str | os.PathLike, path: str | os.PathLike) -> str:
+    """Copy the hierarchical model in `source` to `path`, atomically, with the level priors of
+    `earlier` (a weights file of the very same networks whose priors were since trained again)
+    kept as an earlier set, so the files `earlier` made, and those it decoded exactly, decode
+    with the copy exactly; `earlier`'s own earlier sets come along. Their sha256s go to
+    "decodes_files_of" (zoo.register puts them in the manifest). Returns the copy's sha256."""
+    with open(source, "rb") as f:
+        data = f.read()
+    with open(earlier, "rb") as f:
+        earlier_data = f.read()
+    metadata, earlier_metadata = metadata_from_bytes(data, str(source)), metadata_from_bytes(earlier_data, str(earlier))
+    if not (is_hierarchy(metadata) and is_hierarchy(earlier_metadata)):
+        raise ValueError("both weights files must hold hierarchical models")
+    tensors, earlier_tensors = load_tensors_from_bytes(data), load_tensors_from_bytes(earlier_data)
+    networks = {k for k in tensors if k.startswith(HIERARCHY_PREFIX)}
+    if networks != {k for k in earlier_tensors if k.startswith(HIERARCHY_PREFIX)} or not all(
+            torch.equal(tensors[k], earlier_tensors[k]) for k in networks):
+        raise ValueError(f"{earlier} does not hold the networks of {source}: its files would not decode")
+    sets = json.loads(earlier_metadata.get("earlier_priors", "[]"))
+    carried = {file for prior_set in sets for file in prior_set["files"]}
+    files = [file for file in json.loads(earlier_metadata.get("decodes_files_of", "[]")) if file not in carried]
+    sets.append({"files": files + [hashlib.sha256(earlier_data).hexdigest()],
+                 "prior_configs": json.loads(earlier_metadata["prior_configs"])})
+    tensors = {k: v for k, v in tensors.items() if not k.startswith("earlier")}
+    for k, prior_set in enumerate(sets):
+        name = "" if k == len(sets) - 1 else f"earlier{k}."  # the newest set: the earlier file's own priors
+        tensors.update({f"earlier{k}.{key[len(name):]}": value for key, value in earlier_tensors.items()
+                        if key.startswith(name + "prior")})
+    metadata = {**metadata, "earlier_priors": json.dumps(sets, sort_keys=True),
+                "decodes_files_of": json.dumps([file for prior_set in sets for file in prior_set["files"]])}
+    atomic_write_bytes(path, save_tensors_to_bytes(tensors, metadata=metadata), overwrite=True)
+    return sha256_of_file(path)

@@ -5,9 +5,10 @@ Each weights folder holds `models.json`:
                  "description": "...", "default": true}, ...]}
 An entry may list "decodes_base_of": the sha256 of the file its enhancement layer was trained
 over, whose base model and prior it carries unchanged, so files that file made still decode;
-and "decodes_files_of": the sha256s of earlier files with the very same networks and priors
-(only encoder settings, such as the quality ladder, changed: weights_io.save_with_encoder_settings),
-whose files it decodes exactly as they did.
+and "decodes_files_of": the sha256s of earlier files with the very same networks, whose files it
+decodes exactly as they did: only encoder settings, such as the quality ladder, changed
+(weights_io.save_with_encoder_settings), or the priors were trained again and the earlier ones
+came along for those files (weights_io.save_with_earlier_priors, load_hierarchy's made_by).
 Folders searched, first match wins: $VQCODEC_WEIGHTS (os.pathsep-separated),
 the source checkout's weights/, and <sys.prefix>/share/vqcodec/weights (wheel installs).
 A file's sha256 must equal the manifest's before a byte of it is parsed, and
@@ -47,8 +48,8 @@ class ModelEntry:
     # files made by this earlier weights file decode with this one at its base levels (its base
     # model and prior are carried here unchanged; an enhancement layer was added)
     decodes_base_of: str | None = None
-    # files made by these earlier weights files decode with this one exactly (the same networks
-    # and priors; other encoder settings, such as the quality ladder)
+    # files made by these earlier weights files decode with this one exactly (the same networks;
+    # other encoder settings, such as the quality ladder, or the priors they were coded with kept)
     decodes_files_of: tuple[str, ...] = ()
 
     def decodes_exactly(self, prefix: str) -> bool:
@@ -187,10 +188,18 @@ def load(entry: ModelEntry):
     return _load_checked(entry.path, entry.sha256)[0]
 
 
-def load_hierarchy(entry: ModelEntry):
+def load_hierarchy(entry: ModelEntry, made_by: str | None = None):
     """(HierarchicalVQ, one IntegerPrior per level) of a hierarchical model (nn.hierarchy),
-    else None."""
-    return _load_checked(entry.path, entry.sha256)[4]
+    else None. made_by: the sha256 (or a prefix of it) of the model that made the files to be
+    decoded; the level priors are then those its files were coded with (an earlier set, see
+    weights_io.save_with_earlier_priors, where the priors were trained again since)."""
+    loaded = _load_checked(entry.path, entry.sha256)[4]
+    if loaded is None:
+        return None
+    model, priors, earlier = loaded
+    if made_by is not None:
+        priors = next((level_priors for sha256, level_priors in earlier.items() if sha256.startswith(made_by)), priors)
+    return model, priors
 
 
 def load_prior(entry: ModelEntry):

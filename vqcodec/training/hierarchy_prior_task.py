@@ -1,6 +1,8 @@
 """Training phase: the integer context priors that code a hierarchical model's indices.
 
     photo crops ──HierarchicalVQ.encode_indices (ECVQ at lambda_n, n random)──> grids per level
+        │   or with codec_grids: the codec's own encoder at a random quality level (its ladder,
+        │   its per-image lambda, indices chosen under the warm-start priors): what files hold
         │ per level: ContextPrior over its stages (checkerboard passes), conditioned on the
         │ coarser levels' grids (PriorConfig.coarse_factors); one random stage per example
         v
@@ -21,11 +23,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save as save_safetensors
 
-from ..config import HierarchyConfig, PriorConfig, from_dict
+from ..config import HierarchyConfig, PriorConfig, as_tuples, from_dict
 from ..fileio import atomic_write_bytes
 from ..nn.hierarchy import HierarchicalVQ
 from ..nn.prior import ContextPrior, IntegerPrior
-from .data import central_crop, load_pool, random_crops, read_sections, split_by_name
+from .data import central_crop, crop_batch, load_pool, random_crops, read_sections, split_by_name
 from .loop import LoopConfig, run, setup
 
 
@@ -64,12 +66,17 @@ class HierarchyPriorTask:
     def __init__(self, autoencoder: str | Path, folders: list[str], prior: PriorConfig, *, conditioned: bool = True,
                  batch_size: int = 8, crop_size: int = 256, held_out_per_folder: int = 3,
                  extra_scales: tuple[float, ...] = (0.6,), device: torch.device | str = "cpu",
-                 warm_start: str | Path | None = None):
+                 warm_start: str | Path | None = None, codec_grids: bool = False,
+                 encoder_settings: dict | None = None):
         """warm_start: a weights file of this phase (another autoencoder's level priors, for the
         same first levels and codebook sizes) whose priors these continue (ContextPrior.from_integer):
         an autoencoder trained on from the one they were made for keeps most of its index
         statistics, so they start near their optimum. Levels it lacks (an autoencoder that
-        added a level) start fresh."""
+        added a level) start fresh.
+        codec_grids: train on the grids the codec writes (codec.hierarchy_grids) with this
+        autoencoder, the warm-start priors and encoder_settings (HierarchyConfig.ENCODER_SETTINGS,
+        the quality ladder among them) instead of the training ECVQ's: a refit of priors that
+        never saw the codec's own index choice (its ladder's lambdas, its per-image lambda)."""
         self.device = torch.device(device)
         self.autoencoder = load_hierarchy(autoencoder).to(self.device)
         for p in self.autoencoder.parameters():
@@ -91,6 +98,14 @@ class HierarchyPriorTask:
         self.pool = load_pool(train_files, extra_scales, crop_size)
         self.held_out = load_pool(held_files, (), cfg.stride)
         self.source = str(autoencoder)
+        self.codec = None  # (HierarchicalVQ with the encoder settings, its level priors) with codec_grids
+        if codec_grids:
+            if warm_start is None or not cfg.quality_ladder and not (encoder_settings or {}).get("quality_ladder"):
+                raise ValueError("codec_grids needs warm-start priors and a quality ladder (encoder_settings)")
+            codec_model = load_hierarchy(autoencoder)
+            settings = {key: as_tuples(value) for key, value in (encoder_settings or {}).items()}
+            codec_model.config = replace(codec_model.config, **settings)
+            self.codec = (codec_model, read_level_priors(warm_start)[0])
 
     def _levels(self, grids: list[torch.Tensor]) -> list[torch.Tensor]:
         """Split the stage list into (B, S_l, h, w) per level (levels beyond the prefix: absent)."""
@@ -117,19 +132,45 @@ class HierarchyPriorTask:
         return total, parts
 
     def batch_loss(self, step: int, generator: torch.Generator):
-        images = random_crops(self.pool, self.batch_size, self.crop_size, generator, self.device)
-        n = int(torch.randint(1, self.autoencoder.num_stages + 1, (1,), generator=generator))
-        with torch.no_grad():
-            grids, _ = self.autoencoder.encode_indices(images, n, float(self.lambdas[n - 1]))
+        if self.codec is not None:
+            images, _ = crop_batch(self.pool, self.batch_size, self.crop_size, generator)
+            quality = 1 + int(torch.randint(self.codec[0].config.quality_levels().count, (1,), generator=generator))
+            grids = self._codec_grids(images, quality)
+        else:
+            images = random_crops(self.pool, self.batch_size, self.crop_size, generator, self.device)
+            n = int(torch.randint(1, self.autoencoder.num_stages + 1, (1,), generator=generator))
+            with torch.no_grad():
+                grids, _ = self.autoencoder.encode_indices(images, n, float(self.lambdas[n - 1]))
         bpp, _ = self._bits_per_pixel(grids, self.crop_size ** 2,
                                       lambda b, s: torch.randint(s, (b,), generator=generator), generator)
         return bpp, {"bpp": float(bpp.detach())}
+
+    def _codec_grids(self, images: torch.Tensor, quality: int) -> list[torch.Tensor]:
+        """The codec's grids (B, h, w) per stage of uint8 images (B, 3, H, W) at `quality`."""
+        from .. import codec
+
+        model, priors = self.codec
+        with torch.autocast(self.device.type, enabled=False):  # the codec's own precision, whatever the loop's
+            per_image = [codec.hierarchy_grids(model, priors, image.permute(1, 2, 0).numpy(), quality)
+                         for image in images]
+        return [torch.from_numpy(np.stack(stage)).long().to(self.device) for stage in zip(*per_image)]
 
     @torch.no_grad()
     def evaluate(self) -> dict:
         """Per prefix n on the held-out photos (central EVAL_SIDE square): bpp under these
         priors (the integer model's code length, up to the frequency table's rounding) and
-        under the autoencoder's float training entropy model."""
+        under the autoencoder's float training entropy model; with codec_grids, per quality
+        level, the bpp of the codec's grids under these priors."""
+        if self.codec is not None:
+            levels = self.codec[0].config.quality_levels().count
+            codec_bpp = np.zeros(levels)
+            for image in self.held_out:
+                x = (central_crop(image, self.autoencoder.config.stride) * 255).round().byte()
+                for quality in range(1, levels + 1):
+                    grids = self._codec_grids(x, quality)
+                    bits = sum(float(self._stage_bits(grids, s)) for s in range(len(grids)))
+                    codec_bpp[quality - 1] += bits / (x.shape[2] * x.shape[3]) / len(self.held_out)
+            return {"codec_bpp": [round(float(v), 4) for v in codec_bpp]}
         n_stages = self.autoencoder.num_stages
         prior_bpp, float_bpp = np.zeros(n_stages), np.zeros(n_stages)
         stride = self.autoencoder.config.stride

@@ -15,7 +15,10 @@ A round after the first states only what changes: its sections are the round bef
 keys it gives replaced (a longer run at another batch size, a higher lambda_high, one more
 level), so the recipe of a model trained in several sittings is one config. A round whose
 priors loop has 0 steps trains no priors (the next priors phase continues the last ones
-trained, or starts fresh); a loop's stop_at ends a run cut short on its schedule.
+trained, or starts fresh); a later round whose autoencoder loop has 0 steps keeps the
+autoencoder of the round before (a round that refits the priors alone, say on the codec's own
+grids: priors data {"codec_grids": true}, with the round's encoder settings); a loop's stop_at
+ends a run cut short on its schedule.
 
 Each phase runs through the one loop (training.loop); a phase whose checkpoint has reached
 its step count is done and is skipped, so rerunning the same command after a kill continues
@@ -45,6 +48,12 @@ class Round:
     model: HierarchyConfig
     autoencoder: tuple[LoopConfig, dict]  # loop, data
     priors: tuple[PriorConfig, LoopConfig, dict]  # prior, loop, data
+
+    @property
+    def trains_autoencoder(self) -> bool:
+        """A later round whose autoencoder loop has 0 steps keeps the one before (the first
+        round always trains one)."""
+        return self.autoencoder[0].steps > 0
 
     @property
     def trains_priors(self) -> bool:
@@ -89,6 +98,8 @@ def read_pipeline_config(path: str | Path) -> list[Round]:
                              priors.get("data", {}))))
     if not rounds[-1].trains_priors:
         raise ValueError(f"{path}: the last round must train priors (its priors loop has 0 steps)")
+    if not rounds[0].trains_autoencoder:
+        raise ValueError(f"{path}: the first round must train the autoencoder (its loop has 0 steps)")
     return rounds
 
 
@@ -108,7 +119,7 @@ def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path,
                    steps: int | None = None, init_from: str | Path | None = None, device: str = "cpu") -> Path:
     """Every round of `config_path` on the images in `folders`, into `out`; intermediate files
     in work_folder(out, work). steps: every phase's step count (overrides the config; a
-    round without priors stays without).
+    phase a round leaves out stays out).
     init_from: weights the first autoencoder starts from (HierarchyTask.warm_start: a
     hierarchical model, or a VQ-VAE as its stride-8 level); ignored once it has a checkpoint.
     device: where every phase trains ("cpu" or "cuda")."""
@@ -116,13 +127,14 @@ def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path,
     from .hierarchy_task import HierarchyTask
 
     rounds = read_pipeline_config(config_path)
-    if steps is not None:  # rounds that train no priors still train none
-        rounds = [replace(r, autoencoder=(replace(r.autoencoder[0], steps=steps), r.autoencoder[1]),
+    if steps is not None:  # phases a round leaves out stay out
+        rounds = [replace(r, autoencoder=(replace(r.autoencoder[0], steps=steps if r.trains_autoencoder else 0),
+                                          r.autoencoder[1]),
                           priors=(r.priors[0], replace(r.priors[1], steps=steps if r.trains_priors else 0),
                                   r.priors[2])) for r in rounds]
     out = Path(out)
     work = work_folder(out, work)
-    phases = [(number, "autoencoder") for number in range(len(rounds))]
+    phases = [(number, "autoencoder") for number, r in enumerate(rounds) if r.trains_autoencoder]
     phases += [(number, "priors") for number, r in enumerate(rounds) if r.trains_priors]
     phases.sort()
     autoencoder, priors = init_from, None  # what the next phase of each kind starts from
@@ -134,14 +146,17 @@ def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path,
             round_name = f" (round {number})" if len(rounds) > 1 else ""
             return f"phase {phases.index((number, kind)) + 1}/{len(phases)}: {kind}{round_name}"
         ae_loop, ae_data = spec.autoencoder
-        if number > 0:
-            start_over_if_changed(RunFiles.in_folder(folder / "autoencoder"), autoencoder,
-                                  folder / "autoencoder" / "source")
-        torch.manual_seed(ae_loop.seed)
-        task = HierarchyTask(spec.model, folders, name=name, warm_start=autoencoder, device=device, **ae_data)
-        run(task, ae_loop, folder / "autoencoder", progress=progress, description=title("autoencoder"))
-        autoencoder = folder / "autoencoder" / "weights.safetensors"
+        if spec.trains_autoencoder:
+            if number > 0:
+                start_over_if_changed(RunFiles.in_folder(folder / "autoencoder"), autoencoder,
+                                      folder / "autoencoder" / "source")
+            torch.manual_seed(ae_loop.seed)
+            task = HierarchyTask(spec.model, folders, name=name, warm_start=autoencoder, device=device, **ae_data)
+            run(task, ae_loop, folder / "autoencoder", progress=progress, description=title("autoencoder"))
+            autoencoder = folder / "autoencoder" / "weights.safetensors"
         prior_cfg, prior_loop, prior_data = spec.priors
+        if prior_data.get("codec_grids"):  # the codec's grids: its encoder settings are this round's
+            prior_data = {**prior_data, "encoder_settings": encoder_settings(spec.model)}
         if spec.trains_priors:
             prior_files = RunFiles.in_folder(folder / "priors")
             start_over_if_changed(prior_files, autoencoder, folder / "priors" / "source")
@@ -152,11 +167,16 @@ def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path,
                                             **prior_data)
             run(prior_task, prior_loop, folder / "priors", progress=progress, description=title("priors"))
             priors = folder / "priors" / "weights.safetensors"
-        records.append(_training_records(autoencoder, priors if spec.trains_priors else None))
+        records.append(_training_records(autoencoder if spec.trains_autoencoder else None,
+                                         priors if spec.trains_priors else None))
     assemble(autoencoder, priors, out, name=name, description=description,
-             encoder_settings={key: getattr(rounds[-1].model, key) for key in HierarchyConfig.ENCODER_SETTINGS},
-             earlier_rounds=records[:-1])
+             encoder_settings=encoder_settings(rounds[-1].model), earlier_rounds=records[:-1])
     return out
+
+
+def encoder_settings(model: HierarchyConfig) -> dict:
+    """The fields of a model config that only the encoder reads (HierarchyConfig.ENCODER_SETTINGS)."""
+    return {key: getattr(model, key) for key in HierarchyConfig.ENCODER_SETTINGS}
 
 
 def _training_records(autoencoder: Path, priors: Path | None) -> dict:
