@@ -73,7 +73,7 @@ def test_the_fit_undoes_a_colour_cast_and_choose_keeps_it_only_when_it_pays(phot
 
 
 def test_low_levels_carry_a_correction_that_improves_the_picture(photo, photo2):
-    image = photo_crop(photo, 160, 112)
+    image = photo_crop(photo, 224, 160)
     with_it, without = vqcodec.encode(image, quality=1), vqcodec.encode(image, quality=1, color_correction=False)
     parsed = container.unpack(with_it)
     assert parsed.version == 3 and parsed.correction and container.unpack(without).version == 2
@@ -93,7 +93,7 @@ def test_the_default_keeps_fine_levels_and_gray_images_as_they_were(photo, photo
 
 
 def test_a_corrupt_correction_is_refused(photo, photo2):
-    data = vqcodec.encode(photo_crop(photo, 160, 112), quality=1, color_correction=True)
+    data = vqcodec.encode(photo_crop(photo, 224, 160), quality=1, color_correction=True)
     parsed = container.unpack(data)
     assert parsed.correction
     body = data[:-len(parsed.correction) - 2] + b"\xff" * len(parsed.correction)  # a varint that never ends
@@ -102,7 +102,7 @@ def test_a_corrupt_correction_is_refused(photo, photo2):
 
 
 def test_the_cli_option_turns_it_off(tmp_path, photo, photo2):
-    Image.fromarray(photo_crop(photo, 160, 112)).save(tmp_path / "a.png")
+    Image.fromarray(photo_crop(photo, 224, 160)).save(tmp_path / "a.png")
     runner = CliRunner()
     assert runner.invoke(main, ["encode", str(tmp_path / "a.png"), "-q", "1"]).exit_code == 0
     assert container.unpack((tmp_path / "a.vqz").read_bytes()).version == 3

@@ -8,9 +8,9 @@
 Guaranteed: the file returned meets the target whenever `met` is True, because its size or
 PSNR was measured on that very file, not predicted. Searched: a binary search over the levels,
 which finds the best level when size and PSNR grow with the level. On average they do for every
-bundled model, but not always image by image: on Kodak, photo2's size drops in 3 and its PSNR in
-6 of 288 steps from one level to the next, all at levels 4 -> 5, where a second stage comes in at
-a 16x smaller multiple of its lambda. There the level returned still meets the target, but a
+bundled model, but not always image by image: on Kodak, photo2's size drops in 1 and its PSNR in
+1 of 288 steps from one level to the next, both at levels 4 -> 5, where a second stage comes in at
+an 11x smaller multiple of its lambda. There the level returned still meets the target, but a
 better one may be missed. When no level meets it, the
 nearest level is returned with met False: the lowest for a size target, the highest for a
 quality target. Each probe is a full encode (and, for PSNR, a decode): about log2(levels) + 1
