@@ -100,7 +100,7 @@ class HierarchyPriorTask:
         self.source = str(autoencoder)
         self.codec = None  # (HierarchicalVQ with the encoder settings, its level priors) with codec_grids
         if codec_grids:
-            if warm_start is None or not cfg.quality_ladder and not (encoder_settings or {}).get("quality_ladder"):
+            if warm_start is None or not (cfg.quality_ladder or (encoder_settings or {}).get("quality_ladder")):
                 raise ValueError("codec_grids needs warm-start priors and a quality ladder (encoder_settings)")
             codec_model = load_hierarchy(autoencoder)
             settings = {key: as_tuples(value) for key, value in (encoder_settings or {}).items()}
