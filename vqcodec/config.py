@@ -237,6 +237,17 @@ class HierarchyConfig:
                       for entry in self.quality_ladder)
                 or tuple((n, (1.0,) * levels) for n in range(1, sum(self.level_stages) + 1)))
 
+    def encoder_settings(self) -> dict:
+        """The fields of ENCODER_SETTINGS, by name."""
+        return {key: getattr(self, key) for key in self.ENCODER_SETTINGS}
+
+    def with_encoder_settings(self, **settings) -> HierarchyConfig:
+        """This config with other encoder settings (ENCODER_SETTINGS; lists as JSON gives them)."""
+        unknown = set(settings) - set(self.ENCODER_SETTINGS)
+        if unknown:
+            raise ValueError(f"not encoder settings: {sorted(unknown)} (those are {', '.join(self.ENCODER_SETTINGS)})")
+        return dataclasses.replace(self, **{key: as_tuples(value) for key, value in settings.items()})
+
     def lambda_factor(self, activity: float) -> float:
         """The multiple of every level's ECVQ lambda for an image of this activity (1 at exponent 0)."""
         ratio = self.activity_reference / max(activity, self.activity_reference * 2.0 ** -20)

@@ -42,7 +42,7 @@ from safetensors.torch import load as load_tensors_from_bytes
 from safetensors.torch import save as save_tensors_to_bytes
 
 from .fileio import atomic_write_bytes
-from .config import EnhanceConfig, HierarchyConfig, ModelConfig, PriorConfig, as_tuples, from_dict, to_json
+from .config import EnhanceConfig, HierarchyConfig, ModelConfig, PriorConfig, from_dict, to_json
 from .nn.autoencoder import VQVAE
 from .nn.enhance import EnhanceLayer
 from .nn.hierarchy import HierarchicalVQ
@@ -109,17 +109,12 @@ def save_with_encoder_settings(source: str | os.PathLike, path: str | os.PathLik
     decodes with the copy exactly: its metadata lists the source's sha256 (after those the
     source listed) as "decodes_files_of", which zoo.register puts in the manifest.
     description: a new one (None: the source's)."""
-    unknown = set(settings) - set(HierarchyConfig.ENCODER_SETTINGS)
-    if unknown:
-        raise ValueError(f"not encoder settings: {sorted(unknown)} "
-                         f"(those are {', '.join(HierarchyConfig.ENCODER_SETTINGS)})")
     with open(source, "rb") as f:
         data = f.read()
     metadata = metadata_from_bytes(data, str(source))
     if not is_hierarchy(metadata):
         raise ValueError(f"{source} is not a hierarchical model: it has no encoder settings")
-    config = dataclasses.replace(from_dict(HierarchyConfig, json.loads(metadata["hierarchy_config"])),
-                                 **{key: as_tuples(value) for key, value in settings.items()})
+    config = from_dict(HierarchyConfig, json.loads(metadata["hierarchy_config"])).with_encoder_settings(**settings)
     earlier = json.loads(metadata.get("decodes_files_of", "[]")) + [hashlib.sha256(data).hexdigest()]
     metadata = {**metadata, "hierarchy_config": to_json(config), "decodes_files_of": json.dumps(earlier),
                 "description": metadata["description"] if description is None else description}
@@ -267,17 +262,21 @@ def hierarchy_from_bytes(data: bytes, origin: str = "weights"):
     missing = [k for k in missing if not k.endswith((".ema_sum", ".ema_count", ".initialized"))]
     if missing or unexpected:
         raise ValueError(f"{origin}: tensors do not match the config (missing {missing}, unexpected {unexpected})")
-    priors = _level_priors(tensors, "", json.loads(metadata["prior_configs"]), len(config.level_strides), origin)
+    configs = json.loads(metadata["prior_configs"])
+    earlier_sets = json.loads(metadata.get("earlier_priors", "[]"))
+    for set_configs in (configs, *(prior_set["prior_configs"] for prior_set in earlier_sets)):
+        if len(set_configs) != len(config.level_strides):
+            raise ValueError(f"{origin}: {len(set_configs)} priors for {len(config.level_strides)} levels")
+    priors = level_priors(tensors, configs, origin=origin)
     earlier = {}
-    for k, prior_set in enumerate(json.loads(metadata.get("earlier_priors", "[]"))):
-        level_priors = _level_priors(tensors, f"earlier{k}.", prior_set["prior_configs"], len(config.level_strides),
-                                     origin)
-        earlier.update({sha256: level_priors for sha256 in prior_set["files"]})
+    for k, prior_set in enumerate(earlier_sets):
+        set_priors = level_priors(tensors, prior_set["prior_configs"], f"earlier{k}.", origin)
+        earlier.update({sha256: set_priors for sha256 in prior_set["files"]})
     return model.eval(), priors, earlier
 
 
-def _level_priors(tensors: dict, prefix: str, configs: list, levels: int, origin: str) -> list[IntegerPrior]:
-    """The level priors stored as "<prefix>prior<level>.*" with their configs (JSON dicts)."""
+def level_priors(tensors: dict, configs: list, prefix: str = "", origin: str = "weights") -> list[IntegerPrior]:
+    """The level priors stored as "<prefix>prior<level>.*" (int32), one per config (JSON dicts)."""
     priors = []
     for level, raw in enumerate(configs):
         name = f"{prefix}prior{level}."
@@ -285,8 +284,6 @@ def _level_priors(tensors: dict, prefix: str, configs: list, levels: int, origin
         if any(t.dtype != torch.int32 for t in prior_tensors.values()):
             raise ValueError(f"{origin}: prior tensors must be int32")
         priors.append(IntegerPrior(from_dict(PriorConfig, raw), prior_tensors))
-    if len(priors) != levels:
-        raise ValueError(f"{origin}: {len(priors)} priors for {levels} levels")
     return priors
 
 

@@ -23,10 +23,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save as save_safetensors
 
-from ..config import HierarchyConfig, PriorConfig, as_tuples, from_dict
+from ..config import HierarchyConfig, PriorConfig, from_dict
 from ..fileio import atomic_write_bytes
 from ..nn.hierarchy import HierarchicalVQ
 from ..nn.prior import ContextPrior, IntegerPrior
+from ..weights_io import level_priors
 from .data import central_crop, crop_batch, load_pool, random_crops, read_sections, split_by_name
 from .loop import LoopConfig, run, setup
 
@@ -47,11 +48,7 @@ def read_level_priors(path: str | Path) -> tuple[list[IntegerPrior], dict]:
     its metadata."""
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata()
-    tensors = load_file(str(path))
-    priors = [IntegerPrior(from_dict(PriorConfig, raw), {k.split(".", 1)[1]: v for k, v in tensors.items()
-                                                         if k.startswith(f"prior{level}.")})
-              for level, raw in enumerate(json.loads(metadata["prior_configs"]))]
-    return priors, metadata
+    return level_priors(load_file(str(path)), json.loads(metadata["prior_configs"]), origin=str(path)), metadata
 
 
 def load_hierarchy(path: str | Path) -> HierarchicalVQ:
@@ -103,8 +100,7 @@ class HierarchyPriorTask:
             if warm_start is None or not (cfg.quality_ladder or (encoder_settings or {}).get("quality_ladder")):
                 raise ValueError("codec_grids needs warm-start priors and a quality ladder (encoder_settings)")
             codec_model = load_hierarchy(autoencoder)
-            settings = {key: as_tuples(value) for key, value in (encoder_settings or {}).items()}
-            codec_model.config = replace(codec_model.config, **settings)
+            codec_model.config = codec_model.config.with_encoder_settings(**(encoder_settings or {}))
             self.codec = (codec_model, read_level_priors(warm_start)[0])
 
     def _levels(self, grids: list[torch.Tensor]) -> list[torch.Tensor]:

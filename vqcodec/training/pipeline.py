@@ -156,7 +156,7 @@ def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path,
             autoencoder = folder / "autoencoder" / "weights.safetensors"
         prior_cfg, prior_loop, prior_data = spec.priors
         if prior_data.get("codec_grids"):  # the codec's grids: its encoder settings are this round's
-            prior_data = {**prior_data, "encoder_settings": encoder_settings(spec.model)}
+            prior_data = {**prior_data, "encoder_settings": spec.model.encoder_settings()}
         if spec.trains_priors:
             prior_files = RunFiles.in_folder(folder / "priors")
             start_over_if_changed(prior_files, autoencoder, folder / "priors" / "source")
@@ -170,13 +170,8 @@ def train_pipeline(config_path: str | Path, folders: list[str], out: str | Path,
         records.append(_training_records(autoencoder if spec.trains_autoencoder else None,
                                          priors if spec.trains_priors else None))
     assemble(autoencoder, priors, out, name=name, description=description,
-             encoder_settings=encoder_settings(rounds[-1].model), earlier_rounds=records[:-1])
+             encoder_settings=rounds[-1].model.encoder_settings(), earlier_rounds=records[:-1])
     return out
-
-
-def encoder_settings(model: HierarchyConfig) -> dict:
-    """The fields of a model config that only the encoder reads (HierarchyConfig.ENCODER_SETTINGS)."""
-    return {key: getattr(model, key) for key in HierarchyConfig.ENCODER_SETTINGS}
 
 
 def _training_records(autoencoder: Path, priors: Path | None) -> dict:
@@ -201,7 +196,7 @@ def assemble(autoencoder: Path, priors: Path, out: Path, *, name: str, descripti
 
     model = load_hierarchy(autoencoder)
     if encoder_settings:
-        model.config = replace(model.config, **encoder_settings)
+        model.config = model.config.with_encoder_settings(**encoder_settings)
     level_priors, _ = read_level_priors(priors)
     training = _training_records(autoencoder, priors)
     if earlier_rounds:

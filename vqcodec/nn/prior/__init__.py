@@ -59,5 +59,5 @@ __all__ = ["ACTIVATION_BITS", "ACTIVATION_MAX", "BAND_POSITIONS", "BIAS_MAX", "C
            "FREQ_BITS", "GATE_MAX", "GATE_STEPS", "LOGIT_STEPS", "MATCH_RADIUS", "MATCH_SCALE", "MAX_EXPONENT",
            "PASS_CHUNK_POSITIONS", "SCHEDULES", "TABLE_SIZE", "WEIGHT_MAX", "ContextPrior", "GuidedSampler",
            "IntegerPrior", "Sampler", "bands", "check_config", "continues", "decode_passes", "empty_embedding",
-           "encode_passes", "far_pass", "frequency_table", "group_map", "iter_passes", "pass_schedule", "stage_passes",
-           "starting_embedding"]
+           "encode_passes", "far_pass", "frequency_table", "group_map", "iter_passes", "pass_schedule",
+           "stage_passes", "starting_embedding"]

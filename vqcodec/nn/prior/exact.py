@@ -70,6 +70,11 @@ class Int8Affine:
         return torch._int_mm(centered.contiguous(), self.weight).add_(self.offset).bitwise_right_shift_(self.shift)
 
 
+def centered_int8(act: torch.Tensor) -> torch.Tensor:
+    """Integer activations in [0, 255] (any dtype) -> act - 128 as int8."""
+    return (act - CENTER).to(torch.int8)
+
+
 def blank_padded(p: int, h: int, w: int, c: int) -> torch.Tensor:
     """(P, H + 2, W + 2, C) int8 activations 0 as centered values (-128): the 'same' padding,
     and the value of every position a trunk leaves uncomputed."""

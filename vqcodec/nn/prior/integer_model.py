@@ -7,8 +7,8 @@ import math
 import torch
 
 from ...config import PriorConfig
-from .exact import (CENTER, Int8Affine, blank_padded, exact_conv3x3, exact_float32, int8_matmul_available, padded_int8,
-                    power_of_two, windows3x3)
+from .exact import (Int8Affine, blank_padded, centered_int8, exact_conv3x3, exact_float32, int8_matmul_available,
+                    padded_int8, power_of_two, windows3x3)
 from .schedule import SCHEDULES
 
 ACTIVATION_BITS = 5  # activations are integers a with real value a / 2**5
@@ -135,13 +135,13 @@ class IntegerPrior:
                 positions = read.nonzero()
                 for start in range(0, len(positions), TRUNK_POSITIONS):
                     part = positions[start:start + TRUNK_POSITIONS]
-                    padded[:, 1 + part[:, 0], 1 + part[:, 1]] = centered(conv(windows3x3(source, part))).to(torch.int8).view(
-                        p, len(part), c)
+                    sums = conv(windows3x3(source, part)).clamp_(0, ACTIVATION_MAX)
+                    padded[:, 1 + part[:, 0], 1 + part[:, 1]] = centered_int8(sums).view(p, len(part), c)
                 continue
             for top in range(0, h, rows):
                 end = min(h, top + rows)
-                padded[:, 1 + top:1 + end, 1:-1] = centered(conv(windows3x3(source[:, top:end + 2]))).view(
-                    p, end - top, w, c)
+                sums = conv(windows3x3(source[:, top:end + 2])).clamp_(0, ACTIVATION_MAX)
+                padded[:, 1 + top:1 + end, 1:-1] = centered_int8(sums).view(p, end - top, w, c)
         return padded
 
     def _head_rows(self, hidden: torch.Tensor, stage: int, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +151,7 @@ class IntegerPrior:
         if self.int8:
             positions = mask.nonzero()
             if self._convs:
-                h = centered(self._convs[-1](windows3x3(hidden, positions))).to(torch.int8)
+                h = centered_int8(self._convs[-1](windows3x3(hidden, positions)).clamp_(0, ACTIVATION_MAX))
             else:
                 h = hidden[:, 1 + positions[:, 0], 1 + positions[:, 1]].reshape(-1, hidden.shape[-1])
             return self._heads[stage](h), self._gates[stage](h).clamp_(0, GATE_MAX).view(-1)
@@ -247,8 +247,8 @@ class IntegerPrior:
         cells, rows, match = self._matches(stage, mask, grids, known, far)  # flat (row * K + k), its row, its sum
         if len(cells):  # only where a neighbour holds the index (repeated cells write equal values)
             flat = logits.view(-1)
-            raised = flat.index_select(0, cells) + torch.floor(match * gate.index_select(0, rows) * (1.0 / GATE_STEPS)).int()
-            flat.index_copy_(0, cells, raised)
+            gained = torch.floor(match * gate.index_select(0, rows) * (1.0 / GATE_STEPS)).int()
+            flat.index_copy_(0, cells, flat.index_select(0, cells) + gained)
         peak = logits.amax(dim=1, keepdim=True)
         distance = torch.sub(peak, logits, out=logits).clamp_(max=TABLE_SIZE - 1)
         return list(distance.view(count, -1, k))
@@ -306,11 +306,6 @@ class IntegerPrior:
             if size <= PAIR_CACHE_BYTES:
                 self._pairs[key], self._pairs_bytes[key] = pairs, size
         return pairs
-
-
-def centered(sums: torch.Tensor) -> torch.Tensor:
-    """A convolution's int32 output -> its activation in [0, 255] less 128, in place (int8 once cast)."""
-    return sums.clamp_(0, ACTIVATION_MAX).sub_(CENTER)
 
 
 def dilated(mask: torch.Tensor, radius: int) -> torch.Tensor:
