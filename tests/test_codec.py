@@ -43,7 +43,7 @@ def test_odd_sizes_round_trip_to_exact_size(photo, width, height, top):
 
 def test_public_api_is_exported():
     assert set(vqcodec.__all__) == {"encode", "decode", "read_indices", "decode_indices", "Indices", "IndexLayer",
-                                    "list_models", "load_model", "VqzError", "__version__"}
+                                    "list_models", "load_model", "keep_freed_memory", "VqzError", "__version__"}
     assert issubclass(vqcodec.VqzError, ValueError)
     assert isinstance(vqcodec.load_model(), torch.nn.Module)
     assert any(m["default"] for m in vqcodec.list_models())

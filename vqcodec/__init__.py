@@ -21,10 +21,11 @@ from .pil_plugin import register as _register_pil_plugin
 _register_pil_plugin()
 
 __all__ = ["encode", "decode", "read_indices", "decode_indices", "Indices", "IndexLayer", "list_models",
-           "load_model", "VqzError", "__version__"]
+           "load_model", "keep_freed_memory", "VqzError", "__version__"]
 
 _LAZY = {"encode": "codec", "decode": "codec", "read_indices": "codec", "decode_indices": "codec",
-         "Indices": "codec", "IndexLayer": "codec", "load_model": "codec", "list_models": "zoo"}
+         "Indices": "codec", "IndexLayer": "codec", "load_model": "codec", "list_models": "zoo",
+         "keep_freed_memory": "allocator"}
 
 
 def __getattr__(name):

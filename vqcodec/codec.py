@@ -122,7 +122,10 @@ def _load_model(entry: zoo.ModelEntry, made_by: str | None = None) -> _Model:
     that made the files to decode, whose level priors they were coded with (zoo.load_hierarchy)."""
     hierarchy = zoo.load_hierarchy(entry, made_by)
     if hierarchy is not None:
-        return _hierarchy_model(entry, *hierarchy)
+        model, priors = hierarchy
+        # channels-last weights, as the images and states the networks see: oneDNN's convolutions
+        # then skip a reorder (the encoder's analysis about 10 % faster)
+        return _hierarchy_model(entry, model.to(memory_format=torch.channels_last), priors)
     vqvae, enhance = zoo.load(entry), zoo.load_enhance(entry)
     cfg, levels = vqvae.config, zoo.levels_of(vqvae, enhance)
     layers = [_ModelLayer(cfg.stride, cfg.num_stages, cfg.codebook_size, zoo.load_prior(entry))]

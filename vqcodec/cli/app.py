@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from ..allocator import keep_freed_memory
 from . import coding, evaluation, models, training
 
 _EPILOG = """\b
@@ -22,6 +23,7 @@ def main() -> None:
     An image is mapped to grids of codebook indices by a trained VQ-VAE, the indices
     are entropy-coded, and the result is stored in a .vqz file that names the exact
     model (by sha256) needed to decode it."""
+    keep_freed_memory()  # before any coding: fewer page faults, faster passes
 
 
 for _command in (coding.encode, coding.decode, coding.info, models.models, models.generate, evaluation.demo,

@@ -221,9 +221,13 @@ def _attempt(work, job: Job):
 
 
 def _init_worker() -> None:
-    """Worker processes run torch on one thread each, so that N workers share N cores."""
+    """Worker processes run torch on one thread each, so that N workers share N cores, and
+    keep the memory they free (allocator.keep_freed_memory), as the CLI process does."""
     import torch
 
+    from ..allocator import keep_freed_memory
+
+    keep_freed_memory()
     torch.set_num_threads(1)
 
 

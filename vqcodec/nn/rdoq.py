@@ -34,20 +34,45 @@ def _distances(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return cross.add_(vectors.pow(2).sum(1, keepdim=True)).clamp_(min=0)
 
 
+def _distance_factors(vectors: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D + 2) and (D + 2, K) whose product is the squared distance from each vector v
+    (N, D) to each code c_k (K, D), |v|^2 - 2 v.c_k + |c_k|^2, in one matrix product:
+    rows [v, |v|^2, 1] times columns [-2 c_k, 1, |c_k|^2]."""
+    points = torch.cat([vectors, vectors.pow(2).sum(1, keepdim=True), torch.ones(len(vectors), 1)], dim=1)
+    codes = torch.cat([-2 * codebook, torch.ones(len(codebook), 1), codebook.pow(2).sum(1, keepdim=True)], dim=1)
+    return points, codes.t().contiguous()
+
+
+def _cheapest(costs: torch.Tensor) -> torch.Tensor:
+    """argmin over dim 1 of costs (N, K), float32, >= 0 up to rounding, overwritten: a
+    non-negative float's bit pattern, read as an integer, orders as the float does; with its
+    lowest bits replaced by the code number, the smallest pattern of a row names its cheapest
+    code (codes within 2**-15 of the cheapest, relative, go to the lower number). One integer
+    min instead of torch's argmin, which runs three times slower here. A cost rounded below
+    zero reads as negative and wins, rightly: its true cost is about 0, the least there is."""
+    k = costs.shape[1]
+    bits = max(1, (k - 1).bit_length())
+    if bits > 12:  # too many codes for the low bits of the mantissa
+        return costs.argmin(dim=1)
+    patterns = costs.view(torch.int32).bitwise_and_(-(1 << bits)).bitwise_or_(torch.arange(k, dtype=torch.int32))
+    return patterns.amin(dim=1).bitwise_and_((1 << bits) - 1).long()
+
+
 def _choose_pass(prior: IntegerPrior, previous: torch.Tensor, indices: torch.Tensor, stage: int, known: torch.Tensor,
-                 coded: torch.Tensor, far: bool, lam: float, distances_at: Callable[[torch.Tensor], torch.Tensor],
+                 coded: torch.Tensor, far: bool, lam: float,
+                 add_distances: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                  sink: Callable[[int, np.ndarray, np.ndarray], None]) -> None:
     """One pass of the prior's schedule: at its `coded` positions, the codes minimizing
     distance + lam x bits, given the indices already chosen (in `indices`, (q, H, W), where the
-    choice is written). distances_at(positions) -> (n, K). The pass goes to sink(stage,
+    choice is written). add_distances(positions, costs (n, K)) adds each code's squared distance
+    to costs in place. The pass goes to sink(stage,
     symbols, frequencies) band by band (nn.prior.bands), as the decoder will read it."""
     hidden = prior.hidden(prior.pass_inputs(previous, indices[stage], stage, known).unsqueeze(0), coded)
     for band in bands(coded):
         (logit_distance,) = prior.head_distances(hidden, [stage], [band], [(indices, known, far)])
-        distance = distances_at(band.flatten().nonzero()[:, 0])
-        if lam:  # bits(k) = the likeliest code's bits + logit distance / 16
-            distance.add_(logit_distance, alpha=lam / LOGIT_STEPS)
-        choice = distance.argmin(dim=1)
+        # bits(k) = the likeliest code's bits + logit distance / 16; lam 0: the nearest code
+        costs = logit_distance.to(torch.float32).mul_(lam / LOGIT_STEPS)
+        choice = _cheapest(add_distances(band.flatten().nonzero()[:, 0], costs))
         indices[stage][band] = choice
         sink(stage, choice.numpy(), prior.frequencies_of(logit_distance).numpy())
 
@@ -88,7 +113,7 @@ def rate_distortion_indices(quantizer: ResidualVQ, prior: IntegerPrior, z: torch
                                      for i in range(0, len(sample), CHUNK)])
             lam = tradeoff * float(nearest.mean())
         _choose_pass(prior, previous, indices, stage, known, coded, far, lam,
-                     lambda at: every[at] if every is not None else _distances(residual[at], codebook),
+                     lambda at, costs: costs.add_(every[at] if every is not None else _distances(residual[at], codebook)),
                      sink or (lambda *coded_pass: passes.append(coded_pass)))
     return indices, passes
 
@@ -129,8 +154,9 @@ class HierarchyRateDistortion:
         else:
             self.previous = self.previous + prior.stage_embedding(s - 1, self.indices[s - 1])
         vectors = residual[0].permute(1, 2, 0).reshape(rows * cols, -1)
+        points, codes = _distance_factors(vectors, stage.codebook)
         for known, coded, far in stage_passes(prior.config, s, rows, cols):  # each position's distances once
             _choose_pass(prior, self.previous, self.indices, s, known, coded, far, self.bits_per_distance[level],
-                         lambda at: _distances(vectors.index_select(0, at), stage.codebook), self.sink)
+                         lambda at, costs: costs.addmm_(points.index_select(0, at), codes), self.sink)
         self.grids.append(self.indices[s])
         return self.indices[s].unsqueeze(0)

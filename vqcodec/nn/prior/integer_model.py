@@ -271,21 +271,22 @@ class IntegerPrior:
             empty = torch.zeros(0, dtype=torch.long)
             return empty, empty, torch.zeros(0)
         rows = (torch.arange(count) * n).view(-1, 1) + position  # (G, pairs)
-        cells = rows * k + grids[:, stage].flatten(1).index_select(1, neighbour)
+        cells = rows * k + columns(grids[:, stage].flatten(1), neighbour)
         value = v.index_select(0, offset).expand(count, -1)
         if conditional:
             prefix = prefix_keys(grids[:, :stage].flatten(2), k)  # (G, H*W)
-            same_prefix = prefix.index_select(1, neighbour) == prefix.index_select(1, here)
+            same_prefix = columns(prefix, neighbour) == columns(prefix, here)
             value = torch.where(same_prefix, value, v_diverged.index_select(0, offset))
         cells, rows = cells.view(-1), rows.view(-1)
-        total = torch.zeros(count * n * k).index_put_((cells,), value.reshape(-1), accumulate=True)
+        total = torch.empty(count * n * k).index_fill_(0, cells, 0.0)  # only the cells are ever read
+        total.scatter_add_(0, cells, value.reshape(-1))  # sums of integers: exact in any order
         return cells, rows, total.index_select(0, cells)
 
     def _neighbour_pairs(self, mask: torch.Tensor, known: torch.Tensor, used: torch.Tensor, dilation: int):
         """For the coded positions (row-major) of `mask` and the match offsets `used` (times
         dilation): (n coded positions, and per (offset, position) pair whose neighbour is inside
-        the grid and known: the offset (its number in the 5x5 window), the position number, the
-        neighbour's and the position's flat index)."""
+        the grid and known, in position order: the offset (its number in the 5x5 window), the
+        position number, the neighbour's and the position's flat index)."""
         key = (tuple(mask.shape), mask.numpy().tobytes(), known.numpy().tobytes(), tuple(used.tolist()), dilation)
         pairs = self._pairs.get(key)
         if pairs is None:
@@ -296,7 +297,8 @@ class IntegerPrior:
             c = positions[:, 1].view(1, -1) + ((used % width - MATCH_RADIUS) * dilation).view(-1, 1)
             inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
             flat = r.clamp(0, rows - 1) * cols + c.clamp(0, cols - 1)
-            which, position = (inside & known.flatten()[flat]).nonzero(as_tuple=True)
+            # position by position: the sums over a position's neighbours then touch its K cells only
+            position, which = (inside & known.flatten()[flat]).t().nonzero(as_tuple=True)
             here = positions[position, 0] * cols + positions[position, 1]
             pairs = (len(positions), used[which], position, flat[which, position], here)
             size = sum(t.numel() * t.element_size() for t in pairs[1:])
@@ -330,6 +332,14 @@ def prefix_keys(earlier: torch.Tensor, k: int) -> torch.Tensor:
             keys = torch.unique(keys, return_inverse=True)[1]
         keys = keys * k + earlier[:, s]
     return keys
+
+
+def columns(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """rows[:, index] of a (G, N) tensor: for one row (the codec's case) by a 1-D index_select,
+    three times faster than one along dimension 1."""
+    if len(rows) == 1:
+        return rows.reshape(-1).index_select(0, index).view(1, -1)
+    return rows.index_select(1, index)
 
 
 def lookup(table: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
