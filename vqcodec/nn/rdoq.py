@@ -60,19 +60,24 @@ def _cheapest(costs: torch.Tensor) -> torch.Tensor:
 
 def _choose_pass(prior: IntegerPrior, previous: torch.Tensor, indices: torch.Tensor, stage: int, known: torch.Tensor,
                  coded: torch.Tensor, far: bool, lam: float,
-                 add_distances: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 add_distances: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor],
                  sink: Callable[[int, np.ndarray, np.ndarray], None]) -> None:
     """One pass of the prior's schedule: at its `coded` positions, the codes minimizing
     distance + lam x bits, given the indices already chosen (in `indices`, (q, H, W), where the
-    choice is written). add_distances(positions, costs (n, K)) adds each code's squared distance
-    to costs in place. The pass goes to sink(stage,
-    symbols, frequencies) band by band (nn.prior.bands), as the decoder will read it."""
+    choice is written). add_distances(positions, costs (n, K), scale) adds scale x each code's
+    squared distance to costs in place. The pass goes to sink(stage, symbols, frequencies)
+    band by band (nn.prior.bands), as the decoder will read it."""
     hidden = prior.hidden(prior.pass_inputs(previous, indices[stage], stage, known).unsqueeze(0), coded)
     for band in bands(coded):
         (logit_distance,) = prior.head_distances(hidden, [stage], [band], [(indices, known, far)])
-        # bits(k) = the likeliest code's bits + logit distance / 16; lam 0: the nearest code
-        costs = logit_distance.to(torch.float32).mul_(lam / LOGIT_STEPS)
-        choice = _cheapest(add_distances(band.flatten().nonzero()[:, 0], costs))
+        # bits(k) = the likeliest code's bits + logit distance / 16: the costs are counted in
+        # 1/16 bit, distance + lam x bits divided by lam / 16 (lam 0: the nearest code)
+        at = band.flatten().nonzero()[:, 0]
+        if lam:
+            costs = add_distances(at, logit_distance.to(torch.float32), LOGIT_STEPS / lam)
+        else:
+            costs = add_distances(at, torch.zeros(logit_distance.shape), 1.0)
+        choice = _cheapest(costs)
         indices[stage][band] = choice
         sink(stage, choice.numpy(), prior.frequencies_of(logit_distance).numpy())
 
@@ -113,7 +118,8 @@ def rate_distortion_indices(quantizer: ResidualVQ, prior: IntegerPrior, z: torch
                                      for i in range(0, len(sample), CHUNK)])
             lam = tradeoff * float(nearest.mean())
         _choose_pass(prior, previous, indices, stage, known, coded, far, lam,
-                     lambda at, costs: costs.add_(every[at] if every is not None else _distances(residual[at], codebook)),
+                     lambda at, costs, scale: costs.add_(every[at] if every is not None
+                                                         else _distances(residual[at], codebook), alpha=scale),
                      sink or (lambda *coded_pass: passes.append(coded_pass)))
     return indices, passes
 
@@ -157,6 +163,7 @@ class HierarchyRateDistortion:
         points, codes = _distance_factors(vectors, stage.codebook)
         for known, coded, far in stage_passes(prior.config, s, rows, cols):  # each position's distances once
             _choose_pass(prior, self.previous, self.indices, s, known, coded, far, self.bits_per_distance[level],
-                         lambda at, costs: costs.addmm_(points.index_select(0, at), codes), self.sink)
+                         lambda at, costs, scale: costs.addmm_(points.index_select(0, at), codes, alpha=scale),
+                         self.sink)
         self.grids.append(self.indices[s])
         return self.indices[s].unsqueeze(0)
