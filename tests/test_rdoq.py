@@ -70,3 +70,20 @@ def test_a_choice_in_bands_of_rows_makes_the_same_file(monkeypatch):
     payload = entropy.range_encode([(s, f) for _, s, f in banded_passes])
     assert payload == entropy.range_encode([(s, f) for _, s, f in whole_passes])
     assert torch.equal(decode_passes(prior, 3, 9, 11, entropy.RangeDecoder(payload))[0], banded)
+
+
+def test_the_cheapest_code_is_the_argmin_ties_going_to_the_lower_code():
+    from vqcodec.nn.rdoq import _cheapest, _distance_factors
+
+    generator = torch.Generator().manual_seed(1)
+    for k in (2, 100, 256):
+        costs = torch.rand(500, k, generator=generator) * 1000
+        costs[0] = 0.0  # all tied: the first code
+        costs[1, k // 2:] = 0.5  # a tie between later codes
+        costs[2, -1] = -1e-7  # rounded below zero: still the cheapest
+        expected = costs.argmin(dim=1)
+        assert torch.equal(_cheapest(costs.clone()), expected)
+    vectors, codebook = torch.randn(300, 16, generator=generator), torch.randn(256, 16, generator=generator)
+    points, codes = _distance_factors(vectors, codebook)
+    assert torch.allclose(points @ codes, torch.cdist(vectors, codebook).pow(2), atol=1e-3)
+    assert torch.equal(_cheapest(points @ codes), torch.cdist(vectors, codebook).argmin(dim=1))

@@ -57,11 +57,16 @@ def int8_matmul_available() -> bool:
 class Int8Affine:
     """y = floor((x . W + bias) / 2**shift) for activations x in [0, 255], exactly: x enters as
     x - 128 (int8), W holds integer weights in [-127, 127] (int8), and 128 x sum(W) moves into
-    the bias. weight (M, K), bias (M,), shift (M,): integer-valued tensors; shift >= 0."""
+    the bias. weight (M, K), bias (M,), shift (M,): integer-valued tensors; shift >= 0.
+    centered_output: y - 128 instead (128 x 2**shift taken from the bias: the same floor), for
+    an activation that enters the next product centred (activation_int8)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, shift: torch.Tensor):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, shift: torch.Tensor, centered_output: bool = False):
         self.weight = weight.to(torch.int8).t().contiguous()  # (K, M)
-        self.offset = (bias + CENTER * weight.sum(1)).to(torch.int32)
+        offset = bias + CENTER * weight.sum(1)
+        if centered_output:
+            offset = offset - CENTER * power_of_two(shift)
+        self.offset = offset.to(torch.int32)
         self.shift = shift.to(torch.int32)
 
     def __call__(self, centered: torch.Tensor) -> torch.Tensor:
@@ -70,9 +75,10 @@ class Int8Affine:
         return torch._int_mm(centered.contiguous(), self.weight).add_(self.offset).bitwise_right_shift_(self.shift)
 
 
-def centered_int8(act: torch.Tensor) -> torch.Tensor:
-    """Integer activations in [0, 255] (any dtype) -> act - 128 as int8."""
-    return (act - CENTER).to(torch.int8)
+def activation_int8(centered: torch.Tensor) -> torch.Tensor:
+    """An Int8Affine's centred output (centered_output) -> its activation, a bounded ReLU to
+    [0, 255], as the next product's int8 input (a - 128)."""
+    return centered.clamp_(-CENTER, CENTER - 1).to(torch.int8)
 
 
 def blank_padded(p: int, h: int, w: int, c: int) -> torch.Tensor:
@@ -81,11 +87,11 @@ def blank_padded(p: int, h: int, w: int, c: int) -> torch.Tensor:
     return torch.full((p, h + 2, w + 2, c), -CENTER, dtype=torch.int8)
 
 
-def padded_int8(act: torch.Tensor) -> torch.Tensor:
-    """Integer activations (P, H, W, C) in [0, 255] (any dtype) -> act - 128 as int8, padded
-    to (P, H + 2, W + 2, C) with activation 0 ('same' padding)."""
-    padded = blank_padded(*act.shape)
-    padded[:, 1:-1, 1:-1] = act - CENTER  # integers in [-128, 127]: the cast is exact
+def padded_int8(pre: torch.Tensor) -> torch.Tensor:
+    """Integer pre-activations (P, H, W, C) (float) -> their activations clamp(pre, 0, 255)
+    as int8 (a - 128), padded to (P, H + 2, W + 2, C) with activation 0 ('same' padding)."""
+    padded = blank_padded(*pre.shape)
+    padded[:, 1:-1, 1:-1] = (pre - CENTER).clamp_(-CENTER, CENTER - 1)  # integers: the cast is exact
     return padded
 
 
