@@ -80,7 +80,7 @@ def test_range_payload_cuts_its_last_word_short_and_still_decodes():
 
 
 def test_range_payload_of_many_indices_keeps_whole_words(monkeypatch):
-    monkeypatch.setattr(entropy, "TRIM_CHECK_ENTRIES", 16)  # more frequencies than the encoder checks
+    monkeypatch.setattr(entropy, "TRIM_CHECK_SYMBOLS", 2)  # more symbols than the encoder checks
     passes = _random_passes(np.random.default_rng(1), 4)
     payload = entropy.range_encode(passes)
     assert len(payload) % 4 == 0

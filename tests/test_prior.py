@@ -309,6 +309,35 @@ def test_range_coder_rejects_frequencies_it_cannot_code(frequencies):
         entropy.RangeDecoder(b"abc")(np.array(frequencies))
 
 
+@pytest.mark.parametrize("k", [256, 24, 7])
+def test_coding_symbols_by_their_intervals_writes_the_words_their_frequencies_do(k):
+    """The encoder's fast path (coder_intervals + add_intervals) against constriction's own
+    lazy categorical model given the frequencies: the same payload, for peaked, random, flat
+    and one-sided tables, the first and last symbols included."""
+    rng = np.random.default_rng(k)
+    table = frequency_table().float()
+    top = len(table) - 1
+    fast, passes = entropy.RangeEncoder(), []
+    for kind in range(5):
+        n = 400
+        if kind == 0:  # the prior's own kind: one likely symbol, the rest up to 240 (1/16 bit) less likely
+            distances = np.minimum(rng.exponential(50, (n, k)).astype(int), top)
+            distances[np.arange(n), rng.integers(0, k, n)] = 0
+        elif kind == 1:
+            distances = rng.integers(0, top + 1, (n, k))
+        elif kind == 2:
+            distances = np.zeros((n, k), dtype=int)
+        else:  # all mass on the first or on the last symbol
+            distances = np.full((n, k), top)
+            distances[:, 0 if kind == 3 else k - 1] = 0
+        symbols = rng.integers(0, k, n)
+        symbols[:40], symbols[40:80] = 0, k - 1
+        distances = torch.from_numpy(distances).int()
+        passes.append((symbols, table[distances].numpy()))
+        fast.add_intervals(*coding.coder_intervals(table, torch.from_numpy(symbols), distances))
+    assert fast.payload() == entropy.range_encode(passes)
+
+
 CLASSES = PriorConfig(num_stages=2, codebook_size=16, channels=8, layers=2, schedule="raster", num_classes=3)
 
 

@@ -26,9 +26,10 @@ How the networks run (tiles, bfloat16 or float32) is vqcodec.inference's policy,
 per call; which stages of which layer a quality level codes, vqcodec.quality's arithmetic.
 
 Entropy coders: "prior" (default when the model has one) range-codes the grids with the
-model's integer context prior, pass by pass (the frequencies of nn.rdoq / nn.prior.decode_passes
-feed entropy.range_encode / RangeDecoder), then the enhancement grids with the layer's own
-prior in the same range coder; "zstd" is the memoryless baseline.
+model's integer context prior, pass by pass (nn.rdoq's passes go to entropy.RangeEncoder as
+their symbols' intervals, nn.prior.decode_passes's frequencies to RangeDecoder), then the
+enhancement grids with the layer's own prior in the same range coder; "zstd" is the
+memoryless baseline.
 """
 from __future__ import annotations
 
@@ -231,7 +232,7 @@ def _index_payload(model: _Model, rgb: np.ndarray, quality: int, coder: str,
         base = vqvae.quantizer.quantize(z, layers[0].stages)
     else:
         base = rate_distortion_indices(vqvae.quantizer, base_layer.prior, z, layers[0].stages, tradeoff,
-                                       sink=lambda stage, symbols, freqs: encoder.add(symbols, freqs))[0][None]
+                                       sink=lambda coded: encoder.add_intervals(*coded.intervals()))[0][None]
     grids = list(base[0].numpy())
     if len(layers) > 1:
         base_pixels = inference.decode_pixels(vqvae, base, policy)
@@ -264,7 +265,7 @@ def _hierarchy_payload(model: _Model, padded: np.ndarray, quality: int, coder: s
                                           [layer.stages for layer in layers],
                                           [float(hierarchy.assignment_weight(torch.tensor(level_lam)))
                                            for level_lam in lam[:len(layers)]],
-                                          lambda stage, symbols, freqs: encoder.add(symbols, freqs))
+                                          lambda coded: encoder.add_intervals(*coded.intervals()))
         grids = inference.encode_hierarchy(hierarchy, padded, n, lam, policy, chooser)
         return [grid.numpy() for grid in grids], encoder.payload()
     grids = inference.encode_hierarchy(hierarchy, padded, n, lam, policy)

@@ -63,7 +63,8 @@ def zstd_decode(payload: bytes, shapes: list[tuple[int, int]]) -> list[np.ndarra
 # The payload's last word may be cut short (docs/FORMAT.md, "From frequencies to the range
 # coder"); the encoder keeps the fewest bytes that still decode, which it checks by decoding.
 
-TRIM_CHECK_ENTRIES = 1 << 22  # the encoder checks (and so trims) payloads of at most this many frequencies
+TRIM_CHECK_SYMBOLS = 1 << 14  # the encoder checks (and so trims) payloads of at most this many symbols
+PRECISION_BITS = 24  # the coder's probability precision: every symbol owns an interval of [0, 2**24)
 
 
 def _categorical():
@@ -91,7 +92,8 @@ def _words(payload: bytes) -> np.ndarray:
 
 
 class RangeEncoder:
-    """Range-codes passes as they come: add(symbols (n,), frequencies (n, K)), then payload()."""
+    """Range-codes passes as they come: add(symbols (n,), frequencies (n, K)), or the same
+    symbols as add_intervals(left, right), then payload()."""
 
     def __init__(self):
         import constriction
@@ -99,19 +101,43 @@ class RangeEncoder:
         self._encoder = constriction.stream.queue.RangeEncoder()
         self._model = _categorical()
         self._passes: list[tuple[np.ndarray, np.ndarray]] | None = []  # kept for the final word's trim
-        self._entries = 0
+        self._symbols = 0
 
     def add(self, symbols: np.ndarray, frequencies: np.ndarray) -> None:
         if len(symbols):
             symbols, probabilities = np.array(symbols, dtype=np.int32), _as_probabilities(frequencies)
-            self._encoder.encode(symbols, self._model, probabilities)
-            self._entries += probabilities.size
-            if self._passes is not None and self._entries <= TRIM_CHECK_ENTRIES:
-                if np.shares_memory(probabilities, frequencies):  # kept: the caller may reuse its arrays
-                    probabilities = probabilities.copy()
-                self._passes.append((symbols, probabilities))
-            else:
-                self._passes = None
+            if self._passes is not None and np.shares_memory(probabilities, frequencies):
+                probabilities = probabilities.copy()  # kept: the caller may reuse its arrays
+            self._code(symbols, probabilities)
+
+    def add_intervals(self, left: np.ndarray, right: np.ndarray) -> None:
+        """Codes symbols given by their intervals [left, right) of 2**24 (n,), which the lazy
+        categorical model derives from each symbol's frequencies (docs/FORMAT.md): the same
+        words as add(symbols, frequencies), without the coder's pass over every frequency
+        of every symbol. Each interval goes to the coder as a symbol of a 3-symbol model whose
+        frequencies (a, b, c) sum to 2**24 - 3, so that its scale is exactly 1 and its CDF
+        0, a + 1, a + b + 2, 2**24: symbol 1 with (left - 1, right - left - 1, .), or where
+        left is 0, symbol 0 with (right - 1, 0, .), or where right is 2**24, symbol 2 with
+        (left - 2, 0, .)."""
+        left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+        if not len(left):
+            return
+        first, last = left == 0, right == 1 << PRECISION_BITS
+        table = np.empty((len(left), 3), dtype=np.float32)  # integers below 2**24: exact
+        table[:, 0] = np.where(first, right - 1, np.where(last, left - 2, left - 1))
+        table[:, 1] = np.where(first | last, 0, right - left - 1)
+        table[:, 2] = (1 << PRECISION_BITS) - 3 - table[:, 0].astype(np.int64) - table[:, 1].astype(np.int64)
+        if int(table.min()) < 0:
+            raise ValueError("symbol intervals must lie in [0, 2**24) and be non-empty")
+        self._code(np.where(first, 0, np.where(last, 2, 1)).astype(np.int32), table)
+
+    def _code(self, symbols: np.ndarray, probabilities: np.ndarray) -> None:
+        self._encoder.encode(symbols, self._model, probabilities)
+        self._symbols += len(symbols)
+        if self._passes is not None and self._symbols <= TRIM_CHECK_SYMBOLS:
+            self._passes.append((symbols, probabilities))
+        else:
+            self._passes = None
 
     def payload(self) -> bytes:
         """The payload bytes: the coder's 32-bit words, little-endian, the last one cut short

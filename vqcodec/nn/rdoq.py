@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
-from .prior import (LOGIT_STEPS, IntegerPrior, bands, empty_embedding, pass_schedule, stage_passes,
+from .prior import (LOGIT_STEPS, CodedPass, IntegerPrior, bands, empty_embedding, pass_schedule, stage_passes,
                     starting_embedding)
 from .quantize import ResidualVQ
 
@@ -61,12 +60,12 @@ def _cheapest(costs: torch.Tensor) -> torch.Tensor:
 def _choose_pass(prior: IntegerPrior, previous: torch.Tensor, indices: torch.Tensor, stage: int, known: torch.Tensor,
                  coded: torch.Tensor, far: bool, lam: float,
                  add_distances: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor],
-                 sink: Callable[[int, np.ndarray, np.ndarray], None]) -> None:
+                 sink: Callable[[CodedPass], None]) -> None:
     """One pass of the prior's schedule: at its `coded` positions, the codes minimizing
     distance + lam x bits, given the indices already chosen (in `indices`, (q, H, W), where the
     choice is written). add_distances(positions, costs (n, K), scale) adds scale x each code's
-    squared distance to costs in place. The pass goes to sink(stage, symbols, frequencies)
-    band by band (nn.prior.bands), as the decoder will read it."""
+    squared distance to costs in place. The pass goes to sink (a CodedPass) band by band
+    (nn.prior.bands), as the decoder will read it."""
     hidden = prior.hidden(prior.pass_inputs(previous, indices[stage], stage, known).unsqueeze(0), coded)
     for band in bands(coded):
         (logit_distance,) = prior.head_distances(hidden, [stage], [band], [(indices, known, far)])
@@ -79,21 +78,21 @@ def _choose_pass(prior: IntegerPrior, previous: torch.Tensor, indices: torch.Ten
             costs = add_distances(at, torch.zeros(logit_distance.shape), 1.0)
         choice = _cheapest(costs)
         indices[stage][band] = choice
-        sink(stage, choice.numpy(), prior.frequencies_of(logit_distance).numpy())
+        sink(CodedPass(prior, stage, choice, logit_distance))
 
 
 @torch.no_grad()
 def rate_distortion_indices(quantizer: ResidualVQ, prior: IntegerPrior, z: torch.Tensor, num_stages: int,
                             tradeoff: float,
-                            sink: Callable[[int, np.ndarray, np.ndarray], None] | None = None):
+                            sink: Callable[[CodedPass], None] | None = None):
     """Indices (q, H, W) for latents z (1, D, H, W), and the prior's passes
     [(stage, symbols, frequencies)] in coding order (a pass of more than nn.prior's
     BAND_POSITIONS positions in several parts, as iter_passes gives them).
 
     tradeoff: lambda in units of the stage's mean nearest-code distance per bit; 0 gives
     nearest-code quantization (the indices quantizer.quantize would choose).
-    sink: if given, each pass goes to sink(stage, symbols, frequencies) as soon as it is
-    done (and the returned list is empty), so a huge image never holds every pass's
+    sink: if given, each pass goes to sink (a CodedPass) as soon as it is done (and the
+    returned list is empty), so a huge image never holds every pass's
     frequencies at once."""
     _, d, rows, cols = z.shape
     residual = z[0].permute(1, 2, 0).reshape(-1, d)
@@ -120,7 +119,7 @@ def rate_distortion_indices(quantizer: ResidualVQ, prior: IntegerPrior, z: torch
         _choose_pass(prior, previous, indices, stage, known, coded, far, lam,
                      lambda at, costs, scale: costs.add_(every[at] if every is not None
                                                          else _distances(residual[at], codebook), alpha=scale),
-                     sink or (lambda *coded_pass: passes.append(coded_pass)))
+                     sink or (lambda coded: passes.append((coded.stage, coded.symbols.numpy(), coded.frequencies()))))
     return indices, passes
 
 
@@ -133,11 +132,11 @@ class HierarchyRateDistortion:
 
     priors: one IntegerPrior per level; level_stages: the stages of each level in the prefix
     coded; weights: per level, the ECVQ weight on squared latent distance per bit
-    (HierarchicalVQ.assignment_weight). Every pass's (stage, symbols, frequencies) goes to
-    sink in coding order (level by level), ready for the range coder."""
+    (HierarchicalVQ.assignment_weight). Every pass goes to sink (a CodedPass) in coding order
+    (level by level), ready for the range coder."""
 
     def __init__(self, priors: list[IntegerPrior], level_stages: list[int], weights: list[float],
-                 sink: Callable[[int, np.ndarray, np.ndarray], None]):
+                 sink: Callable[[CodedPass], None]):
         self.priors, self.level_stages, self.sink = priors, level_stages, sink
         self.bits_per_distance = [1.0 / weight for weight in weights]
         self.where = [(level, s) for level, count in enumerate(level_stages) for s in range(count)]

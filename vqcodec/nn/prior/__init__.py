@@ -44,10 +44,10 @@ count, batch size or hardware (Balle et al. 2019, "Integer Networks for Data Com
 
 Modules, one role each: schedule (the coding order), integer_model (IntegerPrior and the integer
 grid), exact (exact float32 arithmetic on integers), float_model (ContextPrior, trained),
-coding (iter_passes / encode_passes / decode_passes), sampling (Sampler, GuidedSampler).
+coding (iter_passes / encode_passes / decode_passes, CodedPass and coder_intervals), sampling (Sampler, GuidedSampler).
 """
-from .coding import (BAND_POSITIONS, PASS_CHUNK_POSITIONS, bands, decode_passes, empty_embedding, encode_passes,
-                     iter_passes, starting_embedding)
+from .coding import (BAND_POSITIONS, PASS_CHUNK_POSITIONS, CodedPass, bands, coder_intervals, decode_passes,
+                     empty_embedding, encode_passes, iter_passes, starting_embedding)
 from .float_model import CONTINUE_RULE, ContextPrior, continues
 from .integer_model import (ACTIVATION_BITS, ACTIVATION_MAX, BIAS_MAX, EMBED_MAX, FAR_DILATION, FREQ_BITS, GATE_MAX,
                             GATE_STEPS, LOGIT_STEPS, MATCH_RADIUS, MATCH_SCALE, MAX_EXPONENT, TABLE_SIZE, WEIGHT_MAX,
@@ -57,7 +57,7 @@ from .schedule import SCHEDULES, far_pass, group_map, pass_schedule, stage_passe
 
 __all__ = ["ACTIVATION_BITS", "ACTIVATION_MAX", "BAND_POSITIONS", "BIAS_MAX", "CONTINUE_RULE", "EMBED_MAX", "FAR_DILATION",
            "FREQ_BITS", "GATE_MAX", "GATE_STEPS", "LOGIT_STEPS", "MATCH_RADIUS", "MATCH_SCALE", "MAX_EXPONENT",
-           "PASS_CHUNK_POSITIONS", "SCHEDULES", "TABLE_SIZE", "WEIGHT_MAX", "ContextPrior", "GuidedSampler",
-           "IntegerPrior", "Sampler", "bands", "check_config", "continues", "decode_passes", "empty_embedding",
+           "PASS_CHUNK_POSITIONS", "SCHEDULES", "TABLE_SIZE", "WEIGHT_MAX", "CodedPass", "ContextPrior", "GuidedSampler",
+           "IntegerPrior", "Sampler", "bands", "check_config", "coder_intervals", "continues", "decode_passes", "empty_embedding",
            "encode_passes", "far_pass", "frequency_table", "group_map", "iter_passes", "pass_schedule",
            "stage_passes", "starting_embedding"]

@@ -2,10 +2,14 @@
 tables the range coder (or a sampler) consumes, in the order the decoder rebuilds the grids."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from .integer_model import IntegerPrior
+from ...entropy import PRECISION_BITS
+from .integer_model import FREQ_BITS, IntegerPrior
 from .schedule import pass_schedule
 
 
@@ -39,6 +43,51 @@ def bands(mask: torch.Tensor) -> list[torch.Tensor]:
         parts.append(band)
         start = end
     return parts
+
+
+def coder_intervals(freq_table: torch.Tensor, symbols: torch.Tensor,
+                    distances: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Each symbol's interval [cdf(s), cdf(s + 1)) of 2**24 under its row of frequencies
+    f = freq_table[distances] (n, K), as the range coder's lazy categorical model derives it
+    (docs/FORMAT.md): N = sum f, scale = float32(2**24 - K) / N, cdf(k) = trunc(F_k x scale) + k
+    with F_k the sum of f below k, cdf(K) = 2**24; for entropy.RangeEncoder.add_intervals.
+    One embedding_bag over the distances gives each row's two sums, below the symbol and from
+    it on, without the frequencies themselves: sums of integers of at most 2**15, exact in
+    float32 in any order while K <= 2**(24 - 15)."""
+    n, k = distances.shape
+    if k > 1 << (PRECISION_BITS - FREQ_BITS):
+        raise ValueError(f"{k} symbols: frequency sums would not be exact")
+    s = symbols.to(distances.dtype)
+    row_start = torch.arange(0, n * k, k, dtype=distances.dtype)
+    flat = distances.reshape(-1)
+    bags = torch.stack([row_start, row_start + s], dim=1).view(-1)  # per row: [start, s), [s, end)
+    sums = F.embedding_bag(flat, freq_table.view(-1, 1), bags, mode="sum").view(n, 2)
+    below = sums[:, 0]
+    scale = torch.tensor(float((1 << PRECISION_BITS) - k)) / sums.sum(1)  # IEEE float32, as the coder
+    left = (below * scale).int() + s
+    right = ((below + freq_table.index_select(0, flat.index_select(0, row_start + s))) * scale).int() + s + 1
+    right.masked_fill_(s == k - 1, 1 << PRECISION_BITS)
+    return left.numpy(), right.numpy()
+
+
+@dataclass(frozen=True)
+class CodedPass:
+    """A pass of the prior (or a band of one) as an encoder that chose its symbols hands it on:
+    its stage, the symbols (n,), and the prior's logit distances (n, K) at them
+    (IntegerPrior.head_distances), from which follow both the frequencies and the range
+    coder's intervals."""
+    prior: IntegerPrior
+    stage: int
+    symbols: torch.Tensor
+    distances: torch.Tensor
+
+    def frequencies(self) -> np.ndarray:
+        return self.prior.frequencies_of(self.distances).numpy()
+
+    def intervals(self) -> tuple[np.ndarray, np.ndarray]:
+        """For entropy.RangeEncoder.add_intervals: the words add(symbols, frequencies) would
+        write, at a fraction of the cost (coder_intervals)."""
+        return coder_intervals(self.prior.freq_table, self.symbols, self.distances)
 
 
 def encode_passes(prior: IntegerPrior, indices: torch.Tensor, coarse: list[torch.Tensor] | None = None) -> list:
