@@ -119,17 +119,17 @@ class RangeEncoder:
         0, a + 1, a + b + 2, 2**24: symbol 1 with (left - 1, right - left - 1, .), or where
         left is 0, symbol 0 with (right - 1, 0, .), or where right is 2**24, symbol 2 with
         (left - 2, 0, .)."""
-        left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+        left, right = np.asarray(left, dtype=np.int32), np.asarray(right, dtype=np.int32)
         if not len(left):
             return
-        first, last = left == 0, right == 1 << PRECISION_BITS
-        table = np.empty((len(left), 3), dtype=np.float32)  # integers below 2**24: exact
-        table[:, 0] = np.where(first, right - 1, np.where(last, left - 2, left - 1))
-        table[:, 1] = np.where(first | last, 0, right - left - 1)
-        table[:, 2] = (1 << PRECISION_BITS) - 3 - table[:, 0].astype(np.int64) - table[:, 1].astype(np.int64)
+        first, last = (left == 0).view(np.int8), (right == 1 << PRECISION_BITS).view(np.int8)
+        table = np.empty((len(left), 3), dtype=np.int32)
+        np.subtract(left - 1 - last, first * (left - right), out=table[:, 0])
+        np.multiply(right - left - 1, 1 - first - last, out=table[:, 1])
+        np.subtract((1 << PRECISION_BITS) - 3 - table[:, 0], table[:, 1], out=table[:, 2])
         if int(table.min()) < 0:
             raise ValueError("symbol intervals must lie in [0, 2**24) and be non-empty")
-        self._code(np.where(first, 0, np.where(last, 2, 1)).astype(np.int32), table)
+        self._code((1 - first + last).astype(np.int32), table.astype(np.float32))  # integers below 2**24: exact
 
     def _code(self, symbols: np.ndarray, probabilities: np.ndarray) -> None:
         self._encoder.encode(symbols, self._model, probabilities)

@@ -246,23 +246,24 @@ class IntegerPrior:
         (G, stage + 1, H, W)."""
         count, k = grids.shape[0], self.config.codebook_size
         logits, gate = self._head_rows(hidden, stage, mask)
-        cells, rows, match = self._matches(stage, mask, grids, known, far)  # flat (row * K + k), its row, its sum
-        if len(cells):  # only where a neighbour holds the index (repeated cells write equal values)
-            flat = logits.view(-1)
-            gained = torch.floor(match * gate.index_select(0, rows) * (1.0 / GATE_STEPS)).int()
-            flat.index_copy_(0, cells, flat.index_select(0, cells) + gained)
+        cells, rows, value = self._matches(stage, mask, grids, known, far)  # per pair: flat row * K + k, row, v
+        if len(cells):  # logit + floor(M x g / 16), M a cell's sum of v: exact, counted in 1/16 steps
+            steps = int(math.log2(GATE_STEPS))
+            flat = logits.view(-1).bitwise_left_shift_(steps)
+            flat.index_add_(0, cells, value * gate.index_select(0, rows))
+            flat.bitwise_right_shift_(steps)
         peak = logits.amax(dim=1, keepdim=True)
         distance = torch.sub(peak, logits, out=logits).clamp_(max=TABLE_SIZE - 1)
         return list(distance.view(count, -1, k))
 
     def _matches(self, stage: int, mask: torch.Tensor, grids: torch.Tensor, known: torch.Tensor,
                  far: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The match term M of the coded positions (rows g * n + i for position i of grid g),
-        sparse: (cells row * K + k, their rows, M there), where M[row, k] = sum over the known
-        neighbours of the position that hold index k of v[stage, offset], or with
-        conditional_match, of the diverged weight where the neighbour's earlier-stage indices
-        differ from the position's; in a far pass, of the far weights at offsets FAR_DILATION
-        times larger. Cells may repeat (each with the full sum); M is 0 everywhere else."""
+        """The match term of the coded positions (rows g * n + i for position i of grid g) as
+        pairs (cell row * K + k, its row, v, int32): the term M[row, k] is the sum of v over
+        the pairs of the cell, one per known neighbour of the position that holds index k, v
+        the weight v[stage, offset], or with conditional_match, the diverged weight where the
+        neighbour's earlier-stage indices differ from the position's; in a far pass, the far
+        weights at offsets FAR_DILATION times larger. M is 0 at cells without a pair."""
         count, k = grids.shape[0], self.config.codebook_size
         v = self.t["far_match_weight"] if far else self.t["match_weight"][stage]
         conditional = self.config.conditional_match and stage > 0 and not far
@@ -271,18 +272,15 @@ class IntegerPrior:
         n, offset, position, neighbour, here = self._neighbour_pairs(mask, known, used, FAR_DILATION if far else 1)
         if not len(offset):
             empty = torch.zeros(0, dtype=torch.long)
-            return empty, empty, torch.zeros(0)
+            return empty, empty, torch.zeros(0, dtype=torch.int32)
         rows = (torch.arange(count) * n).view(-1, 1) + position  # (G, pairs)
         cells = rows * k + columns(grids[:, stage].flatten(1), neighbour)
-        value = v.index_select(0, offset).expand(count, -1)
+        value = v.int().index_select(0, offset).expand(count, -1)
         if conditional:
             prefix = prefix_keys(grids[:, :stage].flatten(2), k)  # (G, H*W)
             same_prefix = columns(prefix, neighbour) == columns(prefix, here)
-            value = torch.where(same_prefix, value, v_diverged.index_select(0, offset))
-        cells, rows = cells.view(-1), rows.view(-1)
-        total = torch.empty(count * n * k).index_fill_(0, cells, 0.0)  # only the cells are ever read
-        total.scatter_add_(0, cells, value.reshape(-1))  # sums of integers: exact in any order
-        return cells, rows, total.index_select(0, cells)
+            value = torch.where(same_prefix, value, v_diverged.int().index_select(0, offset))
+        return cells.view(-1), rows.view(-1), value.reshape(-1)
 
     def _neighbour_pairs(self, mask: torch.Tensor, known: torch.Tensor, used: torch.Tensor, dilation: int):
         """For the coded positions (row-major) of `mask` and the match offsets `used` (times
