@@ -51,21 +51,20 @@ def coder_intervals(freq_table: torch.Tensor, symbols: torch.Tensor,
     f = freq_table[distances] (n, K), as the range coder's lazy categorical model derives it
     (docs/FORMAT.md): N = sum f, scale = float32(2**24 - K) / N, cdf(k) = trunc(F_k x scale) + k
     with F_k the sum of f below k, cdf(K) = 2**24; for entropy.RangeEncoder.add_intervals.
-    One embedding_bag over the distances gives each row's two sums, below the symbol and from
-    it on, without the frequencies themselves: sums of integers of at most 2**15, exact in
-    float32 in any order while K <= 2**(24 - 15)."""
+    One embedding_bag over the distances gives each row's three sums, below the symbol, at it
+    and above it, without the frequencies themselves: sums of integers of at most 2**15, exact
+    in float32 in any order while K <= 2**(24 - 15)."""
     n, k = distances.shape
     if k > 1 << (PRECISION_BITS - FREQ_BITS):
         raise ValueError(f"{k} symbols: frequency sums would not be exact")
     s = symbols.to(distances.dtype)
     row_start = torch.arange(0, n * k, k, dtype=distances.dtype)
-    flat = distances.reshape(-1)
-    bags = torch.stack([row_start, row_start + s], dim=1).view(-1)  # per row: [start, s), [s, end)
-    sums = F.embedding_bag(flat, freq_table.view(-1, 1), bags, mode="sum").view(n, 2)
-    below = sums[:, 0]
+    bags = torch.stack([row_start, row_start + s, row_start + s + 1], dim=1).view(-1)  # below, at, above s
+    sums = F.embedding_bag(distances.reshape(-1), freq_table.view(-1, 1), bags, mode="sum").view(n, 3)
     scale = torch.tensor(float((1 << PRECISION_BITS) - k)) / sums.sum(1)  # IEEE float32, as the coder
+    below = sums[:, 0]
     left = (below * scale).int() + s
-    right = ((below + freq_table.index_select(0, flat.index_select(0, row_start + s))) * scale).int() + s + 1
+    right = ((below + sums[:, 1]) * scale).int() + s + 1
     right.masked_fill_(s == k - 1, 1 << PRECISION_BITS)
     return left.numpy(), right.numpy()
 
