@@ -119,7 +119,7 @@ def rate_distortion_indices(quantizer: ResidualVQ, prior: IntegerPrior, z: torch
         _choose_pass(prior, previous, indices, stage, known, coded, far, lam,
                      lambda at, costs, scale: costs.add_(every[at] if every is not None
                                                          else _distances(residual[at], codebook), alpha=scale),
-                     sink or (lambda coded: passes.append((coded.stage, coded.symbols.numpy(), coded.frequencies()))))
+                     sink or (lambda done: passes.append((done.stage, done.symbols.numpy(), done.frequencies()))))
     return indices, passes
 
 
