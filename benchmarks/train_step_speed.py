@@ -15,7 +15,7 @@ import torch
 
 from vqcodec.config import HierarchyConfig, from_dict
 from vqcodec.nn.hierarchy import HierarchicalVQ
-from vqcodec.inference import cpu_has_native_bf16
+from vqcodec.cpu import has_native_bf16
 
 
 def main():
@@ -34,7 +34,7 @@ def main():
     optimizer = torch.optim.Adam(model.parameters(), 1e-4)
     x = torch.rand(args.batch, 3, args.crop, args.crop)
     lambdas = model.stage_lambdas()
-    print(f"native bf16: {cpu_has_native_bf16()}; batch {args.batch} x {args.crop}^2")
+    print(f"native bf16: {has_native_bf16()}; batch {args.batch} x {args.crop}^2")
     for bf16 in (False, True):
         times = []
         for step in range(args.steps + 1):

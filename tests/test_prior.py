@@ -9,6 +9,7 @@ from vqcodec.config import PriorConfig
 from vqcodec.nn import prior as prior_module
 from vqcodec.nn.prior import (ContextPrior, IntegerPrior, coding, decode_passes, encode_passes, frequency_table,
                               group_map, pass_schedule)
+from vqcodec.nn.prior import exact
 from vqcodec.nn.prior.exact import conv3x3_by_shifts, exact_conv3x3, exact_float32, int8_matmul_available
 
 SMALL = PriorConfig(num_stages=3, codebook_size=16, channels=8, layers=2)
@@ -192,10 +193,13 @@ def test_thread_count_does_not_change_frequencies():
 @pytest.mark.parametrize("cfg", [SMALL, RASTER, CONDITIONAL, replace(SMALL, layers=1), replace(SMALL, layers=0),
                                  replace(CONDITIONAL, channels=32, layers=3)],
                          ids=["grouped", "raster", "conditional", "one-layer", "no-layers", "wide"])
-def test_int8_and_float32_evaluation_give_the_same_frequencies(cfg, monkeypatch):
-    """The int8 path (int8 products, the last convolution only where a pass codes) is the
+@pytest.mark.parametrize("int8_dot_product", [True, False], ids=["int8-products", "float32-products"])
+def test_int8_and_float32_evaluation_give_the_same_frequencies(cfg, int8_dot_product, monkeypatch):
+    """The int8 path (int8 activations, the last convolution only where a pass codes) is the
     float32 path's arithmetic on the same integers: identical tables, also at the extremes
-    (activations 0 and 255, weights +-127, the largest biases)."""
+    (activations 0 and 255, weights +-127, the largest biases), whether its products run as
+    int8 (CPUs with int8 dot products) or as float32 products of the int8 values (others)."""
+    monkeypatch.setattr(exact, "has_int8_dot_product", lambda: int8_dot_product)
     tensors = trained_like(cfg).to_integer()
     generator = torch.Generator().manual_seed(1)
     for i in range(cfg.layers):

@@ -17,16 +17,15 @@ reaches beyond the networks' receptive fields, so tiles leave no visible seams.
 """
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from .cpu import has_native_bf16
 from .nn import refine
 
 TILE_PIXELS = 1024  # tile side in pixels (128 grid positions at stride 8, 256 at stride 4)
@@ -56,18 +55,7 @@ def native_bfloat16() -> bool:
     pixels differ from the float32 path by a level or two (the encoder may pick other indices)."""
     if os.environ.get("VQCODEC_FLOAT32", "") not in ("", "0"):
         return False
-    return cpu_has_native_bf16()
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX): the one check,
-    for inference (native_bfloat16) and for training (training.loop, its bf16 option)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+    return has_native_bf16()
 
 
 def tiles(rows: int, cols: int, tile: int, margin: int) -> Iterator[tuple[tuple[slice, slice], tuple[slice, slice],

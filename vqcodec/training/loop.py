@@ -36,8 +36,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..cpu import has_native_bf16
 from ..fileio import atomic_write_bytes
-from ..inference import cpu_has_native_bf16
 
 
 @dataclass(frozen=True)
@@ -205,7 +205,7 @@ def run(task: Task, cfg: LoopConfig, where: str | Path | RunFiles, *, descriptio
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     generator = torch.Generator().manual_seed(cfg.seed + 1000 * rank)
     device_type = next(model.parameters()).device.type
-    bf16 = cfg.bf16 and (device_type == "cuda" or cpu_has_native_bf16())
+    bf16 = cfg.bf16 and (device_type == "cuda" or has_native_bf16())
     key = getattr(task, "checkpoint_key", None)
     state = {"step": 0, "elapsed": 0.0, "lr_scale": 1.0, "rollbacks": [], "last_eval": {}, "log": []}
 

@@ -1,6 +1,7 @@
 """Exact arithmetic on integers, so that results cannot depend on summation order, threads or
 hardware: integer-valued float32 tensors whose every product and partial sum stays below 2**24,
-or int8 x int8 matrix products summed in int32 (the faster path where torch has one)."""
+or int8 x int8 matrix products summed in int32 (the faster path where the CPU has int8 dot
+products)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +9,8 @@ import functools
 
 import torch
 import torch.nn.functional as F
+
+from ...cpu import has_int8_dot_product
 
 
 def exact_conv3x3(act: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -59,10 +62,21 @@ class Int8Affine:
     x - 128 (int8), W holds integer weights in [-127, 127] (int8), and 128 x sum(W) moves into
     the bias. weight (M, K), bias (M,), shift (M,): integer-valued tensors; shift >= 0.
     centered_output: y - 128 instead (128 x 2**shift taken from the bias: the same floor), for
-    an activation that enters the next product centred (activation_int8)."""
+    an activation that enters the next product centred (activation_int8).
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, shift: torch.Tensor, centered_output: bool = False):
-        self.weight = weight.to(torch.int8).t().contiguous()  # (K, M)
+    The products x . W run as int8 x int8 summed in int32 (torch._int_mm) where the CPU has
+    int8 dot-product instructions (cpu.has_int8_dot_product; int8_products=True forces it), and
+    otherwise as float32 products of the same integers, exact while K x 128 x max|W| < 2**24
+    (in any summation order, under exact_float32): the same integers either way."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, shift: torch.Tensor, centered_output: bool = False,
+                 int8_products: bool | None = None):
+        exact_in_float32 = weight.shape[1] * CENTER * int(weight.abs().max()) < 1 << 24
+        if int8_products is None:
+            int8_products = has_int8_dot_product() or not exact_in_float32
+        elif not (int8_products or exact_in_float32):
+            raise ValueError("these weights' products are not exact in float32")
+        self.weight = weight.to(torch.int8 if int8_products else torch.float32).t().contiguous()  # (K, M)
         offset = bias + CENTER * weight.sum(1)
         if centered_output:
             offset = offset - CENTER * power_of_two(shift)
@@ -72,7 +86,11 @@ class Int8Affine:
     def __call__(self, centered: torch.Tensor) -> torch.Tensor:
         """(N, K) int8 -> (N, M) int32. (contiguous: a reshaped view of windows, as for grids one
         position wide, can have overlapping rows, which the int8 product misreads)"""
-        return torch._int_mm(centered.contiguous(), self.weight).add_(self.offset).bitwise_right_shift_(self.shift)
+        if self.weight.dtype == torch.int8:
+            product = torch._int_mm(centered.contiguous(), self.weight)
+        else:
+            product = torch.mm(centered.float(), self.weight).int()
+        return product.add_(self.offset).bitwise_right_shift_(self.shift)
 
 
 def activation_int8(centered: torch.Tensor) -> torch.Tensor:

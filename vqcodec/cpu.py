@@ -1,0 +1,37 @@
+"""What this CPU's instruction set offers the codec, read once from /proc/cpuinfo.
+
+Two choices hang on it, neither of which changes a coded bit: the networks run in bfloat16
+where the CPU multiplies bf16 natively (inference.Policy, training.loop), and the priors'
+integer products run as int8 x int8 -> int32 where the CPU has int8 dot-product instructions
+(nn.prior.exact.Int8Affine); elsewhere torch emulates both, 2-50x slower than float32.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # bf16 dot products (Cooper Lake, Sapphire Rapids and later)
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products (Cascade Lake, Alder Lake and later)
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags /proc/cpuinfo lists (empty where there is none to read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(word for line in text.splitlines() if line.startswith(("flags", "Features"))
+                     for word in line.split(":", 1)[-1].split())
+
+
+def has_native_bf16() -> bool:
+    """Whether this CPU has bf16 dot-product instructions (AVX512-BF16 or AMX)."""
+    return not cpu_flags().isdisjoint(BF16_FLAGS)
+
+
+def has_int8_dot_product() -> bool:
+    """Whether this CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX), which
+    torch's int8 matrix product needs to be fast: without them it ran 30-50x slower than a
+    float32 product of the same integers on a Skylake-SP (docs/EXPERIMENTS.md, session 23)."""
+    return not cpu_flags().isdisjoint(INT8_DOT_FLAGS)
