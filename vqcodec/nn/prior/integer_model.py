@@ -52,7 +52,8 @@ class IntegerPrior:
 
     All tensors hold integers (float32 for fast exact matmuls); see the package docstring.
     Where torch has an int8 matrix product (exact.int8_matmul_available, or int8=True), the
-    convolutions and the head run as int8 products summed in int32 instead, and the last
+    convolutions and the head run on int8 activations instead (exact.Int8Affine: int8 products
+    summed in int32, or float32 products where the CPU lacks int8 dot products), and the last
     convolution only at the positions a pass codes: the same integers, about twice as fast."""
 
     def __init__(self, cfg: PriorConfig, tensors: dict[str, torch.Tensor], int8: bool | None = None):
