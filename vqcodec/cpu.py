@@ -1,9 +1,10 @@
 """What this CPU's instruction set offers the codec, read once from /proc/cpuinfo.
 
-Two choices hang on it, neither of which changes a coded bit: the networks run in bfloat16
-where the CPU multiplies bf16 natively (inference.Policy, training.loop), and the priors'
-integer products run as int8 x int8 -> int32 where the CPU has int8 dot-product instructions
-(nn.prior.exact.Int8Affine); elsewhere torch emulates both, 2-50x slower than float32.
+Two choices hang on it: the networks run in bfloat16 where the CPU multiplies bf16 natively
+(inference.native_bfloat16, training.loop; decoded pixels then differ by a level or two), and
+the priors' integer products run as int8 x int8 -> int32 where the CPU has int8 dot-product
+instructions (nn.prior.exact.Int8Affine; the same integers either way). Elsewhere torch
+emulates both, 2-50x slower than float32.
 """
 from __future__ import annotations
 
