@@ -7,6 +7,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vqcodec import bench
+from vqcodec.cpu import has_int8_dot_product
+from vqcodec.inference import native_bfloat16
 from vqcodec.cli import main
 
 from conftest import photo_crop
@@ -63,6 +65,9 @@ def test_bench_cli_end_to_end(two_images, tmp_path, restore_torch_threads):
     for key in ("torch", "numpy", "pillow", "zstandard", "vqcodec", "python"):
         assert data["versions"][key]
     assert data["machine"]["cpu_count"] >= 1 and data["machine"]["torch_threads"] == 1
+    # what the timings depend on: the networks' dtype and the priors' product kind on this CPU
+    assert data["machine"]["bfloat16_networks"] == native_bfloat16()
+    assert data["machine"]["int8_dot_product"] == has_int8_dot_product()
     assert out_png.read_bytes().startswith(b"\x89PNG") and out_png.stat().st_size > 1000
 
 

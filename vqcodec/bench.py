@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from . import __version__, images
+from . import __version__, cpu, images
 from .metrics import BD_MAX_BPP, bd_rate, ms_ssim, psnr
 
 CODECS = ("vqz", "jpeg", "webp", "avif")
@@ -127,6 +127,8 @@ def versions() -> dict:
 def machine() -> dict:
     import torch
 
+    from .inference import native_bfloat16
+
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -138,6 +140,9 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
         "cpus_usable": usable,
         "torch_threads": torch.get_num_threads(),
+        "cpu_model": cpu.cpu_model(),
+        "bfloat16_networks": native_bfloat16(),  # the CPU multiplies bf16 natively, and no VQCODEC_FLOAT32
+        "int8_dot_product": cpu.has_int8_dot_product(),  # the priors' products in int8, else float32
     }
 
 
@@ -413,6 +418,9 @@ def format_table(results: dict, markdown: bool = False) -> str:
         if v:
             lines.append(f"{bullet}versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val))
         if m:
+            cpu_text = "" if "cpu_model" not in m else (
+                f"; CPU {m['cpu_model']}, networks in {'bfloat16' if m['bfloat16_networks'] else 'float32'}, "
+                f"priors' products in {'int8' if m['int8_dot_product'] else 'float32'}")
             lines.append(f"{bullet}machine: {m.get('platform')}, {m.get('cpu_count')} CPUs "
-                         f"({m.get('cpus_usable')} usable), torch threads {m.get('torch_threads')}")
+                         f"({m.get('cpus_usable')} usable), torch threads {m.get('torch_threads')}{cpu_text}")
     return "\n".join(lines).rstrip() + "\n"

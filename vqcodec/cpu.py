@@ -16,14 +16,22 @@ INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products (C
 
 
 @functools.cache
+def _cpuinfo_lines() -> tuple[str, ...]:
+    try:
+        return tuple(Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return ()
+
+
 def cpu_flags() -> frozenset[str]:
     """The instruction-set flags /proc/cpuinfo lists (empty where there is none to read)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    return frozenset(word for line in text.splitlines() if line.startswith(("flags", "Features"))
+    return frozenset(word for line in _cpuinfo_lines() if line.startswith(("flags", "Features"))
                      for word in line.split(":", 1)[-1].split())
+
+
+def cpu_model() -> str | None:
+    """The CPU's name as /proc/cpuinfo gives it ("model name"), or None."""
+    return next((line.split(":", 1)[1].strip() for line in _cpuinfo_lines() if line.startswith("model name")), None)
 
 
 def has_native_bf16() -> bool:
