@@ -7,9 +7,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from vqcodec import bench
+from vqcodec.cli import main
 from vqcodec.cpu import has_int8_dot_product
 from vqcodec.inference import native_bfloat16
-from vqcodec.cli import main
 
 from conftest import photo_crop
 

@@ -65,17 +65,14 @@ class Int8Affine:
     an activation that enters the next product centred (activation_int8).
 
     The products x . W run as int8 x int8 summed in int32 (torch._int_mm) where the CPU has
-    int8 dot-product instructions (cpu.has_int8_dot_product; int8_products=True forces it), and
-    otherwise as float32 products of the same integers, exact while K x 128 x max|W| < 2**24
-    (in any summation order, under exact_float32): the same integers either way."""
+    int8 dot-product instructions (cpu.has_int8_dot_product) or where float32 would not be
+    exact, and otherwise as float32 products of the same integers, exact while
+    K x 128 x max|W| < 2**24 (in any summation order, under exact_float32): the same integers
+    either way."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, shift: torch.Tensor, centered_output: bool = False,
-                 int8_products: bool | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, shift: torch.Tensor, centered_output: bool = False):
         exact_in_float32 = weight.shape[1] * CENTER * int(weight.abs().max()) < 1 << 24
-        if int8_products is None:
-            int8_products = has_int8_dot_product() or not exact_in_float32
-        elif not (int8_products or exact_in_float32):
-            raise ValueError("these weights' products are not exact in float32")
+        int8_products = has_int8_dot_product() or not exact_in_float32
         self.weight = weight.to(torch.int8 if int8_products else torch.float32).t().contiguous()  # (K, M)
         offset = bias + CENTER * weight.sum(1)
         if centered_output:
